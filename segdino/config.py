@@ -1,0 +1,111 @@
+"""Model configuration: everything needed to rebuild and use a model from one file."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+NORM_TYPES = ("group", "batch")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture and preprocessing of a SegDINO model.
+
+    Defaults reproduce the paper's model: DINOv3 ViT-S/16, taps at blocks 2, 5, 8, 11,
+    decoder width 256, GroupNorm, 256x256 input, ImageNet normalisation.
+    """
+
+    backbone: str = "vits16"
+    num_classes: int = 1
+    decoder_dim: int = 256
+    taps: tuple[int, ...] | None = None  # None: the backbone's default taps
+    norm: str = "group"
+    image_size: tuple[int, int] = (256, 256)  # (height, width) the model is fed
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    mask_threshold: int = 127
+    class_names: tuple[str, ...] | None = None
+    # Ablation switches (off = the paper's model).
+    no_tpa: bool = False
+    no_sad: bool = False
+    # Volumes: intensity window, slice axis and 2.5D context, filled by the volume pipeline.
+    volume: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.image_size, int):
+            self.image_size = (self.image_size, self.image_size)
+        self.image_size = tuple(int(s) for s in self.image_size)
+        if self.taps is not None:
+            self.taps = tuple(int(t) for t in self.taps)
+        self.mean = tuple(float(m) for m in self.mean)
+        self.std = tuple(float(s) for s in self.std)
+        if self.class_names is not None:
+            self.class_names = tuple(str(c) for c in self.class_names)
+        self.validate()
+
+    def validate(self) -> None:
+        if not isinstance(self.num_classes, int) or isinstance(self.num_classes, bool) or self.num_classes < 1:
+            raise ConfigError(f"num_classes must be an integer >= 1 (1 = binary), got {self.num_classes!r}")
+        if not isinstance(self.decoder_dim, int) or self.decoder_dim < 1:
+            raise ConfigError(f"decoder_dim must be a positive integer, got {self.decoder_dim!r}")
+        if self.norm not in NORM_TYPES:
+            raise ConfigError(f"norm must be one of {', '.join(NORM_TYPES)}, got {self.norm!r}")
+        if self.norm == "group":
+            groups = min(32, self.decoder_dim)
+            if self.decoder_dim % groups:
+                raise ConfigError(
+                    f"decoder_dim must be divisible by its GroupNorm groups ({groups}), got {self.decoder_dim}"
+                )
+        if len(self.image_size) != 2 or any(s <= 0 or s % 16 for s in self.image_size):
+            raise ConfigError(f"image_size must be (height, width), multiples of 16, got {self.image_size}")
+        if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
+            raise ConfigError(f"mean and std need 3 values each (std > 0), got {self.mean} and {self.std}")
+        if self.class_names is not None:
+            expected = 2 if self.num_classes == 1 else self.num_classes
+            if len(self.class_names) != expected:
+                raise ConfigError(
+                    f"class_names needs {expected} names (background included) for num_classes="
+                    f"{self.num_classes}, got {len(self.class_names)}"
+                )
+        if self.no_tpa and self.no_sad:
+            raise ConfigError("no_tpa and no_sad cannot both be set: nothing of the decoder would remain")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown model config fields: {', '.join(unknown)}")
+        try:
+            return cls(**d)
+        except TypeError as e:  # wrong types in a hand-made or forged config
+            raise ConfigError(f"invalid model config: {e}") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelConfig":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"model config is not valid JSON: {e}") from None
+        if not isinstance(d, dict):
+            raise ConfigError("model config must be a JSON object")
+        return cls.from_dict(d)

@@ -1,0 +1,1 @@
+"""Data: image and mask reading, dataset layouts, splits, transforms, synthetic data."""
