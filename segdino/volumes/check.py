@@ -1,0 +1,297 @@
+"""``segdino data check`` for volume datasets: read every case, report what is there and what is wrong.
+
+Each problem names the file(s) concerned. A dataset is usable (``ok``) when every case reads,
+labels match their images in shape and geometry, label values are those of ``dataset.json``
+(when it names them), and the training split is not empty.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+from .io import Volume, read_volume
+from .layouts import VolumeCase, VolumeCases, find_volume_cases, volume_layout
+
+LAYOUT_NAMES = {
+    "nnunet": "nnU-Net raw (3D)",
+    "nnunet-2d": "nnU-Net raw (2D images)",
+    "decathlon": "Medical Segmentation Decathlon task",
+    "images-labels": "images/ + labels/ volumes",
+}
+MAX_LISTED_PROBLEMS = 100
+
+
+@dataclass
+class CaseInfo:
+    """What the check found for one case (sizes in voxels, spacing in mm)."""
+
+    case_id: str
+    subset: str
+    image: str
+    label: str | None
+    shape: tuple[int, ...] | None = None
+    spacing: tuple[float, ...] | None = None
+    label_counts: dict[int, int] | None = None  # label value -> voxel count
+
+
+@dataclass
+class VolumeCheckReport:
+    """Result of :func:`check_volume_dataset`; ``str(report)`` is :func:`format_report`."""
+
+    root: str
+    layout: str | None
+    ok: bool = False
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    cases: list[CaseInfo] = field(default_factory=list)
+    splits: dict[str, int] = field(default_factory=dict)
+    split_source: str | None = None
+    label_names: dict[int, str] | None = None
+    channel: int | None = None
+    channel_names: list[str] | None = None
+    geometry_mismatches: list[str] = field(default_factory=list)
+    empty_labels: list[str] = field(default_factory=list)
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """Counts over the cases that read: volumes, shapes, spacings, per-label voxels and volumes."""
+        read = [c for c in self.cases if c.shape is not None]
+        totals: dict[int, int] = {}
+        volumes_with: dict[int, int] = {}
+        for c in read:
+            for v, n in (c.label_counts or {}).items():
+                totals[v] = totals.get(v, 0) + n
+                if n:
+                    volumes_with[v] = volumes_with.get(v, 0) + 1
+        return {
+            "volumes": len(self.cases),
+            "read": len(read),
+            "labelled": sum(c.label is not None for c in self.cases),
+            "shapes": sorted({c.shape for c in read}),
+            "spacings": sorted({c.spacing for c in read if c.spacing is not None}),
+            "label_voxels": dict(sorted(totals.items())),
+            "label_volumes": dict(sorted(volumes_with.items())),
+            "geometry_mismatches": len(self.geometry_mismatches),
+            "empty_labels": len(self.empty_labels),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["summary"] = self.summary
+        return d
+
+    def __str__(self) -> str:
+        return format_report(self)
+
+
+def _geometry_differences(image: Volume, label: Volume) -> list[str]:
+    out = []
+    if not np.allclose(image.spacing, label.spacing, rtol=1e-3, atol=1e-5):
+        out.append(f"spacing {_fmt_vec(label.spacing)} vs image {_fmt_vec(image.spacing)}")
+    tol = 0.01 * float(np.min(image.spacing))  # 1% of a voxel
+    if not np.allclose(image.origin, label.origin, rtol=0, atol=tol):
+        out.append(f"origin {_fmt_vec(label.origin)} vs image {_fmt_vec(image.origin)}")
+    if not np.allclose(image.direction, label.direction, rtol=0, atol=1e-3):
+        out.append(f"direction {np.round(label.direction, 3).tolist()} vs image {np.round(image.direction, 3).tolist()}")
+    return out
+
+
+def _fmt_vec(v) -> str:
+    return "(" + ", ".join(f"{float(x):.4g}" for x in v) + ")"
+
+
+def _label_counts(array: np.ndarray, path: Path, problems: list[str]) -> dict[int, int] | None:
+    a = np.asarray(array)
+    if a.dtype.kind == "f":
+        if not np.all(np.isfinite(a)) or not np.all(a == np.round(a)):
+            bad = np.unique(a[~(np.isfinite(a) & (a == np.round(a)))])[:5]
+            problems.append(f"{path}: label volume has non-integer values, e.g. {bad.tolist()}")
+            return None
+        a = a.astype(np.int64)
+    elif a.dtype == bool:
+        a = a.astype(np.int64)
+    elif a.dtype.kind not in "iu":
+        problems.append(f"{path}: label volume has data type {a.dtype}, expected integers")
+        return None
+    if a.size and a.min() < 0:
+        problems.append(f"{path}: label volume has negative values, e.g. {np.unique(a[a < 0])[:5].tolist()}")
+        return None
+    if a.size and a.max() > 65535:
+        values, counts = np.unique(a, return_counts=True)
+        return {int(v): int(n) for v, n in zip(values, counts)}
+    counts = np.bincount(a.ravel().astype(np.int64, copy=False)) if a.size else np.zeros(0, np.int64)
+    return {int(v): int(n) for v, n in enumerate(counts) if n}
+
+
+def _read_2d(case: VolumeCase) -> tuple[np.ndarray, np.ndarray | None]:
+    from PIL import Image
+
+    from ..data.imageio import read_image
+
+    image = read_image(case.image)
+    if case.label is None:
+        return image, None
+    try:
+        with Image.open(case.label) as im:
+            im.load()
+            if im.mode not in ("1", "L", "P", "I", "I;16", "I;16B", "I;16L"):
+                raise DataError(f"{case.label}: label image has mode {im.mode}; expected an index "
+                                "(greyscale or palette) image with values 0..K-1")
+            label = np.asarray(im)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{case.label}: cannot read label image ({e})") from None
+    return image, label
+
+
+def _check_case(case: VolumeCase, found: VolumeCases, report: VolumeCheckReport) -> None:
+    info = CaseInfo(case.case_id, case.subset, str(case.image), str(case.label) if case.label else None)
+    report.cases.append(info)
+    if not found.is_3d:
+        try:
+            image, label = _read_2d(case)
+        except DataError as e:
+            report.problems.append(str(e))
+            return
+        info.shape = tuple(int(s) for s in image.shape[:2])
+        if label is None:
+            return
+        if label.shape != image.shape[:2]:
+            report.problems.append(f"{case.label}: label size {label.shape} differs from image {case.image} "
+                                   f"size {image.shape[:2]}")
+            report.geometry_mismatches.append(case.case_id)
+        counts = _label_counts(label, case.label, report.problems)
+        _check_values(case, counts, found, report, info)
+        return
+    try:
+        image = read_volume(case.image, case.channel)
+    except DataError as e:
+        report.problems.append(str(e))
+        return
+    info.shape = image.shape
+    info.spacing = tuple(round(float(s), 4) for s in image.spacing)
+    if case.label is None:
+        return
+    try:
+        label = read_volume(case.label)
+    except DataError as e:
+        report.problems.append(str(e))
+        return
+    if label.shape != image.shape:
+        report.problems.append(f"{case.label}: label shape {label.shape} differs from image {case.image} "
+                               f"shape {image.shape}")
+        report.geometry_mismatches.append(case.case_id)
+    else:
+        diffs = _geometry_differences(image, label)
+        if diffs:
+            report.problems.append(f"{case.label}: label geometry differs from image {case.image}: " + "; ".join(diffs))
+            report.geometry_mismatches.append(case.case_id)
+    counts = _label_counts(label.array, case.label, report.problems)
+    _check_values(case, counts, found, report, info)
+
+
+def _check_values(case: VolumeCase, counts: dict[int, int] | None, found: VolumeCases,
+                  report: VolumeCheckReport, info: CaseInfo) -> None:
+    if counts is None:
+        return
+    info.label_counts = counts
+    if found.labels is not None:
+        extra = sorted(set(counts) - set(found.labels))
+        if extra:
+            report.problems.append(
+                f"{case.label}: label values {extra} are absent from dataset.json labels "
+                f"({', '.join(f'{v} {n}' for v, n in found.labels.items())})"
+            )
+    if not any(n for v, n in counts.items() if v != 0):
+        report.empty_labels.append(case.case_id)
+
+
+def check_volume_dataset(root: str | os.PathLike, channel: int | str | None = None, fold: int = 0,
+                         seed: int = 0) -> VolumeCheckReport:
+    """Read every case of a volume dataset and report sizes, spacings, labels and problems.
+
+    Returns a :class:`VolumeCheckReport`: ``ok``, ``problems`` (each naming files) and a
+    ``summary``. Never raises for bad data: every finding is in the report.
+    """
+    root = Path(root)
+    report = VolumeCheckReport(str(root), volume_layout(root) if root.is_dir() else None)
+    try:
+        found = find_volume_cases(root, fold=fold, channel=channel, seed=seed)
+    except (DataError, ConfigError) as e:
+        report.problems.append(str(e))
+        return report
+    report.split_source = found.split_source
+    report.splits = {k: len(v) for k, v in found.splits.items()}
+    report.label_names = found.labels
+    report.channel, report.channel_names = found.channel, found.channel_names
+    report.problems.extend(found.issues)
+    for case in found.cases:
+        _check_case(case, found, report)
+    unlabelled = found.unlabelled
+    if unlabelled:
+        report.notes.append(f"{len(unlabelled)} case(s) without labels (not in any split), e.g. "
+                            + ", ".join(c.case_id for c in unlabelled[:5]))
+    if report.empty_labels:
+        report.notes.append(f"{len(report.empty_labels)} label volume(s) hold background only, e.g. "
+                            + ", ".join(report.empty_labels[:5]))
+    if not found.splits.get("train"):
+        report.problems.append(f"{root}: the training split is empty")
+    report.ok = not report.problems
+    return report
+
+
+def _range(values: list[float], fmt: str = "{:.3g}") -> str:
+    lo, hi = min(values), max(values)
+    return fmt.format(lo) if lo == hi else f"{fmt.format(lo)}..{fmt.format(hi)}"
+
+
+def format_report(report: VolumeCheckReport) -> str:
+    """Human-readable text of a :class:`VolumeCheckReport`, ending with the usable verdict."""
+    s = report.summary
+    lines = [f"dataset: {report.root}"]
+    lines.append(f"layout: {LAYOUT_NAMES.get(report.layout, 'not recognised') if report.layout else 'not recognised'}")
+    if report.channel_names:
+        chosen = f"; using channel {report.channel}" if report.channel is not None else ""
+        lines.append("channels: " + ", ".join(f"{i} {n}" for i, n in enumerate(report.channel_names)) + chosen)
+    unit = "images" if report.layout == "nnunet-2d" else "volumes"
+    if report.cases:
+        lines.append(f"{unit}: {s['volumes']} ({s['labelled']} labelled, {s['read']} read)")
+    if s["shapes"]:
+        dims = list(zip(*s["shapes"]))
+        lines.append("shapes: " + " x ".join(_range(list(d), "{:d}") for d in dims)
+                     + f" ({len(s['shapes'])} distinct)")
+    if s["spacings"]:
+        dims = list(zip(*s["spacings"]))
+        lines.append("spacing (mm): " + " x ".join(_range(list(d)) for d in dims))
+    if s["label_voxels"]:
+        unit_v = "pixels" if report.layout == "nnunet-2d" else "voxels"
+        names = report.label_names or {}
+        parts = []
+        for v, n in s["label_voxels"].items():
+            name = f" {names[v]}" if v in names else ""
+            parts.append(f"  {v}{name}: {n} {unit_v} in {s['label_volumes'].get(v, 0)} {unit}")
+        lines.append("label values:")
+        lines.extend(parts)
+    if report.label_names is not None:
+        lines.append("dataset.json labels: " + ", ".join(f"{v} {n}" for v, n in report.label_names.items()))
+    if report.splits:
+        lines.append(f"split ({report.split_source}): "
+                     + ", ".join(f"{k} {n}" for k, n in report.splits.items()))
+    lines.append(f"geometry mismatches: {len(report.geometry_mismatches)}"
+                 + (f" ({', '.join(report.geometry_mismatches[:10])})" if report.geometry_mismatches else ""))
+    lines.append(f"empty label {unit}: {len(report.empty_labels)}")
+    for note in report.notes:
+        lines.append(f"note: {note}")
+    if report.problems:
+        lines.append(f"problems ({len(report.problems)}):")
+        for p in report.problems[:MAX_LISTED_PROBLEMS]:
+            lines.append(f"  - {p}")
+        if len(report.problems) > MAX_LISTED_PROBLEMS:
+            lines.append(f"  ... and {len(report.problems) - MAX_LISTED_PROBLEMS} more")
+    lines.append("usable: yes" if report.ok else "usable: no")
+    return "\n".join(lines)

@@ -1,0 +1,383 @@
+"""Reading and writing volumes with their geometry: NIfTI files and DICOM series.
+
+World convention: **RAS+ millimetres**, as NIfTI defines it. ``Volume.affine`` maps a voxel index
+``(i, j, k, 1)`` to world ``(x, y, z, 1)``: x grows towards the patient's Right, y towards
+Anterior, z towards Superior. DICOM describes positions in LPS+ (x to the Left, y to Posterior,
+z to Superior); a DICOM series is converted on reading by negating x and y, so both sources
+share one frame and a voxel keeps its physical place whichever file it came from.
+
+nibabel and pydicom are optional (``pip install "segdino[volumes]"``) and imported only here,
+inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+from ..fileio import atomic_path
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+# LPS (DICOM) <-> RAS (NIfTI): negate the first two world axes.
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def _nibabel():
+    try:
+        import nibabel
+    except ImportError:
+        raise ConfigError(
+            'reading or writing NIfTI volumes needs nibabel: pip install "segdino[volumes]"'
+        ) from None
+    return nibabel
+
+
+def _pydicom():
+    try:
+        import pydicom
+    except ImportError:
+        raise ConfigError(
+            'reading DICOM series needs pydicom: pip install "segdino[volumes]"'
+        ) from None
+    return pydicom
+
+
+@dataclass
+class Volume:
+    """A 3D array and the affine that places it in the world.
+
+    ``array`` has shape (I, J, K) in the file's own storage order (no reorientation).
+    ``affine`` is a 4x4 float64 matrix mapping a voxel index (i, j, k, 1) to RAS+ world
+    millimetres (see the module docstring). ``path`` names the source, for messages.
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    path: Path | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.affine = np.asarray(self.affine, dtype=np.float64)
+        if self.affine.shape != (4, 4):
+            raise DataError(f"{self._name()}: an affine must be 4x4, got shape {self.affine.shape}")
+        if self.array.ndim != 3:
+            raise DataError(f"{self._name()}: a volume must be 3D, got shape {self.array.shape}")
+        if not np.all(np.isfinite(self.affine)) or abs(np.linalg.det(self.affine[:3, :3])) < 1e-12:
+            raise DataError(f"{self._name()}: the affine is singular or not finite:\n{self.affine}")
+
+    def _name(self) -> str:
+        return str(self.path) if self.path is not None else "volume"
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.array.shape)
+
+    @property
+    def spacing(self) -> np.ndarray:
+        """(3,) voxel size in mm along array axes 0, 1, 2 (lengths of the affine's columns)."""
+        return np.linalg.norm(self.affine[:3, :3], axis=0)
+
+    @property
+    def origin(self) -> np.ndarray:
+        """(3,) RAS world position in mm of the centre of voxel (0, 0, 0)."""
+        return self.affine[:3, 3].copy()
+
+    @property
+    def direction(self) -> np.ndarray:
+        """(3, 3) unit column vectors: column a is the RAS direction in which array axis a grows."""
+        return self.affine[:3, :3] / self.spacing
+
+    def world(self, index) -> np.ndarray:
+        """RAS world mm of voxel index/indices: (3,) or (N, 3) -> same shape."""
+        idx = np.asarray(index, dtype=np.float64)
+        pts = np.atleast_2d(idx) @ self.affine[:3, :3].T + self.affine[:3, 3]
+        return pts[0] if idx.ndim == 1 else pts
+
+
+def is_nifti_path(path: str | os.PathLike) -> bool:
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def strip_volume_suffix(name: str) -> str:
+    """File name -> stem without ``.nii.gz``/``.nii`` (or the last suffix for other files)."""
+    low = name.lower()
+    for suf in NIFTI_SUFFIXES:
+        if low.endswith(suf):
+            return name[: -len(suf)]
+    return Path(name).stem
+
+
+def _channel_of(data: np.ndarray, channel: int | None, path: Path) -> np.ndarray:
+    """Reduce a loaded array to 3D, choosing ``channel`` of a 4D (multi-modal) file."""
+    if data.ndim == 5 and data.shape[3] == 1:  # ITK writes vector images as X x Y x Z x 1 x C
+        data = data[:, :, :, 0, :]
+    if data.ndim == 2:
+        data = data[:, :, None]
+    if data.ndim == 3:
+        if channel not in (None, 0):
+            raise DataError(f"{path}: --channel {channel} asked for, but the file is 3D (one channel)")
+        return data
+    if data.ndim == 4:
+        n = data.shape[3]
+        if channel is None:
+            if n == 1:
+                return data[..., 0]
+            raise DataError(
+                f"{path}: 4D file with {n} channels (modalities), shape {data.shape}; "
+                f"pick one with --channel 0..{n - 1}"
+            )
+        if not 0 <= channel < n:
+            raise DataError(f"{path}: --channel {channel} is out of range; the file has {n} channels")
+        return data[..., channel]
+    raise DataError(f"{path}: expected a 3D or 4D volume, found {data.ndim} dimensions {data.shape}")
+
+
+def nifti_header_info(path: str | os.PathLike) -> tuple[tuple[int, ...], np.ndarray]:
+    """Shape and affine of a NIfTI file from its header alone (no voxel data decoded)."""
+    nib = _nibabel()
+    path = Path(path)
+    try:
+        img = nib.load(str(path))
+        return tuple(int(s) for s in img.shape), np.asarray(img.affine, dtype=np.float64)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except Exception as e:  # nibabel raises many types for broken headers
+        raise DataError(f"{path}: cannot read NIfTI header ({type(e).__name__}: {e})") from None
+
+
+def _damage(path: Path) -> str | None:
+    """Why a NIfTI file cannot be read, when the cause is a cut or corrupt file; else None."""
+    if str(path).lower().endswith(".gz"):
+        try:
+            with gzip.open(path, "rb") as f:
+                while f.read(1 << 20):
+                    pass
+        except EOFError:
+            return "truncated: the compressed stream ends early"
+        except (gzip.BadGzipFile, zlib.error) as e:
+            return f"corrupt compressed data ({e})"
+        except OSError as e:
+            return f"unreadable ({e})"
+    elif path.stat().st_size < 348:
+        return f"truncated: {path.stat().st_size} bytes, shorter than a NIfTI header"
+    return None
+
+
+def read_nifti(path: str | os.PathLike, channel: int | None = None) -> Volume:
+    """Read a ``.nii``/``.nii.gz`` file (scaling applied; integer data keeps its type)."""
+    nib = _nibabel()
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        img = nib.load(str(path), mmap=False)
+        if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+            raise DataError(f"{path}: not a NIfTI image ({type(img).__name__})")
+        # dataobj applies scl_slope/scl_inter; without scaling the stored dtype is kept, so
+        # label maps stay integer and round trips are exact.
+        data = np.asanyarray(img.dataobj)
+        affine = np.asarray(img.affine, dtype=np.float64)
+    except DataError:
+        raise
+    except Exception as e:  # EOFError, zlib.error, OSError (short read), nibabel's ImageFileError, ...
+        why = _damage(path) or f"{type(e).__name__}: {e}".replace("\n", " ")
+        raise DataError(f"{path}: cannot read NIfTI ({why})") from None
+    data = _channel_of(data, channel, path)
+    return Volume(np.asarray(data), affine, path, {"format": "nifti"})
+
+
+def _dicom_files(folder: Path) -> list[Path]:
+    files = [p for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.startswith(".")]
+    return [p for p in files if p.name.upper() != "DICOMDIR"]
+
+
+def dicom_series(folder: str | os.PathLike) -> dict[str, list[Path]]:
+    """Group the DICOM files under ``folder`` by SeriesInstanceUID (headers only)."""
+    pydicom = _pydicom()
+    folder = Path(folder)
+    series: dict[str, list[Path]] = {}
+    for f in _dicom_files(folder):
+        try:
+            ds = pydicom.dcmread(str(f), stop_before_pixels=True)
+        except Exception:  # not a DICOM file (README, thumbnails): ignored
+            continue
+        uid = str(getattr(ds, "SeriesInstanceUID", "") or "")
+        if hasattr(ds, "Rows"):  # an image; structured reports and the like carry no pixels
+            series.setdefault(uid, []).append(f)
+    return series
+
+
+def _floats(ds, keyword: str, n: int, f: Path) -> np.ndarray:
+    value = getattr(ds, keyword, None)
+    if value is None:
+        raise DataError(f"{f}: DICOM attribute {keyword} is missing; the slice cannot be placed in space")
+    try:
+        arr = np.array([float(v) for v in (value if n > 1 else [value])], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DataError(f"{f}: DICOM attribute {keyword} is not numeric: {value!r}") from None
+    if arr.shape != (n,):
+        raise DataError(f"{f}: DICOM attribute {keyword} needs {n} values, found {len(arr)}")
+    return arr
+
+
+def read_dicom_series(folder: str | os.PathLike) -> Volume:
+    """Read a folder holding exactly one DICOM series (single-frame slices) as a :class:`Volume`.
+
+    Voxel (i, j, k) is column i, row j of the k-th slice, slices sorted along the normal of
+    ImageOrientationPatient. Pixel values get RescaleSlope/RescaleIntercept (CT: Hounsfield units).
+    """
+    pydicom = _pydicom()
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: not a folder of DICOM files")
+    series = dicom_series(folder)
+    if not series:
+        raise DataError(f"{folder}: no DICOM image files found")
+    if len(series) > 1:
+        desc = "; ".join(f"{uid or '<no SeriesInstanceUID>'} ({len(fs)} files, e.g. {fs[0].name})"
+                         for uid, fs in sorted(series.items()))
+        raise DataError(f"{folder}: {len(series)} DICOM series in one folder, expected one: {desc}")
+    files = next(iter(series.values()))
+    slices = []
+    for f in files:
+        try:
+            ds = pydicom.dcmread(str(f))
+        except Exception as e:
+            raise DataError(f"{f}: cannot read DICOM ({type(e).__name__}: {e})") from None
+        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        if frames > 1:
+            raise DataError(f"{f}: multi-frame DICOM ({frames} frames) is not supported; "
+                            "export the series as one file per slice or as NIfTI")
+        iop = _floats(ds, "ImageOrientationPatient", 6, f)
+        ipp = _floats(ds, "ImagePositionPatient", 3, f)
+        ps = _floats(ds, "PixelSpacing", 2, f)
+        try:
+            pixels = ds.pixel_array
+        except Exception as e:
+            raise DataError(f"{f}: cannot decode pixel data ({type(e).__name__}: {e})") from None
+        if pixels.ndim != 2:
+            raise DataError(f"{f}: expected a greyscale slice, pixel data has shape {pixels.shape}")
+        slope = float(getattr(ds, "RescaleSlope", 1) or 1)
+        inter = float(getattr(ds, "RescaleIntercept", 0) or 0)
+        thick = getattr(ds, "SpacingBetweenSlices", None) or getattr(ds, "SliceThickness", None)
+        slices.append((f, iop, ipp, ps, pixels, slope, inter, thick))
+
+    f0, iop0, _, ps0, px0 = slices[0][:5]
+    for f, iop, _, ps, px, *_ in slices[1:]:
+        if not np.allclose(iop, iop0, atol=1e-4):
+            raise DataError(f"{f}: ImageOrientationPatient {iop.tolist()} differs from {f0.name} {iop0.tolist()}")
+        if not np.allclose(ps, ps0, rtol=1e-4):
+            raise DataError(f"{f}: PixelSpacing {ps.tolist()} differs from {f0.name} {ps0.tolist()}")
+        if px.shape != px0.shape:
+            raise DataError(f"{f}: slice size {px.shape} differs from {f0.name} {px0.shape}")
+    row_dir, col_dir = iop0[:3], iop0[3:]  # row_dir: as the column index grows; col_dir: as the row index grows
+    normal = np.cross(row_dir, col_dir)
+    slices.sort(key=lambda s: float(np.dot(s[2], normal)))
+    pos = np.array([np.dot(s[2], normal) for s in slices])
+    n = len(slices)
+    if n > 1:
+        gaps = np.diff(pos)
+        if np.any(gaps < 1e-4):
+            dup = [slices[i + 1][0].name for i in np.nonzero(gaps < 1e-4)[0]]
+            raise DataError(f"{folder}: several slices share one position (e.g. {', '.join(dup[:3])})")
+        if np.max(np.abs(gaps - gaps.mean())) > max(1e-2, 0.01 * gaps.mean()):
+            raise DataError(
+                f"{folder}: slices are unevenly spaced (gaps {gaps.min():.3f}..{gaps.max():.3f} mm); "
+                "a slice may be missing"
+            )
+        step = (slices[-1][2] - slices[0][2]) / (n - 1)  # keeps gantry tilt as a shear
+    else:
+        thick = slices[0][7]
+        step = normal * (float(thick) if thick else 1.0)
+    lps = np.eye(4)
+    lps[:3, 0] = row_dir * ps0[1]
+    lps[:3, 1] = col_dir * ps0[0]
+    lps[:3, 2] = step
+    lps[:3, 3] = slices[0][2]
+    integral = all(s[5] == 1.0 and float(s[6]).is_integer() for s in slices)
+    stack = np.stack([s[4] for s in slices], axis=-1)  # (rows, cols, n)
+    if integral:
+        out = stack.astype(np.int32) + np.array([int(s[6]) for s in slices], dtype=np.int32)
+        if out.min(initial=0) >= -32768 and out.max(initial=0) <= 32767:
+            out = out.astype(np.int16)
+    else:
+        out = (stack.astype(np.float64) * np.array([s[5] for s in slices])
+               + np.array([s[6] for s in slices])).astype(np.float32)
+    array = np.ascontiguousarray(out.transpose(1, 0, 2))  # (cols, rows, slices) = (i, j, k)
+    return Volume(array, LPS_TO_RAS @ lps, folder, {"format": "dicom", "files": [s[0] for s in slices]})
+
+
+def read_volume(path: str | os.PathLike, channel: int | None = None) -> Volume:
+    """Read a volume: a ``.nii``/``.nii.gz`` file or a folder holding one DICOM series.
+
+    Args:
+        path: the file or folder.
+        channel: which channel of a 4D (multi-modal) NIfTI file to take; required when it has
+            more than one.
+
+    Returns:
+        a :class:`Volume` with ``array`` (I, J, K) and its RAS+ affine.
+
+    Raises:
+        DataError naming the file when it is missing, truncated, 4D without ``channel``, or a
+        folder with no or several DICOM series.
+    """
+    path = Path(path)
+    if path.is_dir():
+        if channel not in (None, 0):
+            raise DataError(f"{path}: --channel {channel} asked for, but a DICOM series has one channel")
+        return read_dicom_series(path)
+    if is_nifti_path(path):
+        return read_nifti(path, channel)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    raise DataError(f"{path}: not a volume; expected .nii, .nii.gz or a folder with one DICOM series")
+
+
+def _storable(array: np.ndarray) -> np.ndarray:
+    """Pick a NIfTI-friendly dtype: bool -> uint8, int64 -> the smallest integer type that fits."""
+    a = np.asarray(array)
+    if a.dtype == bool:
+        return a.astype(np.uint8)
+    if a.dtype.kind in "iu" and a.dtype.itemsize == 8:
+        lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+        for t in (np.uint8, np.int16, np.int32):
+            if np.iinfo(t).min <= lo and hi <= np.iinfo(t).max:
+                return a.astype(t)
+        raise DataError(f"label values {lo}..{hi} do not fit a 32-bit NIfTI integer")
+    if a.dtype == np.float16:
+        return a.astype(np.float32)
+    return a
+
+
+def write_nifti(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray) -> Path:
+    """Write a 3D array with its 4x4 RAS+ affine as NIfTI-1, atomically.
+
+    ``.nii.gz`` is gzip-compressed; the affine is stored as both sform and qform (code 1,
+    scanner) so any reader finds the same geometry. The file appears whole or not at all.
+    """
+    nib = _nibabel()
+    path = Path(path)
+    if not is_nifti_path(path):
+        raise DataError(f"{path}: a NIfTI file name must end in .nii or .nii.gz")
+    array = _storable(array)
+    if array.ndim != 3:
+        raise DataError(f"{path}: write_nifti expects a 3D array, got shape {array.shape}")
+    affine = np.asarray(affine, dtype=np.float64)
+    img = nib.Nifti1Image(np.asarray(array), affine)
+    img.set_sform(affine, code=1)
+    img.set_qform(affine, code=1)
+    img.header.set_xyzt_units("mm")
+    data = img.to_bytes()
+    if str(path).lower().endswith(".gz"):
+        data = gzip.compress(data, compresslevel=6, mtime=0)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return path
