@@ -57,7 +57,8 @@ def _spacing(spacing: float | Sequence[float] | None, ndim: int) -> np.ndarray:
         sp = np.repeat(sp, ndim)
     if sp.shape != (ndim,) or not np.all(np.isfinite(sp)) or np.any(sp <= 0):
         raise DataError(
-            f"spacing must be {ndim} positive numbers (one per axis of a {ndim}D array), got {list(np.atleast_1d(spacing))}"
+            f"spacing must be {ndim} positive numbers (one per axis of a {ndim}D array), "
+            f"got {list(np.atleast_1d(spacing))}"
         )
     return sp
 
@@ -305,8 +306,9 @@ def lesion_metrics(
         dict with ``num_lesions``, ``num_pred_components``, ``found``, ``missed``,
         ``false_positives`` (ints); ``lesions``: one dict per G lesion with ``lesion`` (1-based
         id), ``voxels``, ``size`` (physical), ``found`` (bool), ``dice``, ``pred_components``
-        (number matched) and ``center`` (voxel coordinates of its centroid); ``false_positive_components``:
-        one dict per false-positive component with ``voxels``, ``size`` and ``center``.
+        (number matched) and ``bbox`` (``[start, stop)`` voxel indices per axis, to find it in a
+        viewer); ``false_positive_components``: one dict per false-positive component with
+        ``voxels``, ``size`` and ``bbox``.
     """
     pred, gt = _check_pair(pred, gt)
     p = pred != 0
@@ -331,7 +333,6 @@ def lesion_metrics(
     box = _bbox(p | g)
     if box is None:
         return result
-    offset = np.array([s.start for s in box], dtype=np.float64)
     p, g = p[box], g[box]
     g_lab, n_g = ndimage.label(g, structure=structure)
     p_lab, n_p = ndimage.label(p, structure=structure)
@@ -349,8 +350,12 @@ def lesion_metrics(
         by_lesion.setdefault(i, {})[j] = n
         p_in_gt[j] += n
 
-    g_centers = ndimage.center_of_mass(g, g_lab, range(1, n_g + 1)) if n_g else []
-    p_centers = ndimage.center_of_mass(p, p_lab, range(1, n_p + 1)) if n_p else []
+    origin = [s.start for s in box]
+    g_boxes = ndimage.find_objects(g_lab, max_label=n_g)
+    p_boxes = ndimage.find_objects(p_lab, max_label=n_p)
+
+    def where(sl: tuple[slice, ...]) -> list[list[int]]:
+        return [[s.start + o, s.stop + o] for s, o in zip(sl, origin)]
 
     lesions = []
     for i in range(1, n_g + 1):
@@ -368,7 +373,7 @@ def lesion_metrics(
                 "found": bool(matched),
                 "dice": dice,
                 "pred_components": len(matched),
-                "center": [round(float(c) + o, 1) for c, o in zip(g_centers[i - 1], offset)],
+                "bbox": where(g_boxes[i - 1]),
             }
         )
     fps = []
@@ -378,7 +383,7 @@ def lesion_metrics(
                 {
                     "voxels": int(p_sizes[j]),
                     "size": int(p_sizes[j]) * voxel_size,
-                    "center": [round(float(c) + o, 1) for c, o in zip(p_centers[j - 1], offset)],
+                    "bbox": where(p_boxes[j - 1]),
                 }
             )
     found = sum(1 for les in lesions if les["found"])
@@ -510,7 +515,11 @@ def summarize(rows: Sequence[Mapping[str, Any]], metric_names: Sequence[str] = M
     for name in metric_names:
         means = [e[name]["mean"] for e in per_class.values() if e[name]["count"]]
         item = {"mean": float(np.mean(means)) if means else math.nan}
-        wf = [e[name]["with_failures_as_diagonal"]["mean"] for e in per_class.values() if "with_failures_as_diagonal" in e[name]]
+        wf = [
+            e[name]["with_failures_as_diagonal"]["mean"]
+            for e in per_class.values()
+            if "with_failures_as_diagonal" in e[name]
+        ]
         if wf:
             item["mean_with_failures_as_diagonal"] = float(np.mean(wf))
         over[name] = item

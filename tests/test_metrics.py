@@ -315,9 +315,9 @@ def test_missed_lesion_and_false_positive():
     found, missed = sorted(r["lesions"], key=lambda les: not les["found"])
     assert found["dice"] == pytest.approx(2 * 12 / 32)
     assert missed["dice"] == 0.0 and missed["voxels"] == 4 and missed["size"] == pytest.approx(1.0)
-    assert missed["center"] == [15.5, 15.5]
+    assert missed["bbox"] == [[15, 17], [15, 17]]
     fp = r["false_positive_components"][0]
-    assert fp["voxels"] == 9 and fp["center"] == [11.0, 21.0]
+    assert fp["voxels"] == 9 and fp["bbox"] == [[10, 13], [20, 23]]
     s = summarize_lesions([r, r])
     assert (s["num_lesions"], s["found"], s["missed"], s["false_positives"]) == (4, 2, 2, 2)
     assert s["detection_recall"] == pytest.approx(0.5) and s["detection_precision"] == pytest.approx(0.5)
