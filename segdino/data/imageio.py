@@ -70,3 +70,38 @@ def as_rgb_array(image) -> np.ndarray:
             raise DataError(f"an image array must not be empty; got shape {arr.shape}")
         return np.ascontiguousarray(_to_uint8(arr))
     raise DataError(f"expected an image path, PIL image or numpy array, got {type(image).__name__}")
+
+
+# What the dataset layouts treat as image files; everything else in an image folder is ignored.
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".gif", ".bmp", ".tif", ".tiff", ".webp"})
+
+# Errors PIL raises on files it cannot parse or decode (a truncated file is an OSError).
+PIL_READ_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def is_image_file(path: Path) -> bool:
+    """A visible regular file whose suffix is one of :data:`IMAGE_SUFFIXES`."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") and path.is_file()
+
+
+def image_info(path: str | os.PathLike, decode: bool = False) -> tuple[tuple[int, int], str, str]:
+    """Size ``(H, W)``, PIL mode and format of an image file, from its header.
+
+    With ``decode=True`` the pixel data is decoded too, so that a truncated or corrupt file is
+    caught; JPEGs are then decoded at 1/8 scale (the whole bitstream is still read, the
+    inverse DCT is cheaper), which is what makes checking thousands of photos quick.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            mode, fmt = img.mode, img.format or "?"
+            if decode:
+                if fmt == "JPEG":
+                    img.draft(img.mode, (max(1, w // 8), max(1, h // 8)))
+                img.load()
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except PIL_READ_ERRORS as e:
+        raise DataError(f"{path}: cannot read image ({e})") from None
+    return (h, w), mode, fmt

@@ -1,0 +1,205 @@
+"""Train/val/test splits (CONTRACTS, "Datasets": the first rule that applies wins).
+
+1. ``splits.json`` in the dataset folder: ``{"train": [...], "val": [...], "test": [...]}`` of
+   image stems (case ids).
+2. The layout's own rule, registered with :func:`register_split_rule`: the authors' layout
+   takes ``test/`` as test and a seeded 10% of ``train/`` as val (an nnU-Net layout plugs in
+   its ``splits_final.json`` here).
+3. A seeded 80/10/10 split by case (:attr:`Pair.group`), so that images of one patient never
+   straddle two splits.
+
+:func:`resolve_splits` returns a :class:`Splits`: a plain ``dict`` of the three lists (so it
+serialises with ``json.dumps``) whose ``source`` attribute says which rule made it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+from .layouts import Pair
+
+SPLIT_NAMES = ("train", "val", "test")
+SPLITS_FILE = "splits.json"
+
+
+class Splits(dict):
+    """``{"train": [...], "val": [...], "test": [...]}`` of case ids, plus where it came from.
+
+    Attributes:
+        source: human-readable rule, e.g. ``"splits.json"`` or ``"seeded 80/10/10 by case (seed 0)"``.
+        unassigned: case ids of the dataset that no split names (only a splits file leaves any).
+    """
+
+    def __init__(self, train: Sequence[str], val: Sequence[str], test: Sequence[str], source: str,
+                 unassigned: Sequence[str] = ()):
+        super().__init__(train=list(train), val=list(val), test=list(test))
+        self.source = source
+        self.unassigned = list(unassigned)
+
+    def sizes(self) -> dict[str, int]:
+        return {k: len(self[k]) for k in SPLIT_NAMES}
+
+    def split_of(self) -> dict[str, str]:
+        """Case id -> the split it is in."""
+        return {c: k for k in SPLIT_NAMES for c in self[k]}
+
+
+# (root or None, pairs, seed, fold) -> Splits, or None when the rule does not apply to this folder.
+SplitRule = Callable[["Path | None", list[Pair], int, int], "Splits | None"]
+# layout name -> (rule, whether the rule understands folds)
+LAYOUT_SPLIT_RULES: dict[str, tuple[SplitRule, bool]] = {}
+
+
+def register_split_rule(layout: str, rule: SplitRule, folds: bool = False) -> None:
+    """Let pairs of ``layout`` be split by ``rule`` when no ``splits.json`` applies.
+
+    ``folds=True`` says the rule handles ``fold`` itself (and raises for a fold it lacks);
+    otherwise a non-zero fold is refused before the rule runs.
+    """
+    LAYOUT_SPLIT_RULES[layout] = (rule, folds)
+
+
+def read_splits_file(path: str | os.PathLike, pairs: list[Pair]) -> Splits:
+    """Read a ``splits.json`` and check it against the dataset's pairs.
+
+    Entries are case ids (image stems); an entry with an image suffix (``x.png``) is accepted
+    for its stem.
+
+    Raises:
+        DataError: not JSON, not the expected object, a split naming cases the dataset lacks,
+            or a case in two splits; the message names the file and the cases.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read ({e})") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict) or "train" not in data:
+        raise DataError(f'{path}: expected an object {{"train": [...], "val": [...], "test": [...]}} '
+                        f"of image names, found {type(data).__name__}"
+                        + (f" with keys {', '.join(map(str, data))}" if isinstance(data, dict) else ""))
+    unknown = sorted(set(data) - set(SPLIT_NAMES))
+    if unknown:
+        raise DataError(f"{path}: unknown split names {', '.join(unknown)} (expected train, val, test)")
+    known = {p.case_id for p in pairs}
+    by_stem = {Path(p.case_id).stem: p.case_id for p in pairs}
+    out: dict[str, list[str]] = {}
+    seen: dict[str, str] = {}
+    for name in SPLIT_NAMES:
+        entries = data.get(name, [])
+        if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+            raise DataError(f"{path}: {name!r} must be a list of image names")
+        ids, missing = [], []
+        for e in entries:
+            cid = e if e in known else by_stem.get(Path(e).stem) if Path(e).suffix else None
+            if cid is None:
+                missing.append(e)
+                continue
+            if cid in seen:
+                raise DataError(f"{path}: {e!r} is in both {seen[cid]!r} and {name!r}")
+            seen[cid] = name
+            ids.append(cid)
+        if missing:
+            shown = ", ".join(missing[:10]) + (f", ... ({len(missing)} in all)" if len(missing) > 10 else "")
+            raise DataError(f"{path}: {name!r} names {len(missing)} case(s) the dataset does not have: {shown}")
+        out[name] = ids
+    unassigned = [p.case_id for p in pairs if p.case_id not in seen]
+    return Splits(out["train"], out["val"], out["test"], source=str(path.name), unassigned=unassigned)
+
+
+def split_groups(pairs: list[Pair], fractions: Sequence[float], seed: int) -> list[list[str]]:
+    """Split pairs by group into len(fractions) parts holding about those fractions of the pairs.
+
+    Groups are shuffled with ``seed`` and dealt to the parts after the first (val, test)
+    until each holds its share (at least one group each when there are enough groups); the
+    first part (train) takes the rest. Case ids keep the pairs' order within each part.
+    """
+    groups: "OrderedDict[str, list[str]]" = OrderedDict()
+    for p in pairs:
+        groups.setdefault(p.group, []).append(p.case_id)
+    names = sorted(groups)
+    order = np.random.default_rng(seed).permutation(len(names))
+    n = len(pairs)
+    parts: list[set[str]] = [set() for _ in fractions]
+    k = 0
+    for j in range(1, len(fractions)):
+        target = int(round(fractions[j] * n))
+        if target == 0 and fractions[j] > 0 and len(names) >= len(fractions):
+            target = 1
+        count = 0
+        while count < target and k < len(order):
+            g = names[order[k]]
+            parts[j].add(g)
+            count += len(groups[g])
+            k += 1
+    parts[0].update(names[i] for i in order[k:])
+    return [[p.case_id for p in pairs if p.group in part] for part in parts]
+
+
+def seeded_split(pairs: list[Pair], seed: int = 0, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> Splits:
+    """A seeded train/val/test split by case (``pair.group``)."""
+    train, val, test = split_groups(pairs, fractions, seed)
+    ngroups = len({p.group for p in pairs})
+    by = "by case" if ngroups < len(pairs) else "by image"
+    pct = "/".join(str(int(round(f * 100))) for f in fractions)
+    return Splits(train, val, test, source=f"seeded {pct} {by} ({ngroups} cases, seed {seed})")
+
+
+def _authors_rule(root: Path, pairs: list[Pair], seed: int, fold: int) -> Splits | None:
+    train = [p for p in pairs if p.subset == "train"]
+    test = [p.case_id for p in pairs if p.subset == "test"]
+    given_val = [p.case_id for p in pairs if p.subset == "val"]
+    if given_val:
+        return Splits([p.case_id for p in train], given_val, test,
+                      source="authors' layout: train/, val/ and test/ folders")
+    tr, val = split_groups(train, (0.9, 0.1), seed)
+    return Splits(tr, val, test, source=f"authors' layout: test = test/, val = 10% of train/ (seed {seed})")
+
+
+register_split_rule("authors", _authors_rule)
+
+
+def resolve_splits(root: str | os.PathLike | None, pairs: list[Pair], seed: int = 0, fold: int = 0) -> Splits:
+    """The train/val/test case ids of a dataset by the first rule that applies (see module doc).
+
+    Args:
+        root: the dataset folder (where ``splits.json`` is looked for); None skips the file.
+        pairs: the dataset's pairs (:func:`segdino.data.layouts.find_pairs`).
+        seed: seed of the seeded rules.
+        fold: cross-validation fold, for layouts whose split file has folds (nnU-Net).
+
+    Returns:
+        a :class:`Splits` (a dict ``train``/``val``/``test`` -> case ids; ``.source`` names the rule).
+
+    Raises:
+        DataError: a split file that is invalid or names cases the dataset lacks.
+        ConfigError: ``fold`` given where the rule that applies has no folds.
+    """
+    root = Path(root) if root is not None else None
+    if not pairs:
+        raise DataError(f"{root}: no pairs to split")
+    layouts = {p.layout for p in pairs}
+    rule, folds = LAYOUT_SPLIT_RULES.get(layouts.pop(), (None, False)) if len(layouts) == 1 else (None, False)
+    if root is not None and (root / SPLITS_FILE).is_file():
+        rule, folds = None, False
+        splits: Splits | None = read_splits_file(root / SPLITS_FILE, pairs)
+    else:
+        splits = None
+    if fold != 0 and not folds:
+        source = splits.source if splits is not None else "a rule without folds"
+        raise ConfigError(f"fold {fold} was asked for, but the split of {root} comes from {source}; "
+                          "folds come from an nnU-Net splits_final.json")
+    if splits is None and rule is not None:
+        splits = rule(root, pairs, seed, fold)
+    if splits is None:
+        splits = seeded_split(pairs, seed)
+    return splits
