@@ -1,0 +1,232 @@
+"""Paired image + mask augmentations, reproducible from a ``torch.Generator``.
+
+Every transform is called as ``t(image, mask, generator=None) -> (image, mask)`` with
+
+- ``image``: (3, H, W) float in [0, 1] (not yet normalised),
+- ``mask``: (H, W) int64 labels,
+
+and draws every random number from ``generator`` (the global torch RNG when None). Seeding a
+generator per sample, e.g. ``torch.Generator().manual_seed(sample_seed(seed, epoch, index))``
+(:func:`segdino.data.dataset.sample_seed`), makes the augmentation of each sample the same
+whatever the DataLoader's worker count or order.
+
+The pixel work is done by torchvision's ``transforms.v2.functional`` kernels (bilinear for the
+image, nearest for the mask, so labels stay labels); torchvision is the optional ``augment``
+dependency (``pip install segdino[augment]``) and is imported on first use. The random
+parameters are drawn here, because torchvision's random transforms read the global RNG.
+
+Two recipes:
+
+- :func:`paper_transforms`: the SegDINO authors' training augmentation: horizontal flip,
+  vertical flip, rotation by a whole number of degrees in [-15, 15], colour jitter (brightness
+  0.2, contrast 0.2, saturation 0.1, hue 0.05), each applied with probability 0.5.
+- :func:`segdino_transforms`: ours: the flips, one affine warp (rotation +-15 deg, zoom
+  0.85-1.2, shift up to 5%) with probability 0.8, and colour jitter with a milder hue change
+  (0.02 of a turn, by :func:`rotate_hue`) with probability 0.8. One warp interpolates the image
+  once, where rotation then crop would twice.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from ..errors import ConfigError
+
+PairTransform = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+_TV = None
+
+
+def _tv():
+    """torchvision's v2 functional kernels and InterpolationMode, imported on first use."""
+    global _TV
+    if _TV is None:
+        try:
+            import torchvision.transforms.v2.functional as F
+            from torchvision.transforms import InterpolationMode
+        except ImportError as e:
+            raise ConfigError(
+                f"augmentations need torchvision ({e}); install it with `pip install segdino[augment]` "
+                "(or train without augmentation)"
+            ) from None
+        _TV = (F, InterpolationMode)
+    return _TV
+
+
+def _rand(generator: torch.Generator | None) -> float:
+    return float(torch.rand((), generator=generator))
+
+
+def _uniform(lo: float, hi: float, generator: torch.Generator | None) -> float:
+    return lo + (hi - lo) * _rand(generator)
+
+
+def _check(image: torch.Tensor, mask: torch.Tensor) -> None:
+    if image.dim() != 3 or image.shape[0] != 3 or not image.is_floating_point():
+        raise ValueError(f"image must be a (3, H, W) float tensor, got {tuple(image.shape)} {image.dtype}")
+    if mask.shape != image.shape[1:]:
+        raise ValueError(f"mask must be (H, W) = {tuple(image.shape[1:])}, got {tuple(mask.shape)}")
+
+
+@dataclass
+class RandomFlip:
+    """Mirror image and mask left-right (``horizontal``) or top-bottom, with probability ``p``."""
+
+    horizontal: bool = True
+    p: float = 0.5
+
+    def __call__(self, image, mask, generator=None):
+        if _rand(generator) >= self.p:
+            return image, mask
+        dim = -1 if self.horizontal else -2
+        return image.flip(dim), mask.flip(dim)
+
+
+@dataclass
+class RandomAffine:
+    """Rotate, zoom and shift image and mask together (probability ``p``).
+
+    ``degrees``: rotation drawn from [-degrees, degrees] (whole degrees when ``whole_degrees``);
+    ``scale``: zoom factor drawn log-uniformly from the range; ``translate``: shift drawn from
+    [-t, t] of the width/height. Pixels brought in from outside are 0 in image and mask.
+    """
+
+    degrees: float = 15.0
+    scale: tuple[float, float] = (1.0, 1.0)
+    translate: float = 0.0
+    p: float = 0.5
+    whole_degrees: bool = False
+
+    def __call__(self, image, mask, generator=None):
+        if _rand(generator) >= self.p:
+            return image, mask
+        F, Mode = _tv()
+        if self.whole_degrees:
+            d = int(self.degrees)
+            angle = float(int(torch.randint(-d, d + 1, (), generator=generator)))
+        else:
+            angle = _uniform(-self.degrees, self.degrees, generator)
+        lo, hi = self.scale
+        scale = math.exp(_uniform(math.log(lo), math.log(hi), generator)) if hi > lo else float(lo)
+        h, w = image.shape[-2:]
+        tx = round(_uniform(-self.translate, self.translate, generator) * w) if self.translate else 0
+        ty = round(_uniform(-self.translate, self.translate, generator) * h) if self.translate else 0
+        if angle == 0.0 and scale == 1.0 and tx == 0 and ty == 0:
+            return image, mask
+        kw = dict(angle=angle, translate=[tx, ty], scale=scale, shear=[0.0, 0.0])
+        image = F.affine(image, interpolation=Mode.BILINEAR, fill=0.0, **kw)
+        mask = F.affine(mask[None], interpolation=Mode.NEAREST, fill=0, **kw)[0]
+        return image, mask
+
+
+def rotate_hue(image: torch.Tensor, shift: float) -> torch.Tensor:
+    """Turn the colours of a (3, H, W) image about the grey axis by ``shift`` of a full turn.
+
+    The rotation matrix (Rodrigues' formula about (1, 1, 1)/sqrt(3)) moves pure hues as an HSV
+    hue shift does (red -> green at 1/3) and leaves greys unchanged; it is one 3x3 product,
+    about 20 times cheaper than torchvision's RGB -> HSV -> RGB round trip.
+    """
+    th = 2.0 * math.pi * shift
+    c, s = math.cos(th), math.sin(th)
+    a, b = (1.0 - c) / 3.0, math.sqrt(1.0 / 3.0) * s
+    m = torch.tensor([[c + a, a - b, a + b],
+                      [a + b, c + a, a - b],
+                      [a - b, a + b, c + a]], dtype=image.dtype, device=image.device)
+    return (m @ image.reshape(3, -1)).reshape(image.shape).clamp_(0.0, 1.0)
+
+
+@dataclass
+class ColorJitter:
+    """Brightness, contrast, saturation and hue changes in random order (probability ``p``).
+
+    Factors are drawn as torchvision's ColorJitter draws them: brightness, contrast and
+    saturation from [1 - x, 1 + x], hue shift from [-hue, hue] of a turn. ``hue_mode`` "hsv"
+    shifts hue in HSV as torchvision does; "rotate" uses :func:`rotate_hue`. Saturation and hue
+    leave a grey image (equal channels) unchanged, so they are skipped there. The mask is
+    untouched.
+    """
+
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.1
+    hue: float = 0.05
+    p: float = 0.5
+    hue_mode: str = "hsv"
+
+    def __call__(self, image, mask, generator=None):
+        if _rand(generator) >= self.p:
+            return image, mask
+        F, _ = _tv()
+        order = torch.randperm(4, generator=generator).tolist()
+        b = _uniform(max(0.0, 1 - self.brightness), 1 + self.brightness, generator)
+        c = _uniform(max(0.0, 1 - self.contrast), 1 + self.contrast, generator)
+        s = _uniform(max(0.0, 1 - self.saturation), 1 + self.saturation, generator)
+        hshift = _uniform(-self.hue, self.hue, generator)
+        grey = bool(torch.equal(image[0], image[1]) and torch.equal(image[1], image[2]))
+        for op in order:
+            if op == 0 and self.brightness:
+                image = F.adjust_brightness(image, b)
+            elif op == 1 and self.contrast:
+                image = F.adjust_contrast(image, c)
+            elif op == 2 and self.saturation and not grey:
+                image = F.adjust_saturation(image, s)
+            elif op == 3 and self.hue and not grey:
+                image = F.adjust_hue(image, hshift) if self.hue_mode == "hsv" else rotate_hue(image, hshift)
+        return image.clamp_(0.0, 1.0), mask
+
+
+class Compose:
+    """Apply paired transforms in order, all drawing from the same generator."""
+
+    def __init__(self, transforms: Sequence[PairTransform]):
+        self.transforms = list(transforms)
+
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(3, H, W) float image, (H, W) int64 mask -> the same, augmented."""
+        _check(image, mask)
+        for t in self.transforms:
+            image, mask = t(image, mask, generator=generator)
+        return image, mask
+
+    def __repr__(self) -> str:
+        inner = ", ".join(repr(t) for t in self.transforms)
+        return f"Compose([{inner}])"
+
+
+def paper_transforms() -> Compose:
+    """The authors' augmentation (see the module doc); checks torchvision is installed."""
+    _tv()
+    return Compose([
+        RandomFlip(horizontal=True, p=0.5),
+        RandomFlip(horizontal=False, p=0.5),
+        RandomAffine(degrees=15, p=0.5, whole_degrees=True),
+        ColorJitter(brightness=0.2, contrast=0.2, saturation=0.1, hue=0.05, p=0.5),
+    ])
+
+
+def segdino_transforms() -> Compose:
+    """Our augmentation (see the module doc); checks torchvision is installed."""
+    _tv()
+    return Compose([
+        RandomFlip(horizontal=True, p=0.5),
+        RandomFlip(horizontal=False, p=0.5),
+        RandomAffine(degrees=15, scale=(0.85, 1.2), translate=0.05, p=0.8),
+        ColorJitter(brightness=0.2, contrast=0.2, saturation=0.1, hue=0.02, p=0.8, hue_mode="rotate"),
+    ])
+
+
+RECIPES = {"paper": paper_transforms, "segdino": segdino_transforms}
+
+
+def build_transforms(name: str | None) -> Compose | None:
+    """``"paper"``, ``"segdino"`` or ``"none"``/None (no augmentation)."""
+    if name in (None, "none"):
+        return None
+    if name not in RECIPES:
+        raise ConfigError(f"unknown augmentation {name!r}; choose paper, segdino or none")
+    return RECIPES[name]()
