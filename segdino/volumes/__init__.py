@@ -22,11 +22,15 @@ from .slicing import context_slice, iter_label_slices, iter_slices, label_slice,
 
 
 def __getattr__(name):
-    # The slice dataset pulls in torch; import it only when asked for.
+    # The slice dataset and volume prediction pull in torch; import them only when asked for.
     if name == "VolumeSliceDataset":
         from .dataset import VolumeSliceDataset
 
         return VolumeSliceDataset
+    if name == "predict_volume":
+        from .predict import predict_volume
+
+        return predict_volume
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -60,4 +64,5 @@ __all__ = [
     "format_report",
     "VolumeCheckReport",
     "VolumeSliceDataset",
+    "predict_volume",
 ]

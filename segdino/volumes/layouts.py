@@ -19,7 +19,8 @@ Recognised layouts (:func:`volume_layout`):
 Splits, first that applies: ``splits.json`` in the folder (``{"train", "val", "test"}`` lists of
 case ids); nnU-Net ``splits_final.json`` fold ``fold`` with test = labelled ``imagesTs``
 cases; labelled test cases otherwise present: val = 10% of the training cases (seeded), test =
-those; otherwise a seeded 80/10/10 split by case. Test images without labels (Decathlon's
+those; otherwise a seeded 80/10/10 split by case. The seeded rules are the 2D pipeline's
+(:mod:`segdino.data.splits`); a ``fold`` other than 0 needs a ``splits_final.json``. Test images without labels (Decathlon's
 ``test`` list, ``imagesTs`` without ``labelsTs``) stay in ``cases`` with ``label=None`` and in
 no split: they can be segmented but not scored.
 """
@@ -32,8 +33,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from ..errors import ConfigError, DataError
 from .io import NIFTI_SUFFIXES, is_nifti_path, strip_volume_suffix
@@ -152,9 +151,25 @@ def volume_layout(root: str | os.PathLike) -> str | None:
     labels = _labels_folder(root)
     if (root / "images").is_dir() and labels is not None:
         entries = _visible(root / "images")
-        if any(is_nifti_path(p) or p.is_dir() for p in entries):
+        if any(is_nifti_path(p) for p in entries) or any(_is_dicom_folder(p) for p in entries if p.is_dir()):
             return "images-labels"
     return None
+
+
+def _is_dicom_folder(folder: Path, probe: int = 8) -> bool:
+    """A folder whose first files (here or one level down) carry the DICOM 'DICM' marker."""
+    files = [p for p in _visible(folder) if p.is_file()][:probe]
+    if not files:
+        files = [q for d in _visible(folder) if d.is_dir() for q in _visible(d) if q.is_file()][:probe]
+    for f in files:
+        try:
+            with open(f, "rb") as fh:
+                fh.seek(128)
+                if fh.read(4) == b"DICM":
+                    return True
+        except OSError:
+            continue
+    return False
 
 
 def is_volume_dataset(root: str | os.PathLike) -> bool:
@@ -248,25 +263,19 @@ def _need_channel_error(where: Path, names: list[str]) -> DataError:
 # --- splits -------------------------------------------------------------------------------
 
 
-def seeded_split(case_ids: list[str], seed: int = 0, val: float = 0.1, test: float = 0.1) -> dict[str, list[str]]:
-    """Seeded split by case: shuffle the sorted ids, then cut ``val`` and ``test`` fractions.
+def _split_by_case(case_ids: list[str], fractions: tuple[float, ...], seed: int) -> list[list[str]]:
+    # The 2D pipeline's seeded rule, so that 2D and 3D datasets split alike.
+    from ..data.layouts import Pair
+    from ..data.splits import split_groups
 
-    Each of val and test gets at least one case when there are three cases or more.
-    """
-    ids = sorted(case_ids)
-    order = np.random.default_rng(seed).permutation(len(ids))
-    ids = [ids[i] for i in order]
-    n = len(ids)
-    n_val = int(round(n * val))
-    n_test = int(round(n * test))
-    if n >= 3:
-        n_val = max(n_val, 1) if val > 0 else 0
-        n_test = max(n_test, 1) if test > 0 else 0
-    return {
-        "train": sorted(ids[n_val + n_test :]),
-        "val": sorted(ids[:n_val]),
-        "test": sorted(ids[n_val : n_val + n_test]),
-    }
+    pairs = [Pair(cid, Path(cid), [], layout="volumes") for cid in sorted(case_ids)]
+    return [sorted(part) for part in split_groups(pairs, fractions, seed)]
+
+
+def seeded_split(case_ids: list[str], seed: int = 0) -> dict[str, list[str]]:
+    """Seeded 80/10/10 split by case (the rule of :func:`segdino.data.splits.seeded_split`)."""
+    train, val, test = _split_by_case(case_ids, (0.8, 0.1, 0.1), seed)
+    return {"train": train, "val": val, "test": test}
 
 
 def _id_aliases(case: VolumeCase) -> set[str]:
@@ -300,9 +309,14 @@ def _resolve_splits(root: Path, cases: list[VolumeCase], fold: int, seed: int,
                     issues: list[str], nnunet: bool) -> tuple[dict[str, list[str]], str]:
     labelled_train = sorted(c.case_id for c in cases if c.subset == "train" and c.label is not None)
     labelled_test = sorted(c.case_id for c in cases if c.subset == "test" and c.label is not None)
+    sf = root / "splits_final.json"
+    uses_folds = nnunet and sf.is_file() and not (root / "splits.json").is_file()
+    if fold != 0 and not uses_folds:
+        source = "splits.json" if (root / "splits.json").is_file() else "a rule without folds"
+        raise ConfigError(f"--fold {fold} asked for, but the split of {root} comes from {source}; "
+                          "folds come from an nnU-Net splits_final.json")
     if (root / "splits.json").is_file():
         return _splits_from_file(root / "splits.json", cases, issues), "splits.json"
-    sf = root / "splits_final.json"
     if nnunet and sf.is_file():
         folds = _load_json(sf)
         if not isinstance(folds, list) or not all(isinstance(f, dict) for f in folds):
@@ -320,8 +334,8 @@ def _resolve_splits(root: Path, cases: list[VolumeCase], fold: int, seed: int,
             out[k] = [i for i in ids if i in known]
         return {k: out[k] for k in ("train", "val", "test")}, f"splits_final.json fold {fold}"
     if labelled_test:
-        s = seeded_split(labelled_train, seed, val=0.1, test=0.0)
-        return {"train": s["train"], "val": s["val"], "test": labelled_test}, \
+        train, val = _split_by_case(labelled_train, (0.9, 0.1), seed)
+        return {"train": train, "val": val, "test": labelled_test}, \
             f"val = 10% of training cases (seed {seed}); test = labelled test cases"
     return seeded_split(labelled_train, seed), f"seeded 80/10/10 by case (seed {seed})"
 
@@ -416,8 +430,8 @@ def _plain_cases(root: Path, channel: int | None, issues: list[str]) -> list[Vol
     used: set[str] = set()
     cases = []
     for p in _visible(root / "images"):
-        if not (is_nifti_path(p) or p.is_dir()):
-            issues.append(f"{p}: not a volume (.nii, .nii.gz or a DICOM folder); ignored")
+        if not (is_nifti_path(p) or (p.is_dir() and _is_dicom_folder(p))):
+            issues.append(f"{p}: not a volume (.nii, .nii.gz or a folder of DICOM files); ignored")
             continue
         cid = strip_volume_suffix(p.name) if p.is_file() else p.name
         label = None
@@ -435,25 +449,8 @@ def _plain_cases(root: Path, channel: int | None, issues: list[str]) -> list[Vol
     return cases
 
 
-def find_volume_cases(root: str | os.PathLike, fold: int = 0, channel: int | str | None = None,
-                      seed: int = 0) -> VolumeCases:
-    """Find the cases and splits of a volume dataset (or an nnU-Net 2D dataset).
-
-    Args:
-        root: the dataset folder.
-        fold: the nnU-Net fold of ``splits_final.json``.
-        channel: the channel (index, or name from dataset.json) for multi-modal data; required
-            when cases have several channels.
-        seed: the seed of the by-case split when no split file applies.
-
-    Returns:
-        :class:`VolumeCases`; layout problems that do not stop reading (missing labels, stray
-        files) are in its ``issues``.
-
-    Raises:
-        DataError: not a recognised layout, unreadable dataset.json, several channels and no
-            ``channel``. ConfigError: a bad ``fold`` or ``channel``.
-    """
+def scan_volume_cases(root: str | os.PathLike, channel: int | str | None = None) -> VolumeCases:
+    """The cases of a dataset folder, without splits (``splits`` empty); see :func:`find_volume_cases`."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: no such dataset folder")
@@ -481,5 +478,33 @@ def find_volume_cases(root: str | os.PathLike, fold: int = 0, channel: int | str
         cases = _decathlon_cases(root, meta, ch, names, issues)
     else:
         cases = _plain_cases(root, ch, issues)
-    splits, source = _resolve_splits(root, cases, fold, seed, issues, nnunet=layout.startswith("nnunet"))
-    return VolumeCases(root, layout, cases, splits, source, label_names, names, ch, ending, issues)
+    return VolumeCases(root, layout, cases, {}, "", label_names, names, ch, ending, issues)
+
+
+def resolve_volume_splits(found: VolumeCases, fold: int = 0, seed: int = 0) -> VolumeCases:
+    """Fill ``found.splits`` and ``found.split_source`` by the rules of the module docstring."""
+    found.splits, found.split_source = _resolve_splits(
+        found.root, found.cases, fold, seed, found.issues, nnunet=found.layout.startswith("nnunet"))
+    return found
+
+
+def find_volume_cases(root: str | os.PathLike, fold: int = 0, channel: int | str | None = None,
+                      seed: int = 0) -> VolumeCases:
+    """Find the cases and splits of a volume dataset (or an nnU-Net 2D dataset).
+
+    Args:
+        root: the dataset folder.
+        fold: the nnU-Net fold of ``splits_final.json``.
+        channel: the channel (index, or name from dataset.json) for multi-modal data; required
+            when cases have several channels.
+        seed: the seed of the by-case split when no split file applies.
+
+    Returns:
+        :class:`VolumeCases`; layout problems that do not stop reading (missing labels, stray
+        files) are in its ``issues``.
+
+    Raises:
+        DataError: not a recognised layout, unreadable dataset.json, several channels and no
+            ``channel``. ConfigError: a bad ``fold`` or ``channel``.
+    """
+    return resolve_volume_splits(scan_volume_cases(root, channel), fold, seed)
