@@ -28,6 +28,8 @@ def register(subparsers) -> None:
     check.add_argument("--seed", type=int, default=0, help="seed of the seeded split rules (default 0)")
     check.add_argument("--fold", type=int, default=0, help="fold, for split files with folds (default 0)")
     check.add_argument("--workers", type=int, default=None, help="decoding threads (default: CPU count, max 8)")
+    check.add_argument("--channel", default=None, metavar="C",
+                       help="multi-channel volumes: the channel to use (index or name from dataset.json)")
     check.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
     check.set_defaults(func=run_check)
 
@@ -37,11 +39,16 @@ def _no_subcommand(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
+def _channel(value: str | None) -> int | str | None:
+    return int(value) if value is not None and value.isdigit() else value
+
+
 def run_check(args: argparse.Namespace) -> int:
     from ..data.check import check_dataset
 
     report = check_dataset(args.data, num_classes=args.num_classes, mask_threshold=args.mask_threshold,
-                           seed=args.seed, fold=args.fold, workers=args.workers)
+                           seed=args.seed, fold=args.fold, workers=args.workers,
+                           channel=_channel(args.channel))
     print(report.format())
     if args.json:
         atomic_write_text(args.json, json.dumps(report.to_dict(), indent=1, default=str) + "\n")

@@ -40,6 +40,7 @@ class CheckOptions:
     seed: int = 0
     fold: int = 0
     workers: int | None = None
+    channel: int | str | None = None  # multi-channel volumes: which channel (plugin checkers)
 
 
 @dataclass
@@ -169,7 +170,8 @@ def register_checker(kind: str, checker: Checker) -> None:
 
 
 def check_dataset(root: str | os.PathLike, num_classes: int | None = None, mask_threshold: int = DEFAULT_THRESHOLD,
-                  seed: int = 0, fold: int = 0, workers: int | None = None) -> CheckReport:
+                  seed: int = 0, fold: int = 0, workers: int | None = None,
+                  channel: int | str | None = None) -> CheckReport:
     """Check dataset folder ``root`` for training and evaluation.
 
     Args:
@@ -178,6 +180,7 @@ def check_dataset(root: str | os.PathLike, num_classes: int | None = None, mask_
         mask_threshold: binary foreground threshold on 8-bit grey values.
         seed, fold: as for the split rules.
         workers: decoding threads (default: CPU count, at most 8).
+        channel: for multi-channel volume datasets, the channel to check (index or name).
 
     Returns:
         a :class:`CheckReport`; ``report.ok`` says whether the folder is usable. Problems
@@ -185,7 +188,7 @@ def check_dataset(root: str | os.PathLike, num_classes: int | None = None, mask_
     """
     t0 = time.perf_counter()
     report = CheckReport(root=Path(root), mask_threshold=mask_threshold)
-    opts = CheckOptions(num_classes, mask_threshold, seed, fold, workers)
+    opts = CheckOptions(num_classes, mask_threshold, seed, fold, workers, channel)
     try:
         layout = detect_layout(root)
         report.layout, report.layout_description = layout.name, layout.description

@@ -9,7 +9,8 @@ A layout knows how to recognise a folder and how to list its image/mask pairs. T
 - ``authors``: the SegDINO authors' ``train/image``, ``train/mask``, ``test/image``,
   ``test/mask`` (``val/image``, ``val/mask`` too when present); masks match as above.
 
-Other layouts (nnU-Net, Decathlon) plug in with :func:`register_layout`.
+Other layouts (nnU-Net, Decathlon, volumes) plug in with :func:`register_layout`; modules named
+in :data:`PLUGINS` do so when the first folder is detected.
 
 Every sample is a :class:`Pair`. Its ``case_id`` is the image's file stem (the name a
 ``splits.json`` uses); ``group`` is the patient or case that a seeded split keeps together,
@@ -312,13 +313,36 @@ def _describe_layouts() -> str:
     return "; ".join(lay.description for lay in LAYOUTS)
 
 
+# Modules that add layouts (and their split rules and checkers) through a ``register()`` function,
+# loaded on first use so that reading a 2D folder never pays for them up front.
+PLUGINS = ("segdino.volumes.plugin",)
+_plugins_loaded = False
+
+
+def load_plugins() -> None:
+    """Register the layouts of :data:`PLUGINS` (once; a plugin that is not installed is skipped)."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    import importlib
+
+    for name in PLUGINS:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        module.register()
+
+
 def detect_layout(root: str | os.PathLike) -> Layout:
-    """The layout of dataset folder ``root``.
+    """The layout of dataset folder ``root`` (plugin layouts, e.g. volumes, are tried first).
 
     Raises:
         DataError: ``root`` is missing, empty, or has no known layout (the message says what
             was expected and what the folder holds).
     """
+    load_plugins()
     root = Path(root)
     if not root.exists():
         raise DataError(f"{root}: no such folder")
