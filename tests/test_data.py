@@ -24,7 +24,7 @@ from segdino.errors import ConfigError, DataError
 S = 32  # side of the test images
 
 
-# --- helpers ----------------------------------------------------------------------------------
+# --- test files ----------------------------------------------------------------------------
 
 
 def disc(size=S, r=8, cx=None, cy=None, value=255) -> np.ndarray:

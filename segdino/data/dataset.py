@@ -194,11 +194,11 @@ class SegmentationDataset(torch.utils.data.Dataset):
         """
         if not self.cache:
             raise ConfigError("preload needs a dataset made with cache=True")
-        todo = list(range(len(self))) if indices is None else list(indices)
+        wanted = list(range(len(self))) if indices is None else list(indices)
         self._ensure_cache()
         threads = num_threads or min(8, os.cpu_count() or 1)
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            for _ in pool.map(self._resized, todo):
+            for _ in pool.map(self._resized, wanted):
                 pass
 
     # --- internals ------------------------------------------------------------------------------

@@ -107,7 +107,7 @@ def register_layout(layout: Layout, first: bool = False) -> None:
         LAYOUTS.append(layout)
 
 
-# --- helpers ---------------------------------------------------------------------------------
+# --- pairing ---------------------------------------------------------------------------------
 
 
 def child_dir(root: Path, names: tuple[str, ...]) -> Path | None:
