@@ -362,6 +362,7 @@ def test_splits_json_accepts_file_names_and_notes_unlisted(tmp_path):
 @pytest.mark.parametrize("content, match", [
     ({"train": ["img00", "ghost"], "val": [], "test": []}, "'train' names 1 case.*ghost"),
     ({"train": ["img00"], "val": ["img00"], "test": []}, "img00.*both 'train' and 'val'"),
+    ({"train": ["img00", "img00"]}, "img00.*twice in 'train'"),
     ({"training": []}, "expected an object"),
     ({"train": [], "valid": []}, "unknown split names valid"),
     ({"train": "img00"}, "must be a list"),

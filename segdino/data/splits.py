@@ -105,7 +105,8 @@ def read_splits_file(path: str | os.PathLike, pairs: list[Pair]) -> Splits:
                 missing.append(e)
                 continue
             if cid in seen:
-                raise DataError(f"{path}: {e!r} is in both {seen[cid]!r} and {name!r}")
+                where = f"twice in {name!r}" if seen[cid] == name else f"in both {seen[cid]!r} and {name!r}"
+                raise DataError(f"{path}: {e!r} is {where}")
             seen[cid] = name
             ids.append(cid)
         if missing:
