@@ -410,7 +410,8 @@ def test_nnunet_2d_png_layout(tmp_path):
     report = check_volume_dataset(root)
     assert report.ok, report.problems
     assert report.summary["label_voxels"] == {0: 10 * (320 - 16), 1: 160}
-    assert "images: 10" in format_report(report) and "usable: yes" in format_report(report)
+    text = format_report(report)
+    assert "images:       10 (10 labelled" in text and text.endswith("result:       usable")
 
 
 def make_decathlon(root: Path, n: int = 4) -> Path:
@@ -448,7 +449,7 @@ def test_decathlon_layout_with_4d_files(tmp_path):
     assert report.ok, report.problems
     assert report.summary["label_voxels"][2] == 4 and report.summary["shapes"] == [(8, 9, 6)]
     text = format_report(report)
-    assert "using channel 2" in text and "1 edema" in text and "without labels" in text
+    assert "using channel 2" in text and "1 edema: 68 voxels in 4 volumes" in text and "without labels" in text
 
 
 def make_plain(root: Path, n: int = 10) -> Path:
@@ -519,7 +520,7 @@ def test_check_reports_every_bad_input(tmp_path):
     assert "p03.nii.gz" in problems and "truncated" in problems
     assert len(report.problems) == 5, report.problems
     assert sorted(report.geometry_mismatches) == ["p00", "p01"]
-    assert "usable: no" in text and "geometry mismatches: 2" in text
+    assert text.endswith("NOT usable") and "2 label(s) off their image's grid: p00, p01" in text
     assert str(report) == text
     # --channel 1 reads the 4D image; the 3D images have no channel 1, and say so.
     with_channel = "\n".join(check_volume_dataset(root, channel=1).problems)
@@ -558,7 +559,7 @@ def test_volume_slice_dataset_streams_and_indexes(tmp_path):
     a = resolve_axis("axial", synthetic_affine())
     assert len(ds) == 5 * (8, 9, 6)[a]
     item = ds[7]
-    assert set(item) == {"image", "mask", "case_id", "orig_size", "slice_index"}
+    assert set(item) == {"image", "mask", "case_id", "orig_size", "index", "slice_index"}
     assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32
     assert float(item["image"].min()) >= 0 and float(item["image"].max()) <= 1
     assert item["mask"].shape == (32, 32) and item["mask"].dtype == torch.int64
@@ -567,7 +568,11 @@ def test_volume_slice_dataset_streams_and_indexes(tmp_path):
     # Native slice and intensity match a direct computation.
     vol = read_volume(cases[ci].image)
     direct = dict(iter_slices(normalize_intensity(vol.array, ct_window("abdomen")), a, 1))[s]
-    assert tuple(item["orig_size"]) == direct.shape[:2]
+    assert item["orig_size"].tolist() == list(direct.shape[:2]) and item["index"] == 7
+    np.testing.assert_allclose(item["image"].numpy(),
+                               torch.nn.functional.interpolate(torch.from_numpy(direct).permute(2, 0, 1)[None], size=(32, 32),
+                                                               mode="bilinear", antialias=True)[0].clamp(0, 1).numpy(),
+                               atol=1e-3)  # float16 cache: within 1e-3 of the direct computation
     lab = read_volume(cases[ci].label).array
     np.testing.assert_array_equal(ds.native_mask(7), np.take(lab, s, axis=a))
     # Memory bounded: never more than cache_size volumes; an epoch in block order decodes each once.

@@ -74,5 +74,5 @@ def test_atlas_as_a_plain_dataset(tmp_path):
                             image_size=64, num_classes=117, cache_size=1)
     assert len(ds) == 181
     item = ds[90]
-    assert item["orig_size"] == (181, 217) and item["image"].shape == (3, 64, 64)
+    assert item["orig_size"].tolist() == [181, 217] and item["image"].shape == (3, 64, 64)
     assert int(item["mask"].max()) > 0

@@ -251,47 +251,49 @@ def _range(values: list[float], fmt: str = "{:.3g}") -> str:
 
 
 def format_report(report: VolumeCheckReport) -> str:
-    """Human-readable text of a :class:`VolumeCheckReport`, ending with the usable verdict."""
+    """Human-readable text of a :class:`VolumeCheckReport`: summary, notes, every problem, verdict."""
     s = report.summary
-    lines = [f"dataset: {report.root}"]
-    lines.append(f"layout: {LAYOUT_NAMES.get(report.layout, 'not recognised') if report.layout else 'not recognised'}")
+    unit = "images" if report.layout == "nnunet-2d" else "volumes"
+    lines: list[str] = []
+
+    def line(key: str, value: str) -> None:
+        lines.append(f"{key + ':':<13} {value}")
+
+    line("dataset", report.root)
+    line("layout", f"{report.layout} ({LAYOUT_NAMES[report.layout]})" if report.layout in LAYOUT_NAMES
+         else "not recognised")
     if report.channel_names:
         chosen = f"; using channel {report.channel}" if report.channel is not None else ""
-        lines.append("channels: " + ", ".join(f"{i} {n}" for i, n in enumerate(report.channel_names)) + chosen)
-    unit = "images" if report.layout == "nnunet-2d" else "volumes"
+        line("channels", ", ".join(f"{i} {n}" for i, n in enumerate(report.channel_names)) + chosen)
     if report.cases:
-        lines.append(f"{unit}: {s['volumes']} ({s['labelled']} labelled, {s['read']} read)")
+        line(unit, f"{s['volumes']} ({s['labelled']} labelled, {s['read']} read)")
     if s["shapes"]:
         dims = list(zip(*s["shapes"]))
-        lines.append("shapes: " + " x ".join(_range(list(d), "{:d}") for d in dims)
-                     + f" ({len(s['shapes'])} distinct)")
+        line("shapes", " x ".join(_range(list(d), "{:d}") for d in dims) + f" ({len(s['shapes'])} distinct)")
     if s["spacings"]:
         dims = list(zip(*s["spacings"]))
-        lines.append("spacing (mm): " + " x ".join(_range(list(d)) for d in dims))
+        line("spacing", " x ".join(_range(list(d)) for d in dims) + " mm")
+    if report.label_names is not None:
+        line("labels", ", ".join(f"{v} {n}" for v, n in report.label_names.items()) + " (dataset.json)")
     if s["label_voxels"]:
-        unit_v = "pixels" if report.layout == "nnunet-2d" else "voxels"
         names = report.label_names or {}
-        parts = []
+        what = "pixels" if unit == "images" else "voxels"
+        line("label values", f"{len(s['label_voxels'])} distinct")
         for v, n in s["label_voxels"].items():
             name = f" {names[v]}" if v in names else ""
-            parts.append(f"  {v}{name}: {n} {unit_v} in {s['label_volumes'].get(v, 0)} {unit}")
-        lines.append("label values:")
-        lines.extend(parts)
-    if report.label_names is not None:
-        lines.append("dataset.json labels: " + ", ".join(f"{v} {n}" for v, n in report.label_names.items()))
+            lines.append(f"  {v}{name}: {n} {what} in {s['label_volumes'].get(v, 0)} {unit}")
     if report.splits:
-        lines.append(f"split ({report.split_source}): "
-                     + ", ".join(f"{k} {n}" for k, n in report.splits.items()))
-    lines.append(f"geometry mismatches: {len(report.geometry_mismatches)}"
-                 + (f" ({', '.join(report.geometry_mismatches[:10])})" if report.geometry_mismatches else ""))
-    lines.append(f"empty label {unit}: {len(report.empty_labels)}")
+        line("split", ", ".join(f"{k} {n}" for k, n in report.splits.items()) + f" (from {report.split_source})")
+    if report.cases:
+        line("geometry", f"{len(report.geometry_mismatches)} label(s) off their image's grid"
+             + (f": {', '.join(report.geometry_mismatches[:10])}" if report.geometry_mismatches else ""))
+        line("empty labels", str(len(report.empty_labels)))
     for note in report.notes:
         lines.append(f"note: {note}")
     if report.problems:
-        lines.append(f"problems ({len(report.problems)}):")
-        for p in report.problems[:MAX_LISTED_PROBLEMS]:
-            lines.append(f"  - {p}")
+        line("problems", str(len(report.problems)))
+        lines.extend(f"  - {p}" for p in report.problems[:MAX_LISTED_PROBLEMS])
         if len(report.problems) > MAX_LISTED_PROBLEMS:
             lines.append(f"  ... and {len(report.problems) - MAX_LISTED_PROBLEMS} more")
-    lines.append("usable: yes" if report.ok else "usable: no")
+    line("result", "usable" if report.ok else "NOT usable")
     return "\n".join(lines)

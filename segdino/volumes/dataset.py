@@ -28,7 +28,8 @@ class VolumeSliceDataset(Dataset):
       volume, resized (bilinear, antialiased) to ``image_size``;
     - ``mask``: int64 tensor (h, w), resized by nearest neighbour; binary (``num_classes=1``):
       1 where the label is non-zero; multi-class: the label values, which must be < num_classes;
-    - ``case_id``, ``orig_size`` (H, W) of the slice, and ``slice_index`` along the axis.
+    - ``case_id``; ``orig_size``: int64 tensor (H, W), the slice's own size; ``index``: ``i``;
+      ``slice_index``: the slice's index along the axis of its case.
 
     Memory: decoded, normalised volumes (image as float16 in [0, 1], finer than the 8-bit steps
     of 2D images, plus labels) are kept in an LRU cache of ``cache_size`` cases; each DataLoader
@@ -171,7 +172,8 @@ class VolumeSliceDataset(Dataset):
             "image": x.contiguous(),
             "mask": m,
             "case_id": self.cases[ci].case_id,
-            "orig_size": (h, w),
+            "orig_size": torch.tensor((h, w), dtype=torch.int64),
+            "index": int(index),
             "slice_index": s,
         }
 
