@@ -611,11 +611,14 @@ def registered():
     from segdino.data import splits as dsplits
     from segdino.volumes import plugin
 
-    saved = (list(dlayouts.LAYOUTS), dict(dsplits.LAYOUT_SPLIT_RULES), dict(dcheck.CHECKERS))
+    saved = (list(dlayouts.LAYOUTS), dict(dsplits.LAYOUT_SPLIT_RULES), dict(dcheck.CHECKERS),
+             getattr(dlayouts, "_plugins_loaded", None))
     plugin.register()
     plugin.register()  # twice is harmless
     yield
     dlayouts.LAYOUTS = saved[0]
+    if saved[3] is not None:
+        dlayouts._plugins_loaded = saved[3]
     dsplits.LAYOUT_SPLIT_RULES.clear()
     dsplits.LAYOUT_SPLIT_RULES.update(saved[1])
     dcheck.CHECKERS.clear()

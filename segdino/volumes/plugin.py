@@ -134,8 +134,9 @@ def _check_volumes(scan, report, opts):
         names = vr.label_names or {}
         report.extra["voxels"] = ", ".join(f"{v}{' ' + names[v] if v in names else ''} {n}"
                                            for v, n in s["label_voxels"].items())
-    report.extra["geometry"] = (f"{len(vr.geometry_mismatches)} label(s) off their image's grid"
-                                if vr.geometry_mismatches else "every label on its image's grid")
+    if s["read"]:
+        report.extra["geometry"] = (f"{len(vr.geometry_mismatches)} label(s) off their image's grid"
+                                    if vr.geometry_mismatches else "every label on its image's grid")
     return report
 
 
