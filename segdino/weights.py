@@ -88,11 +88,14 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
     """
     path = Path(path)
     _check_file(path)
+    # Memory-map zip-format files so a multi-gigabyte backbone is not held twice while it is copied.
+    with open(path, "rb") as f:
+        mmap = f.read(4) == b"PK\x03\x04"
     try:
         with warnings.catch_warnings():
             # torch warns about pickle protocols it may not support; the outcome is reported below.
             warnings.simplefilter("ignore", UserWarning)
-            return torch.load(path, weights_only=True, map_location="cpu")
+            return torch.load(path, weights_only=True, map_location="cpu", mmap=mmap)
     except pickle.UnpicklingError as e:
         needs = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
         if needs:
