@@ -3,11 +3,18 @@
 Default: resize to the model's input size, predict, resize the logits back to the image's
 size (bilinear), then threshold (binary) or argmax (multi-class). ``keep_size=True`` instead
 pads the image to a multiple of 16 and crops the logits.
+
+A model here is anything that maps a normalised (B, 3, H, W) float batch to (B, K, H, W)
+logits and carries ``config`` (a :class:`ModelConfig`): a :class:`segdino.SegDINO`, the fast
+wrapper of :mod:`segdino.fast`, or an ONNX Runtime model from :mod:`segdino.export`
+(:func:`load_inference_model` loads any of them from a file).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+import os
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -17,6 +24,7 @@ import torch.nn.functional as F
 from .backbone import PATCH_SIZE
 from .config import ModelConfig
 from .data.imageio import as_rgb_array
+from .errors import ConfigError
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -111,11 +119,13 @@ def default_device() -> torch.device:
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    from .errors import ConfigError
-
+    """``auto``/None -> cuda, else mps, else cpu; a named device is checked to exist."""
     if device is None or str(device) == "auto":
         return default_device()
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda or mps") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for, but no CUDA GPU is available")
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
@@ -123,9 +133,130 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+def model_device(model) -> torch.device:
+    """Where ``model`` runs: its ``device`` attribute (fast and ONNX models), else its parameters'."""
+    dev = getattr(model, "device", None)
+    if dev is not None:
+        return torch.device(dev)
+    try:
+        return next(model.parameters()).device
+    except (AttributeError, StopIteration):
+        return torch.device("cpu")
+
+
+def is_onnx_path(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() == ".onnx"
+
+
+def load_inference_model(path: str | os.PathLike, device: str | torch.device | None = "auto",
+                         fast: bool | str = "auto"):
+    """Load a model file for inference, ready on ``device``.
+
+    Args:
+        path: our ``.safetensors`` file, the authors' state dict, a run folder (its
+            ``best.safetensors``), or an ``.onnx`` file exported by ``segdino export``.
+        device: ``auto`` (cuda, else mps, else cpu), ``cpu``, ``cuda`` or ``mps``. An ONNX model
+            runs on the CPU through ONNX Runtime; ``auto`` then means the CPU.
+        fast: ``auto`` or True: on CUDA, wrap the model with :func:`segdino.fast.fast_model`
+            (bf16, channels-last, ``torch.compile``); False: the plain fp32 model.
+
+    Returns:
+        a model in eval mode: (B, 3, H, W) normalised float -> (B, K, H, W) logits, with ``config``.
+
+    Raises:
+        CheckpointError: missing or unreadable file, or weights that do not fit their config.
+        ConfigError: an unavailable device, or ONNX asked for where ONNX support is missing.
+    """
+    if is_onnx_path(path):
+        if device is not None and str(device) not in ("auto", "cpu"):
+            raise ConfigError(f"{path}: an ONNX model runs on the CPU (ONNX Runtime); use --device cpu or auto, "
+                              f"or the .safetensors checkpoint to run on {device}")
+        try:
+            from .export import load_onnx_model
+        except ImportError as e:
+            raise ConfigError(f"{path}: ONNX support is unavailable ({e}); install onnxruntime, or pass the "
+                              ".safetensors checkpoint instead") from None
+        return load_onnx_model(path)
+    from .checkpoint import load_model
+
+    dev = resolve_device(device)
+    model = load_model(path, map_location=dev)
+    if fast is not False and dev.type == "cuda":
+        from .fast import fast_model
+
+        model = fast_model(model, dev)
+    return model.eval()
+
+
+def _prepare_model(model, device: str | torch.device | None):
+    """The model to run and its device; a plain module is moved to an explicitly named device."""
+    if isinstance(model, (str, os.PathLike)):
+        model = load_inference_model(model, device if device is not None else "auto")
+        return model, model_device(model)
+    current = model_device(model)
+    prepared = getattr(model, "device", None) is not None
+    if device is None or (str(device) == "auto" and prepared):
+        return model, current
+    dev = resolve_device(device)
+    if dev == current or (dev.type == current.type and dev.index is None):
+        return model, current
+    if prepared:
+        # Fast and ONNX models are built for one device and cannot be moved.
+        raise ConfigError(f"this model was prepared for {current}, not {dev}; load it again with "
+                          f"load_inference_model(path, device={str(dev)!r})")
+    return model.to(dev), dev
+
+
+def _compiled(model) -> bool:
+    # A compiled fast model specialises on the input shape: keep batch shapes fixed.
+    return getattr(model, "compiled", None) is not None
+
+
+def _run(model, x: torch.Tensor, dev: torch.device, batch_size: int) -> torch.Tensor:
+    """Logits of a normalised batch; compiled models always see ``batch_size`` images."""
+    n = x.shape[0]
+    if _compiled(model) and n < batch_size:
+        x = torch.cat([x, x.new_zeros((batch_size - n, *x.shape[1:]))])
+    return model(x.to(dev, non_blocking=True))[:n].float()
+
+
+def _finish(logits: torch.Tensor, probabilities: bool) -> np.ndarray | Prediction:
+    """(K, H, W) logits of one image -> its mask (or a :class:`Prediction`)."""
+    mask = logits_to_labels(logits[None])[0].cpu().numpy()
+    if not probabilities:
+        return mask
+    prob = logits_to_probabilities(logits[None])[0].to(torch.float32).cpu().numpy()
+    return Prediction(mask, prob)
+
+
+def predict_arrays(model, images: Sequence[np.ndarray], device: torch.device, batch_size: int = 8,
+                   keep_size: bool = False, probabilities: bool = False) -> list:
+    """Segment (H, W, 3) uint8 images with a model already on ``device`` (see :func:`predict`)."""
+    config: ModelConfig = model.config
+    sizes = [tuple(int(s) for s in im.shape[:2]) for im in images]
+    results: list = [None] * len(images)
+    if keep_size:
+        # Only images of the same padded size can share a batch.
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, (h, w) in enumerate(sizes):
+            groups.setdefault(padded_size(h, w), []).append(i)
+        batches = [idx[k : k + batch_size] for idx in groups.values() for k in range(0, len(idx), batch_size)]
+    else:
+        batches = [list(range(k, min(k + batch_size, len(images)))) for k in range(0, len(images), batch_size)]
+    for idx in batches:
+        x = torch.stack([preprocess(images[i], config, keep_size=keep_size) for i in idx])
+        logits = _run(model, x, device, batch_size)
+        for j, i in enumerate(idx):
+            h, w = sizes[i]
+            li = logits[j : j + 1]
+            li = li[..., :h, :w] if keep_size else resize_logits(li, (h, w))
+            results[i] = _finish(li[0], probabilities)
+    return results
+
+
 @torch.inference_mode()
 def predict(
-    model: torch.nn.Module,
+    model,
     images: Iterable,
     batch_size: int = 8,
     keep_size: bool = False,
@@ -135,38 +266,41 @@ def predict(
     """Segment raw images at their own sizes.
 
     Args:
-        model: a SegDINO model (its config gives the input size and normalisation).
-        images: one or several paths, PIL images or (H, W, C) uint8 arrays.
-        keep_size: run at the native size padded to a multiple of 16 instead of resizing.
-        probabilities: return :class:`Prediction` objects with probability maps too.
+        model: a SegDINO model, a fast or ONNX model from :func:`load_inference_model`, or a
+            model file / run folder (loaded with :func:`load_inference_model`). Its ``config``
+            gives the input size and normalisation.
+        images: one or several paths, PIL images or (H, W) / (H, W, C) uint8 arrays.
+        batch_size: images per forward pass.
+        keep_size: run at the native size padded to a multiple of 16 instead of resizing
+            (images of one padded size share a batch).
+        device: None keeps the model where it is; ``auto``/``cpu``/``cuda``/``mps`` moves a
+            SegDINO model there (fast and ONNX models must be loaded for their device).
+        probabilities: return :class:`Prediction` objects with probability maps too:
+            (1, H, W) sigmoid foreground probability for a binary model, (K, H, W) softmax else.
 
     Returns:
-        one (H, W) uint8 label mask per image (or :class:`Prediction` objects).
+        one (H, W) uint8 label mask per image, at that image's size, in input order
+        (or :class:`Prediction` objects).
+
+    Raises:
+        DataError: an image cannot be read or is not an image array (the message names it).
     """
-    if isinstance(images, (str, bytes)) or hasattr(images, "shape") or hasattr(images, "mode"):
+    if isinstance(images, (str, bytes, os.PathLike)) or hasattr(images, "shape") or hasattr(images, "mode"):
         images = [images]
     images = list(images)
-    dev = resolve_device(device) if device is not None else next(model.parameters()).device
-    model = model.to(dev).eval()
-    config: ModelConfig = model.config
-    results: list = []
-    for start in range(0, len(images), batch_size):
-        chunk = [as_rgb_array(im) for im in images[start : start + batch_size]]
-        sizes = [im.shape[:2] for im in chunk]
-        if keep_size:
-            # Images of different sizes run one at a time at their own padded size.
-            logits = []
-            for im, size in zip(chunk, sizes):
-                x = preprocess(im, config, keep_size=True)[None].to(dev)
-                logits += model_logits_at_size(model, x, [size], keep_size=True)
-        else:
-            x = torch.stack([preprocess(im, config) for im in chunk]).to(dev)
-            logits = model_logits_at_size(model, x, sizes)
-        for li in logits:
-            mask = logits_to_labels(li[None])[0].cpu().numpy()
-            if probabilities:
-                prob = logits_to_probabilities(li[None])[0].cpu().numpy().astype(np.float32)
-                results.append(Prediction(mask, prob))
-            else:
-                results.append(mask)
-    return results
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    model, dev = _prepare_model(model, device)
+    was_training = bool(getattr(model, "training", False))
+    if hasattr(model, "eval"):
+        model.eval()
+    try:
+        results: list = []
+        # Decode one batch at a time so that a long list of paths is never all in memory.
+        for start in range(0, len(images), batch_size):
+            chunk = [as_rgb_array(im) for im in images[start : start + batch_size]]
+            results += predict_arrays(model, chunk, dev, batch_size, keep_size, probabilities)
+        return results
+    finally:
+        if was_training:
+            model.train()
