@@ -1,14 +1,94 @@
-"""Segmenting a whole volume with a 2D SegDINO model, slice by slice, back on the source grid."""
+"""Segmenting whole volumes with a 2D SegDINO model, slice by slice, back on the source grid.
+
+:func:`predict_volume` labels one :class:`~segdino.volumes.io.Volume` in memory;
+:func:`predict_volume_files` reads NIfTI files, DICOM series and nnU-Net ``imagesTs`` folders and
+writes one label volume per case, in the source geometry (same voxel grid, same affine), so a
+viewer overlays it on the image and world coordinates agree.
+
+Output names. ``CASE_0000.nii.gz`` (nnU-Net channel files) gives ``CASE.nii.gz``, as nnU-Net
+itself names predictions; any other ``NAME.nii[.gz]`` gives ``NAME.nii.gz``; a DICOM series folder
+gives ``FOLDER.nii.gz``. Probabilities (float32) go to ``probabilities/`` beside them:
+``CASE.nii.gz`` (the foreground probability) for a binary model, ``CASE_class<k>.nii.gz`` for
+every foreground class k of a multi-class one. Keeping them in a sub-folder keeps the output
+folder usable as ``segdino evaluate --predictions``.
+
+The model may be a SegDINO model, its fast wrapper, or any object with a ``.config`` (a
+:class:`~segdino.config.ModelConfig` with volume settings) that maps a normalised
+(B, 3, H, W) float tensor to (B, K, H, W) logits; a ``.device`` attribute, where present,
+says where inputs go (the fast wrapper, an ONNX model).
+"""
 
 from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from ..inference import logits_to_labels, model_logits_at_size, normalize, resize_image, resolve_device
+from ..errors import ConfigError, SegDINOError
+from ..inference import logits_to_labels, logits_to_probabilities, model_logits_at_size, normalize, resize_image
 from .intensity import normalize_intensity, read_volume_settings
-from .io import Volume
+from .io import Volume, is_nifti_path, read_volume, strip_volume_suffix, write_nifti
 from .slicing import context_slice, reassemble, resolve_axis
+
+log = logging.getLogger("segdino.volumes")
+
+PROBABILITIES = "probabilities"
+_CHANNEL_RE = re.compile(r"^(.+)_(\d{4})$")
+
+
+# ---------------------------------------------------------------------------------------------
+# One volume in memory
+
+
+def model_device(model, device: str | torch.device | None = None) -> torch.device:
+    """Where ``model`` runs, moving a plain module to ``device`` when one is asked for.
+
+    A model with a ``.device`` attribute (the fast wrapper, an ONNX model) stays where it is:
+    it was built for that device. A plain module without parameters runs on the CPU.
+    """
+    own = getattr(model, "device", None)
+    if own is not None:
+        return torch.device(own)
+    if device is not None:
+        from ..inference import resolve_device
+
+        dev = resolve_device(device)
+        model.to(dev)
+        return dev
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        return torch.device("cpu")
+
+
+def _slice_logits(model, volume: Volume, settings: dict, batch_size: int,
+                  dev: torch.device) -> tuple[int, Iterator[torch.Tensor]]:
+    """The slicing axis, and each slice's (K, H, W) float logits at the slice's own size."""
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+    norm = normalize_intensity(volume.array, settings["intensity"])
+    axis = resolve_axis(settings["axis"], volume.affine)
+    n = norm.shape[axis]
+    config = model.config
+
+    def run() -> Iterator[torch.Tensor]:
+        for start in range(0, n, batch_size):
+            idx = range(start, min(start + batch_size, n))
+            slices = [context_slice(norm, axis, i, settings["context"]) for i in idx]
+            size = slices[0].shape[:2]
+            x = torch.stack([torch.from_numpy(np.ascontiguousarray(s)).permute(2, 0, 1) for s in slices])
+            if dev.type == "cuda":  # resizing a batch of large slices is faster on the GPU
+                x = x.to(dev, non_blocking=True)
+            x = normalize(resize_image(x, config.image_size).clamp_(0.0, 1.0), config).to(dev)
+            yield from model_logits_at_size(model, x, [size] * len(slices))
+
+    return axis, run()
 
 
 @torch.inference_mode()
@@ -18,28 +98,275 @@ def predict_volume(model: torch.nn.Module, volume: Volume, batch_size: int = 8,
 
     The model's ``config.volume`` gives the intensity spec, slice axis and 2.5D context used in
     training. Each slice is resized to the model's input size, its logits resized back to the
-    slice's own size (bilinear) and thresholded/argmaxed, as for 2D images.
+    slice's own size (bilinear) and thresholded/argmaxed, as for 2D images. ``batch_size``
+    slices go through the model at once.
 
     Args:
-        model: a SegDINO model whose config has volume settings.
+        model: a SegDINO model (or a stand-in, see the module docstring) whose config has
+            volume settings.
         volume: the source volume (any orientation; the axis name is resolved through its affine).
+        device: where to run a plain module (moved there); default where it already is.
 
     Returns:
         (I, J, K) uint8 labels on the source grid: write them with ``volume.affine``.
     """
+    labels, _ = _predict(model, volume, batch_size, device, probabilities=False)
+    return labels
+
+
+@torch.inference_mode()
+def predict_volume_with_probabilities(model: torch.nn.Module, volume: Volume, batch_size: int = 8,
+                                      device: str | torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`predict_volume` that also returns the probabilities.
+
+    Returns:
+        ``labels`` (I, J, K) uint8 and ``probabilities`` (C, I, J, K) float32: C = 1 (the
+        foreground probability, sigmoid) for a binary model, C = K (softmax over all classes,
+        background included) for a multi-class one.
+    """
+    labels, prob = _predict(model, volume, batch_size, device, probabilities=True)
+    return labels, prob
+
+
+def _predict(model, volume: Volume, batch_size: int, device, probabilities: bool):
     settings = read_volume_settings(getattr(model.config, "volume", None))
-    dev = resolve_device(device) if device is not None else next(model.parameters()).device
-    model = model.to(dev).eval()
-    norm = normalize_intensity(volume.array, settings["intensity"])
-    axis = resolve_axis(settings["axis"], volume.affine)
-    n = norm.shape[axis]
+    dev = model_device(model, device)
+    model.eval()
+    axis, logits = _slice_logits(model, volume, settings, batch_size, dev)
     maps: list[np.ndarray] = []
-    for start in range(0, n, batch_size):
-        idx = range(start, min(start + batch_size, n))
-        slices = [context_slice(norm, axis, i, settings["context"]) for i in idx]
-        size = slices[0].shape[:2]
-        x = torch.stack([torch.from_numpy(np.ascontiguousarray(s)).permute(2, 0, 1) for s in slices])
-        x = normalize(resize_image(x, model.config.image_size).clamp_(0.0, 1.0), model.config).to(dev)
-        for logits in model_logits_at_size(model, x, [size] * len(slices)):
-            maps.append(logits_to_labels(logits[None])[0].cpu().numpy())
-    return reassemble(maps, axis, volume.shape)
+    probs: list[np.ndarray] = []
+    for li in logits:
+        maps.append(logits_to_labels(li[None])[0].cpu().numpy())
+        if probabilities:
+            probs.append(logits_to_probabilities(li[None])[0].float().cpu().numpy())
+    labels = reassemble(maps, axis, volume.shape)
+    if not probabilities:
+        return labels, None
+    # (C, H, W) per slice -> (C, I, J, K): the slice axis sits one place later behind C.
+    return labels, np.stack(probs, axis=axis + 1).astype(np.float32, copy=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs on disk
+
+
+def _has_dicom_files(folder: Path) -> bool:
+    from .layouts import _is_dicom_folder
+
+    return _is_dicom_folder(folder)
+
+
+def _visible(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def is_volume_input(path: str | os.PathLike) -> bool:
+    """True for what :func:`predict_volume_files` reads: a ``.nii``/``.nii.gz`` file, a folder of
+    DICOM files (one series, or one series per sub-folder), or a folder of NIfTI files such as
+    nnU-Net's ``imagesTs``. Files are judged by name, so a missing ``x.nii.gz`` still counts (and
+    is then reported as missing by the volume pipeline)."""
+    p = Path(path)
+    if is_nifti_path(p) and not p.is_dir():
+        return True
+    if not p.is_dir():
+        return False
+    entries = _visible(p)
+    if any(e.is_file() and is_nifti_path(e) for e in entries):
+        return True
+    return _has_dicom_files(p)
+
+
+@dataclass(frozen=True)
+class _Job:
+    source: Path  # what to read: a NIfTI file or a DICOM folder
+    case: str  # output name without suffix
+    file_channel: int | None = None  # the _XXXX of an nnU-Net channel file
+    error: str | None = None
+
+
+def _channel_index(channel: int | str | None) -> int | None:
+    if channel is None:
+        return None
+    if isinstance(channel, str):
+        if not channel.strip().isdigit():
+            raise ConfigError(f"--channel must be a channel number 0, 1, ... for volume files, got {channel!r}")
+        return int(channel)
+    if isinstance(channel, bool) or not isinstance(channel, (int, np.integer)) or channel < 0:
+        raise ConfigError(f"--channel must be a channel number 0, 1, ..., got {channel!r}")
+    return int(channel)
+
+
+def _file_job(path: Path) -> _Job:
+    stem = strip_volume_suffix(path.name)
+    m = _CHANNEL_RE.match(stem)
+    if m:
+        return _Job(path, m.group(1), int(m.group(2)))
+    return _Job(path, stem)
+
+
+def _folder_jobs(folder: Path, channel: int | None) -> list[_Job]:
+    entries = _visible(folder)
+    niftis = [e for e in entries if e.is_file() and is_nifti_path(e)]
+    files = [e for e in entries if e.is_file()]
+    jobs: list[_Job] = []
+    if niftis:
+        matches = [_CHANNEL_RE.match(strip_volume_suffix(p.name)) for p in niftis]
+        if all(matches):
+            # nnU-Net naming: CASE_XXXX, one file per channel; the channel is chosen by file name.
+            groups: dict[str, dict[int, Path]] = {}
+            for p, m in zip(niftis, matches):
+                groups.setdefault(m.group(1), {})[int(m.group(2))] = p
+            for case, chans in sorted(groups.items()):
+                want = channel if channel is not None else (0 if set(chans) == {0} else None)
+                if want is None:
+                    listed = ", ".join(f"_{c:04d}" for c in sorted(chans))
+                    jobs.append(_Job(chans[min(chans)], case, None,
+                                     f"case {case} has channel files {listed}; pick one with --channel"))
+                elif want not in chans:
+                    listed = ", ".join(f"_{c:04d}" for c in sorted(chans))
+                    jobs.append(_Job(chans[min(chans)], case, None,
+                                     f"case {case} has no channel file _{want:04d} (found {listed})"))
+                else:
+                    jobs.append(_Job(chans[want], case, want))
+        else:
+            jobs += [_Job(p, strip_volume_suffix(p.name)) for p in niftis]
+    elif files and _has_dicom_files(folder):
+        return [_Job(folder, folder.name)]
+    for sub in (e for e in entries if e.is_dir()):
+        if _has_dicom_files(sub) and any(f.is_file() for f in _visible(sub)):
+            jobs.append(_Job(sub, sub.name))
+    return jobs
+
+
+def _expand(inputs, channel: int | None) -> list[_Job]:
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    jobs: list[_Job] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = _folder_jobs(p, channel)
+            if not found:
+                jobs.append(_Job(p, p.name, None, f"{p}: no volumes found (expected .nii/.nii.gz files "
+                                                    "or DICOM series)"))
+            jobs += found
+        elif not p.exists():
+            jobs.append(_Job(p, p.name, None, f"{p}: no such file or folder"))
+        elif is_nifti_path(p):
+            jobs.append(_file_job(p))
+        else:
+            jobs.append(_Job(p, p.name, None, f"{p}: not a volume; expected .nii, .nii.gz or a folder "
+                                                "with one DICOM series"))
+    return jobs
+
+
+def _read(job: _Job, channel: int | None) -> Volume:
+    if job.file_channel is not None and channel in (None, job.file_channel):
+        # An nnU-Net channel file holds one channel: its number is in the name.
+        return read_volume(job.source, None)
+    return read_volume(job.source, channel)
+
+
+def _largest_classes(largest_component, num_classes: int) -> list[int] | None:
+    if largest_component is False or largest_component is None:
+        return None
+    fg = [1] if num_classes == 1 else list(range(1, num_classes))
+    if largest_component is True:
+        return fg
+    classes = sorted({int(c) for c in largest_component})
+    bad = [c for c in classes if c not in fg]
+    if bad:
+        raise ConfigError(f"largest-component classes {bad} are not foreground classes of this model "
+                          f"(foreground: {', '.join(map(str, fg))})")
+    return classes
+
+
+def postprocess(labels: np.ndarray, largest_component: bool | Iterable[int] = False,
+                num_classes: int = 1) -> np.ndarray:
+    """Apply the optional post-processing of :func:`predict_volume_files` to a label volume."""
+    classes = _largest_classes(largest_component, num_classes)
+    if not classes:
+        return labels
+    from .postprocess import keep_largest_component
+
+    return keep_largest_component(labels, classes)
+
+
+def predict_volume_files(
+    model,
+    inputs: str | os.PathLike | Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    probabilities: bool = False,
+    largest_component: bool | Iterable[int] = False,
+    batch_size: int = 8,
+    device: str | torch.device | None = None,
+    channel: int | str | None = None,
+) -> list[tuple[str, str | None, str | None]]:
+    """Segment volume files and write each label volume as NIfTI in its source geometry.
+
+    Args:
+        model: see the module docstring; its ``config.volume`` gives intensity, axis and context.
+        inputs: NIfTI files, DICOM series folders, or folders of NIfTI files (nnU-Net ``imagesTs``:
+            ``CASE_XXXX`` channel files are grouped by case), one or several.
+        out: the output folder (created); names as in the module docstring.
+        probabilities: also write float32 probability volumes under ``out/probabilities/``.
+        largest_component: keep only the largest connected component (26-connected) of every
+            foreground class (True) or of the listed class ids; probabilities are left as the
+            model gave them.
+        batch_size: slices per forward pass.
+        device: where to run a plain module; a model with ``.device`` stays on it.
+        channel: the channel to segment in multi-channel data: the ``_XXXX`` file of an nnU-Net
+            case or the channel of a 4D NIfTI file. Cases with several channels need it.
+
+    Returns:
+        one ``(input, written label path or None, error message or None)`` per volume, in input
+        order. A volume that cannot be read (or written) is reported there and the others go on.
+
+    Raises:
+        ConfigError when the model has no volume settings or an option is invalid: nothing
+        could be segmented.
+    """
+    read_volume_settings(getattr(model.config, "volume", None))  # fail before any file is read
+    ch = _channel_index(channel)
+    num_classes = int(model.config.num_classes)
+    _largest_classes(largest_component, num_classes)
+    dev = model_device(model, device)
+    out = Path(out)
+    jobs = _expand(inputs, ch)
+    results: list[tuple[str, str | None, str | None]] = []
+    written: dict[Path, Path] = {}
+    for job in jobs:
+        source = str(job.source)
+        if job.error is not None:
+            results.append((source, None, job.error))
+            log.warning("skipped %s: %s", source, job.error)
+            continue
+        target = out / f"{job.case}.nii.gz"
+        if target in written:
+            msg = f"{target.name} was already written from {written[target]}; rename one of the inputs"
+            results.append((source, None, msg))
+            log.warning("skipped %s: %s", source, msg)
+            continue
+        try:
+            volume = _read(job, ch)
+            with torch.inference_mode():
+                labels, prob = _predict(model, volume, batch_size, dev, probabilities)
+            labels = postprocess(labels, largest_component, num_classes)
+            write_nifti(target, labels.astype(np.uint8, copy=False), volume.affine)
+            if prob is not None:
+                _write_probabilities(out / PROBABILITIES, job.case, prob, volume.affine)
+        except SegDINOError as e:  # unreadable, wrong channel, unwritable: this volume only
+            results.append((source, None, str(e)))
+            log.warning("skipped %s: %s", source, e)
+            continue
+        written[target] = job.source
+        results.append((source, str(target), None))
+        log.info("%s -> %s", source, target)
+    return results
+
+
+def _write_probabilities(folder: Path, case: str, prob: np.ndarray, affine: np.ndarray) -> list[Path]:
+    if prob.shape[0] == 1:
+        return [write_nifti(folder / f"{case}.nii.gz", prob[0], affine)]
+    return [write_nifti(folder / f"{case}_class{k}.nii.gz", prob[k], affine) for k in range(1, prob.shape[0])]

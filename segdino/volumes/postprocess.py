@@ -1,0 +1,70 @@
+"""Post-processing of predicted label volumes.
+
+Largest connected component, per class: an organ is one piece of tissue, so stray islands of
+its label elsewhere in the volume are false positives. Keeping only each class's largest
+component removes them. It is wrong for classes with several true pieces (lesions,
+metastases): apply it to the classes that are one object, which ``classes`` selects.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+from scipy import ndimage
+
+from ..errors import ConfigError
+
+
+def largest_component(mask: np.ndarray, connectivity: int | None = None) -> np.ndarray:
+    """The largest connected component of a boolean mask (ties: the lowest label, i.e. first in
+    C order); an empty mask stays empty.
+
+    Args:
+        mask: boolean (or 0/non-zero) array of any dimension.
+        connectivity: as in :func:`scipy.ndimage.generate_binary_structure`: 1 = face neighbours
+            (6 in 3D) up to ``mask.ndim`` = all neighbours (26 in 3D, the default).
+
+    Returns:
+        boolean array of ``mask``'s shape.
+    """
+    m = np.asarray(mask) != 0
+    conn = m.ndim if connectivity is None else int(connectivity)
+    if not 1 <= conn <= m.ndim:
+        raise ConfigError(f"connectivity must be between 1 and {m.ndim} for {m.ndim}D masks, got {connectivity}")
+    lab, n = ndimage.label(m, structure=ndimage.generate_binary_structure(m.ndim, conn))
+    if n <= 1:
+        return m
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)
+    sizes[0] = 0
+    return lab == int(np.argmax(sizes))
+
+
+def keep_largest_component(labels: np.ndarray, classes: Iterable[int] | None = None,
+                           connectivity: int | None = None) -> np.ndarray:
+    """Keep only the largest connected component of each class in a label volume.
+
+    Args:
+        labels: (I, J, K) (or any-dimensional) integer label map, 0 = background.
+        classes: the class ids to clean; default every non-zero label present.
+        connectivity: see :func:`largest_component` (default: all neighbours).
+
+    Returns:
+        a copy of ``labels`` in which the voxels of the removed components are background (0).
+    """
+    labels = np.asarray(labels)
+    out = labels.copy()
+    wanted = sorted(int(c) for c in np.unique(labels) if c != 0) if classes is None else [int(c) for c in classes]
+    for c in wanted:
+        if c == 0:
+            raise ConfigError("largest-component post-processing applies to foreground classes, not 0")
+        mask = labels == c
+        if not mask.any():
+            continue
+        # Only the bounding box of the class is labelled: components never leave it.
+        box = ndimage.find_objects(mask.astype(np.uint8))[0]
+        sub = mask[box]
+        keep = largest_component(sub, connectivity)
+        region = out[box]
+        region[sub & ~keep] = 0
+    return out
