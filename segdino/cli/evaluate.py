@@ -1,0 +1,123 @@
+"""``segdino evaluate``: score a model (or existing prediction masks) on a dataset split, with a report."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from ..errors import ConfigError
+from . import add_device_argument
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate", help="score a model or prediction masks on a dataset split, with a report",
+        description="Score a model, or prediction masks from any tool, on a dataset split at each image's own "
+                    "resolution. Writes cases.csv (per case and class), summary.json (mean, std, median, count "
+                    "per metric and class; HD95/ASD failures counted), report.md and figures/ into --out. "
+                    "Volume datasets (NIfTI/DICOM) are scored per volume.",
+    )
+    parser.add_argument("--model", metavar="CKPT|RUN_DIR|FILE.onnx",
+                        help="checkpoint (ours or the authors'), run folder (its best.safetensors) or ONNX file")
+    parser.add_argument("--predictions", metavar="DIR",
+                        help="score these masks instead of running a model (matched to cases by file stem; "
+                             "a `segdino predict` output folder is read from its masks/)")
+    parser.add_argument("--data", required=True, metavar="DIR", help="dataset folder with the ground truth")
+    parser.add_argument("--out", metavar="DIR",
+                        help="report folder (default: RUN_DIR/report when --model or --run is a run folder)")
+    parser.add_argument("--split", default="test", choices=["train", "val", "test", "all"],
+                        help="cases to score (default test)")
+    parser.add_argument("--fold", type=int, default=0, help="fold, for split files with folds (default 0)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the seeded split rules (default 0)")
+    parser.add_argument("--run", metavar="RUN_DIR",
+                        help="training run of the model: learning curves in the report, and its split")
+    parser.add_argument("--keep-size", action="store_true",
+                        help="run at each image's native size padded to a multiple of 16 instead of resizing")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    parser.add_argument("--workers", type=int, default=2, help="threads decoding images ahead (default 2)")
+    parser.add_argument("--num-classes", type=int, default=None, metavar="K",
+                        help="with --predictions: 1 = binary masks (default), K >= 2 = index masks 0..K-1")
+    parser.add_argument("--mask-threshold", type=int, default=None, metavar="T",
+                        help="with --predictions: binary foreground = grey value > T (default 127)")
+    parser.add_argument("--channel", default=None, metavar="C",
+                        help="volumes: the channel of multi-channel volumes (index or name)")
+    parser.add_argument("--largest-component", action="store_true",
+                        help="volumes: keep only the largest connected component of each predicted class")
+    add_device_argument(parser)
+    parser.set_defaults(func=run_evaluate)
+
+
+def _channel(value: str | None) -> int | str | None:
+    return int(value) if value is not None and value.isdigit() else value
+
+
+def _out_folder(args: argparse.Namespace, run_dir: Path | None) -> Path:
+    if args.out:
+        return Path(args.out)
+    if run_dir is not None:
+        return run_dir / "report"
+    raise ConfigError("--out DIR is required (it defaults to RUN_DIR/report only when the model is a run folder)")
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from ..evaluation import evaluate_model, evaluate_predictions, find_run_dir, format_summary
+
+    if (args.model is None) == (args.predictions is None):
+        raise ConfigError("give either --model CKPT (to predict and score) or --predictions DIR (to score masks)")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.model is not None and (args.num_classes is not None or args.mask_threshold is not None):
+        raise ConfigError("--num-classes and --mask-threshold go with --predictions; a model's file sets them")
+    if args.run is not None and not Path(args.run).is_dir():
+        raise ConfigError(f"--run {args.run}: no such run folder")
+    run_dir = Path(args.run) if args.run else find_run_dir(args.model)
+    out = _out_folder(args, run_dir)
+
+    from ..volumes import is_volume_dataset
+
+    unit = "px"
+    if is_volume_dataset(args.data):
+        summary = _evaluate_volumes(args, out, run_dir)
+        unit = "mm"
+    else:
+        if args.channel is not None or args.largest_component:
+            raise ConfigError(f"--channel and --largest-component apply to volume datasets; {args.data} holds 2D images")
+        if args.predictions is not None:
+            summary = evaluate_predictions(
+                args.predictions, args.data, out, num_classes=args.num_classes or 1, split=args.split,
+                fold=args.fold, seed=args.seed,
+                mask_threshold=127 if args.mask_threshold is None else args.mask_threshold,
+                run_dir=run_dir, progress=True,
+            )
+        else:
+            summary = evaluate_model(
+                args.model, args.data, out, split=args.split, fold=args.fold, seed=args.seed,
+                batch_size=args.batch_size, keep_size=args.keep_size, device=args.device, run_dir=run_dir,
+                workers=max(0, args.workers), progress=True,
+            )
+    print(format_summary(summary, unit))
+    print(f"report: {os.path.join(str(out), 'report.md')}")
+    return 0
+
+
+def _evaluate_volumes(args: argparse.Namespace, out: Path, run_dir: Path | None) -> dict:
+    try:
+        from ..volumes.evaluate import evaluate_volumes
+    except ImportError as e:
+        raise ConfigError(f"{args.data} is a volume dataset, but volume evaluation is unavailable ({e})") from None
+    if args.num_classes is not None or args.mask_threshold is not None:
+        raise ConfigError("--num-classes and --mask-threshold apply to 2D masks; volume labels follow the "
+                          "dataset's own label list")
+    if args.keep_size:
+        raise ConfigError("--keep-size applies to 2D images; volumes are scored slice by slice on their own grid")
+    model = None
+    if args.model is not None:
+        from ..inference import load_inference_model
+
+        model = load_inference_model(args.model, args.device)
+    return evaluate_volumes(
+        args.data, out, predictions=args.predictions, model=model, split=args.split, fold=args.fold,
+        channel=_channel(args.channel), device=args.device, batch_size=args.batch_size,
+        largest_component=args.largest_component, run_dir=run_dir,
+    )
