@@ -16,7 +16,7 @@ from scipy import ndimage
 from ..errors import ConfigError
 
 
-def largest_component(mask: np.ndarray, connectivity: int | None = None) -> np.ndarray:
+def largest_connected_component(mask: np.ndarray, connectivity: int | None = None) -> np.ndarray:
     """The largest connected component of a boolean mask (ties: the lowest label, i.e. first in
     C order); an empty mask stays empty.
 
@@ -47,7 +47,7 @@ def keep_largest_component(labels: np.ndarray, classes: Iterable[int] | None = N
     Args:
         labels: (I, J, K) (or any-dimensional) integer label map, 0 = background.
         classes: the class ids to clean; default every non-zero label present.
-        connectivity: see :func:`largest_component` (default: all neighbours).
+        connectivity: see :func:`largest_connected_component` (default: all neighbours).
 
     Returns:
         a copy of ``labels`` in which the voxels of the removed components are background (0).
@@ -64,7 +64,40 @@ def keep_largest_component(labels: np.ndarray, classes: Iterable[int] | None = N
         # Only the bounding box of the class is labelled: components never leave it.
         box = ndimage.find_objects(mask.astype(np.uint8))[0]
         sub = mask[box]
-        keep = largest_component(sub, connectivity)
+        keep = largest_connected_component(sub, connectivity)
         region = out[box]
         region[sub & ~keep] = 0
     return out
+
+
+def largest_component_classes(largest_component: bool | Iterable[int] | None, num_classes: int) -> list[int]:
+    """The classes a ``largest_component`` option selects: none (False/None), every foreground
+    class of a model with ``num_classes`` outputs (True), or the listed class ids (checked)."""
+    if largest_component is None or largest_component is False:
+        return []
+    fg = [1] if num_classes == 1 else list(range(1, int(num_classes)))
+    if largest_component is True:
+        return fg
+    try:
+        classes = sorted({int(c) for c in largest_component})
+    except (TypeError, ValueError):
+        raise ConfigError(f"largest-component classes must be class ids, got {largest_component!r}") from None
+    bad = [c for c in classes if c not in fg]
+    if bad:
+        raise ConfigError(f"largest-component classes {bad} are not foreground classes "
+                          f"(foreground: {', '.join(map(str, fg))})")
+    return classes
+
+
+def postprocess_labels(labels: np.ndarray, largest_component: bool | Iterable[int] | None = False,
+                       num_classes: int = 1) -> np.ndarray:
+    """The optional post-processing of predicted labels: :func:`keep_largest_component` of the
+    classes :func:`largest_component_classes` selects (``labels`` itself when none). A binary
+    task (``num_classes`` 1) treats every non-zero label as its one foreground class."""
+    classes = largest_component_classes(largest_component, num_classes)
+    if not classes:
+        return labels
+    if num_classes == 1:
+        keep = largest_connected_component(labels != 0)
+        return np.where(keep, labels, 0).astype(labels.dtype, copy=False)
+    return keep_largest_component(labels, classes)

@@ -34,6 +34,7 @@ from ..errors import ConfigError, SegDINOError
 from ..inference import logits_to_labels, logits_to_probabilities, model_logits_at_size, normalize, resize_image
 from .intensity import normalize_intensity, read_volume_settings
 from .io import Volume, is_nifti_path, read_volume, strip_volume_suffix, write_nifti
+from .postprocess import largest_component_classes, postprocess_labels
 from .slicing import context_slice, reassemble, resolve_axis
 
 log = logging.getLogger("segdino.volumes")
@@ -267,31 +268,6 @@ def _read(job: _Job, channel: int | None) -> Volume:
     return read_volume(job.source, channel)
 
 
-def _largest_classes(largest_component, num_classes: int) -> list[int] | None:
-    if largest_component is False or largest_component is None:
-        return None
-    fg = [1] if num_classes == 1 else list(range(1, num_classes))
-    if largest_component is True:
-        return fg
-    classes = sorted({int(c) for c in largest_component})
-    bad = [c for c in classes if c not in fg]
-    if bad:
-        raise ConfigError(f"largest-component classes {bad} are not foreground classes of this model "
-                          f"(foreground: {', '.join(map(str, fg))})")
-    return classes
-
-
-def postprocess(labels: np.ndarray, largest_component: bool | Iterable[int] = False,
-                num_classes: int = 1) -> np.ndarray:
-    """Apply the optional post-processing of :func:`predict_volume_files` to a label volume."""
-    classes = _largest_classes(largest_component, num_classes)
-    if not classes:
-        return labels
-    from .postprocess import keep_largest_component
-
-    return keep_largest_component(labels, classes)
-
-
 def predict_volume_files(
     model,
     inputs: str | os.PathLike | Sequence[str | os.PathLike],
@@ -330,7 +306,7 @@ def predict_volume_files(
     read_volume_settings(getattr(model.config, "volume", None))  # fail before any file is read
     ch = _channel_index(channel)
     num_classes = int(model.config.num_classes)
-    _largest_classes(largest_component, num_classes)
+    largest_component_classes(largest_component, num_classes)
     dev = model_device(model, device)
     out = Path(out)
     jobs = _expand(inputs, ch)
@@ -352,7 +328,7 @@ def predict_volume_files(
             volume = _read(job, ch)
             with torch.inference_mode():
                 labels, prob = _predict(model, volume, batch_size, dev, probabilities)
-            labels = postprocess(labels, largest_component, num_classes)
+            labels = postprocess_labels(labels, largest_component, num_classes)
             write_nifti(target, labels.astype(np.uint8, copy=False), volume.affine)
             if prob is not None:
                 _write_probabilities(out / PROBABILITIES, job.case, prob, volume.affine)
