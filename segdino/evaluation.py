@@ -28,6 +28,7 @@ import math
 import os
 import re
 import zlib
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -266,24 +267,24 @@ def match_predictions(folder: str | os.PathLike, case_ids: Sequence[str], known_
 # Scoring
 
 
-def _prefetch(fn: Callable[[int], Any], indices: Sequence[int], workers: int, depth: int) -> Iterator[Any]:
-    """``fn(i)`` for each index in order, computed up to ``depth`` ahead on ``workers`` threads."""
+def prefetch(fn: Callable[[Any], Any], items: Iterable[Any], workers: int, depth: int) -> Iterator[Any]:
+    """``fn(item)`` for each item in order, computed up to ``depth`` items ahead on ``workers`` threads.
+
+    Image decoding releases the GIL, so a few threads keep the model fed; an error raised by
+    ``fn`` surfaces when its item is reached.
+    """
     if workers <= 0:
-        for i in indices:
-            yield fn(i)
+        for item in items:
+            yield fn(item)
         return
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending = []
-        it = iter(indices)
-        for i in it:
-            pending.append(pool.submit(fn, i))
-            if len(pending) >= depth:
-                break
-        for i in it:
-            yield pending.pop(0).result()
-            pending.append(pool.submit(fn, i))
-        for fut in pending:
-            yield fut.result()
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) > max(1, depth):
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _progress(iterable, total: int, desc: str, enabled: bool):
@@ -414,7 +415,7 @@ def evaluate_model(
     index_of = {c: i for i, c in enumerate(ds.case_ids)}
     max_label = 0
     indices = list(range(len(ds)))
-    loaded = _prefetch(load, indices, workers, depth=2 * batch_size)
+    loaded = prefetch(load, indices, workers, depth=2 * batch_size)
     bar = _progress(range(len(ds)), len(ds), "evaluate", progress)
     batch: list[tuple[int, np.ndarray, np.ndarray]] = []
     with torch.inference_mode():

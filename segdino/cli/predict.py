@@ -1,0 +1,383 @@
+"""``segdino predict``: segment image files and folders, writing masks at each image's own size.
+
+Output layout in ``--out``::
+
+    masks/<name>.png            labels at the input's own size: binary 0/255 (viewable; read back
+                                as binary by `segdino evaluate --predictions`), multi-class the
+                                class index 0..K-1
+    probabilities/<name>.png    with --probabilities: the foreground probability as 8-bit grey
+                                (value = round(255 p)); multi-class models write one
+                                <name>_class<k>.png per foreground class k
+    probabilities/<name>.npy    with --probability-format npy: float32, (H, W) foreground
+                                probability for a binary model, (K, H, W) softmax otherwise
+    overlays/<name>.png         with --overlays: the image with each predicted class tinted and
+                                outlined
+
+``<name>`` is the file's stem, or its path relative to the folder given (sub-folders kept), so
+files of the same stem in different folders never overwrite each other.
+
+An image that cannot be read is named on stderr and the others are still predicted; the exit
+status is then 1. Volume inputs (NIfTI files, DICOM series folders) go to the volume predictor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+from ..fileio import atomic_write_bytes
+from . import add_device_argument
+
+#: Tint of each class in overlays (class k uses entry (k - 1) mod len).
+CLASS_COLOURS = ((255, 0, 255), (0, 255, 255), (255, 255, 0), (255, 128, 0), (0, 128, 255), (128, 255, 0),
+                 (255, 0, 0), (0, 0, 255))
+OVERLAY_ALPHA = 0.35
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "predict", help="segment images (files or folders) with a model",
+        description="Segment image files and folders (searched recursively) at each image's own size. "
+                    "Writes masks/ (binary 0/255, multi-class index values), and optionally probabilities/ "
+                    "and overlays/, into --out. Unreadable images are named and skipped (exit status 1).",
+    )
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    parser.add_argument("--model", required=True, metavar="CKPT|RUN_DIR|FILE.onnx",
+                        help="checkpoint (ours or the authors'), run folder (its best.safetensors) or ONNX file")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--probabilities", action="store_true", help="also write probability maps")
+    parser.add_argument("--probability-format", default="png", choices=["png", "npy"],
+                        help="png: 8-bit grey per foreground class (default); npy: float32 arrays")
+    parser.add_argument("--overlays", action="store_true", help="also write the images with the prediction drawn on")
+    parser.add_argument("--keep-size", action="store_true",
+                        help="run at each image's native size padded to a multiple of 16 instead of resizing")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    parser.add_argument("--workers", type=int, default=2, help="threads decoding images ahead (default 2)")
+    parser.add_argument("--channel", default=None, metavar="C",
+                        help="volumes: the channel of multi-channel volumes (index or name)")
+    parser.add_argument("--largest-component", action="store_true",
+                        help="volumes: keep only the largest connected component of each predicted class")
+    add_device_argument(parser)
+    parser.set_defaults(func=run_predict)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs and output names
+
+
+@dataclass
+class ImageInput:
+    path: Path
+    root: Path | None  # the folder given on the command line, or None for a file given directly
+
+    def own_name(self) -> str:
+        if self.root is None:
+            return self.path.stem
+        return self.path.relative_to(self.root).with_suffix("").as_posix()
+
+
+def _volume_checker() -> Callable[[Path], bool]:
+    try:
+        from ..volumes.predict import is_volume_input
+    except ImportError:
+        # Without the volume predictor, NIfTI files are still recognised so as not to be read as images.
+        return lambda p: p.name.lower().endswith((".nii", ".nii.gz"))
+    return lambda p: bool(is_volume_input(p))
+
+
+def collect_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[ImageInput], list[Path], list[str]]:
+    """Expand files and folders (recursively) into image inputs and volume inputs.
+
+    Returns:
+        ``(images, volumes, problems)``: ``problems`` names inputs that do not exist or hold no
+        image; they are reported, and the others are still predicted.
+    """
+    from ..data.imageio import is_image_file
+
+    is_volume = _volume_checker()
+    images: list[ImageInput] = []
+    volumes: list[Path] = []
+    problems: list[str] = []
+    seen: set[Path] = set()
+
+    def add_image(p: Path, root: Path | None) -> None:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            images.append(ImageInput(p, root))
+
+    for raw in inputs:
+        p = Path(raw)
+        if not p.exists():
+            problems.append(f"{p}: no such file or folder")
+        elif p.is_file():
+            if is_volume(p):
+                volumes.append(p)
+            else:
+                add_image(p, None)  # named explicitly: tried whatever its suffix
+        elif is_volume(p):
+            volumes.append(p)
+        else:
+            before = len(images) + len(volumes)
+            for dirpath, dirnames, filenames in os.walk(p):
+                here = Path(dirpath)
+                kept = []
+                for d in sorted(dirnames):
+                    if d.startswith("."):
+                        continue
+                    if is_volume(here / d):
+                        volumes.append(here / d)
+                    else:
+                        kept.append(d)
+                dirnames[:] = kept
+                for name in sorted(filenames):
+                    f = here / name
+                    if name.startswith("."):
+                        continue
+                    if is_volume(f):
+                        volumes.append(f)
+                    elif is_image_file(f):
+                        add_image(f, p)
+            if len(images) + len(volumes) == before:
+                problems.append(f"{p}: no image files in this folder")
+    return images, volumes, problems
+
+
+def output_names(items: Sequence[ImageInput]) -> list[str]:
+    """A distinct output name (relative path without suffix) for every input.
+
+    Each input is named after its stem (or its path inside the folder given). Where two names
+    collide (the same stem in two folders), all names become paths relative to the common
+    folder of the inputs; names that still collide (``x.png`` and ``x.jpg``) keep their suffix
+    (``x_jpg``). Comparison ignores case, as some file systems do.
+    """
+    names = [it.own_name() for it in items]
+    if _distinct(names):
+        return names
+    parents = [str(it.path.resolve().parent) for it in items]
+    common = Path(os.path.commonpath(parents)) if parents else Path(".")
+    names = [it.path.resolve().relative_to(common).with_suffix("").as_posix() for it in items]
+    counts: dict[str, int] = {}
+    for n in names:
+        counts[n.lower()] = counts.get(n.lower(), 0) + 1
+    out = []
+    for n, it in zip(names, items):
+        if counts[n.lower()] > 1:
+            n = f"{n}_{it.path.suffix.lstrip('.').lower()}" if it.path.suffix else n
+        out.append(n)
+    if not _distinct(out):
+        # Only names that differ by case alone are left: number them in input order.
+        used: set[str] = set()
+        for i, n in enumerate(out):
+            k, base = 1, n
+            while n.lower() in used:
+                k += 1
+                n = f"{base}_{k}"
+            used.add(n.lower())
+            out[i] = n
+    return out
+
+
+def _distinct(names: Sequence[str]) -> bool:
+    return len({n.lower() for n in names}) == len(names)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def _png(array: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
+    return buf.getvalue()
+
+
+def mask_for_file(mask: np.ndarray, num_classes: int) -> np.ndarray:
+    """Labels -> the values written: 0/255 for a binary model (viewable), class indices otherwise."""
+    return (mask > 0).astype(np.uint8) * np.uint8(255) if num_classes == 1 else mask.astype(np.uint8)
+
+
+def overlay_prediction(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 image with each class of ``mask`` (H, W) tinted and outlined in its colour."""
+    from ..report import contour
+
+    out = image.astype(np.float32)
+    edge = contour(mask)
+    for k in np.unique(mask):
+        if k == 0:
+            continue
+        colour = np.asarray(CLASS_COLOURS[(int(k) - 1) % len(CLASS_COLOURS)], dtype=np.float32)
+        region = mask == k
+        out[region] = (1 - OVERLAY_ALPHA) * out[region] + OVERLAY_ALPHA * colour
+        out[region & edge] = colour
+    return np.round(out).clip(0, 255).astype(np.uint8)
+
+
+def write_outputs(out: Path, name: str, image: np.ndarray, prediction, num_classes: int, probabilities: bool,
+                  probability_format: str, overlays: bool) -> Path:
+    """Write one image's mask (and probability map, overlay) under ``out``; returns the mask path."""
+    from ..inference import Prediction
+
+    mask = prediction.mask if isinstance(prediction, Prediction) else prediction
+    mask_path = out / "masks" / f"{name}.png"
+    try:
+        atomic_write_bytes(mask_path, _png(mask_for_file(mask, num_classes)))
+        if probabilities:
+            prob = prediction.probabilities
+            base = out / "probabilities" / name
+            if probability_format == "npy":
+                atomic_write_bytes(base.with_name(base.name + ".npy"), _npy(prob[0] if num_classes == 1 else prob))
+            elif num_classes == 1:
+                atomic_write_bytes(base.with_name(base.name + ".png"), _png(_to_u8(prob[0])))
+            else:
+                for k in range(1, prob.shape[0]):
+                    atomic_write_bytes(base.with_name(f"{base.name}_class{k}.png"), _png(_to_u8(prob[k])))
+        if overlays:
+            atomic_write_bytes(out / "overlays" / f"{name}.png", _png(overlay_prediction(image, mask)))
+    except OSError as e:
+        raise DataError(f"{out}: cannot write the outputs of {name} ({e})") from None
+    return mask_path
+
+
+def _to_u8(p: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(p, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command
+
+
+def _channel(value: str | None) -> int | str | None:
+    return int(value) if value is not None and value.isdigit() else value
+
+
+def _read(item: ImageInput) -> tuple[np.ndarray | None, str | None]:
+    from ..data.imageio import read_image
+
+    try:
+        return read_image(item.path), None
+    except DataError as e:
+        return None, str(e)
+
+
+def predict_files(model, images: Sequence[ImageInput], out: Path, *, batch_size: int = 8, keep_size: bool = False,
+                  probabilities: bool = False, probability_format: str = "png", overlays: bool = False,
+                  workers: int = 2, progress: bool = False, on_error: Callable[[str], None] | None = None
+                  ) -> tuple[list[Path], list[str]]:
+    """Predict image inputs in batches and write their outputs (layout in the module docstring).
+
+    Returns:
+        ``(written mask paths, error messages)``; an unreadable image is an error message and
+        the others are still predicted.
+    """
+    import torch
+
+    from ..evaluation import prefetch
+    from ..inference import model_device, predict_arrays
+
+    names = output_names(images)
+    dev = model_device(model)
+    num_classes = int(model.config.num_classes)
+    written: list[Path] = []
+    errors: list[str] = []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(images), desc="predict", unit="image", leave=False, disable=None)
+    batch: list[tuple[str, np.ndarray]] = []
+
+    def flush() -> None:
+        if not batch:
+            return
+        with torch.inference_mode():
+            preds = predict_arrays(model, [b[1] for b in batch], dev, batch_size, keep_size, probabilities)
+        for (name, image), pred in zip(batch, preds):
+            written.append(write_outputs(out, name, image, pred, num_classes, probabilities, probability_format,
+                                         overlays))
+        if bar is not None:
+            bar.update(len(batch))
+        batch.clear()
+
+    for (image, error), name, item in zip(prefetch(_read, images, workers, 2 * batch_size), names, images):
+        if error is not None:
+            errors.append(error)
+            if on_error is not None:
+                on_error(error)
+            if bar is not None:
+                bar.update(1)
+            continue
+        batch.append((name, image))
+        if len(batch) >= batch_size:
+            flush()
+    flush()
+    if bar is not None:
+        bar.close()
+    return written, errors
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from ..inference import load_inference_model
+
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    images, volumes, problems = collect_inputs(args.inputs)
+    for p in problems:
+        print(f"segdino predict: {p}", file=sys.stderr)
+    if not images and not volumes:
+        raise DataError("nothing to predict: " + "; ".join(problems) if problems else "nothing to predict")
+    model = load_inference_model(args.model, args.device)
+    out = Path(args.out)
+
+    def report(message: str) -> None:
+        print(f"segdino predict: skipped {message}", file=sys.stderr)
+
+    written, errors = [], list(problems)
+    if images:
+        if args.channel is not None:
+            raise ConfigError("--channel applies to volume inputs; these are 2D images")
+        w, e = predict_files(model, images, out, batch_size=args.batch_size, keep_size=args.keep_size,
+                             probabilities=args.probabilities, probability_format=args.probability_format,
+                             overlays=args.overlays, workers=max(0, args.workers), progress=True, on_error=report)
+        written += w
+        errors += e
+    if volumes:
+        w, e = _predict_volumes(model, volumes, out, args)
+        for message in e:
+            report(message)
+        written += w
+        errors += e
+    print(f"{len(written)} mask(s) written under {out}"
+          + (f"; {len(errors)} input(s) failed (named above)" if errors else ""))
+    return 1 if errors else 0
+
+
+def _predict_volumes(model, volumes: list[Path], out: Path, args: argparse.Namespace) -> tuple[list[Path], list[str]]:
+    try:
+        from ..volumes.predict import predict_volume_files
+    except ImportError as e:
+        return [], [f"{v}: volume prediction is unavailable ({e})" for v in volumes]
+    if args.keep_size or args.overlays:
+        raise ConfigError("--keep-size and --overlays apply to 2D images; volumes are written on their own grid")
+    results = predict_volume_files(model, volumes, out, probabilities=args.probabilities,
+                                   largest_component=args.largest_component, batch_size=args.batch_size,
+                                   device=None, channel=_channel(args.channel))
+    written = [Path(path) for _, path, err in results if path is not None and err is None]
+    errors = [f"{src}: {err}" if str(src) not in str(err) else str(err) for src, _, err in results if err is not None]
+    return written, errors
