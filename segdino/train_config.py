@@ -1,0 +1,220 @@
+"""Training configuration: recipes, a YAML file and command-line flags map onto one dataclass.
+
+Precedence: recipe defaults < ``--config FILE.yaml`` < flags given on the command line. The
+file's keys are the flag names (``image-size`` or ``image_size``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+RECIPES = ("segdino", "paper")
+
+
+@dataclass
+class TrainConfig:
+    data: str | None = None
+    out: str | None = None
+    recipe: str = "segdino"
+    epochs: int = 50
+    image_size: tuple[int, int] = (256, 256)
+    backbone: str = "vits16"
+    decoder_dim: int = 256
+    num_classes: int = 1
+    backbone_weights: str | None = None
+    init: str | None = None
+    freeze_backbone: bool = False
+    batch_size: int = 16
+    lr: float = 5e-4
+    backbone_lr_scale: float | None = None  # None: 0.1 with pretrained weights, else 1.0
+    weight_decay: float = 0.05
+    schedule: str = "cosine"  # cosine | constant
+    warmup_epochs: float = 2.0
+    loss: str = "bce_dice"  # bce | bce_dice (ce / ce_dice are the multi-class names)
+    augment: str = "segdino"  # segdino | paper | none
+    precision: str = "auto"  # auto (bf16 on GPU) | bf16 | fp32
+    compile: bool = False
+    channels_last: bool = True
+    grad_clip: float | None = 1.0
+    num_workers: int = 2
+    cache_images: bool = True
+    seed: int = 0
+    fold: int = 0
+    device: str = "auto"
+    resume: bool = False
+    overwrite: bool = False
+    on_nan: str = "stop"  # stop | skip
+    on_bad_data: str = "stop"  # stop | skip
+    val_every: int = 1
+    steps_per_epoch: int | None = None  # cap, for quick experiments and tests
+    mask_threshold: int = 127
+    channel: int | None = None
+    # Volumes (CT/MRI): intensity window, slice axis, 2.5D context, foreground oversampling.
+    intensity: str | None = None  # abdomen | liver | lung | bone | ct:LOW,HIGH | mri | percentile:LOW,HIGH
+    slice_axis: str = "axial"
+    context: int = 1
+    foreground_ratio: float = 0.33
+    volume_cache: int = 4
+    quiet: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.recipe not in RECIPES:
+            raise ConfigError(f"--recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
+        for name in ("epochs", "batch_size", "decoder_dim", "num_classes", "val_every"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
+        if self.num_workers < 0:
+            raise ConfigError(f"--num-workers must be >= 0, got {self.num_workers}")
+        if self.lr <= 0:
+            raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ConfigError(f"--schedule must be cosine or constant, got {self.schedule!r}")
+        if self.loss not in ("bce", "bce_dice", "ce", "ce_dice"):
+            raise ConfigError(f"--loss must be one of bce, bce_dice, ce, ce_dice, got {self.loss!r}")
+        if self.augment not in ("segdino", "paper", "none"):
+            raise ConfigError(f"--augment must be segdino, paper or none, got {self.augment!r}")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ConfigError(f"--precision must be auto, bf16 or fp32, got {self.precision!r}")
+        if self.on_nan not in ("stop", "skip") or self.on_bad_data not in ("stop", "skip"):
+            raise ConfigError("--on-nan and --on-bad-data take stop or skip")
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume and --overwrite contradict each other: continue the run, or replace it")
+        if self.init and self.backbone_weights:
+            raise ConfigError(
+                "--init and --backbone-weights contradict each other: --init already brings a backbone"
+            )
+        if self.init and self.resume:
+            raise ConfigError("--init and --resume contradict each other: a resumed run keeps its own weights")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise ConfigError(f"--steps-per-epoch must be >= 1, got {self.steps_per_epoch}")
+        if not 0.0 <= float(self.foreground_ratio) <= 1.0:
+            raise ConfigError(f"--foreground-ratio must be between 0 and 1, got {self.foreground_ratio}")
+        if not isinstance(self.context, int) or self.context < 0:
+            raise ConfigError(f"--context must be an integer >= 0, got {self.context!r}")
+        if self.volume_cache < 1:
+            raise ConfigError(f"--volume-cache must be >= 1, got {self.volume_cache}")
+        if self.freeze_backbone and self.backbone_lr_scale not in (None, 0, 0.0) and "backbone_lr_scale" in self.extra.get("explicit", ()):
+            raise ConfigError("--freeze-backbone and --backbone-lr-scale contradict each other: a frozen backbone does not learn")
+        if isinstance(self.image_size, int):
+            self.image_size = (self.image_size, self.image_size)
+        try:
+            self.image_size = tuple(int(s) for s in self.image_size)
+        except (TypeError, ValueError):
+            raise ConfigError(f"--image-size must be N or HxW, got {self.image_size!r}") from None
+        if len(self.image_size) != 2 or any(s < 16 or s % 16 for s in self.image_size):
+            raise ConfigError(f"--image-size must be a multiple of 16 (or HxW), got {self.image_size}")
+
+    def match_loss_to_classes(self) -> None:
+        """``bce``/``ce`` name the same choice; use the one that fits the class count."""
+        if self.num_classes > 1:
+            self.loss = {"bce": "ce", "bce_dice": "ce_dice"}.get(self.loss, self.loss)
+        else:
+            self.loss = {"ce": "bce", "ce_dice": "bce_dice"}.get(self.loss, self.loss)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("extra")
+        d["image_size"] = list(self.image_size)
+        return d
+
+
+def recipe_defaults(recipe: str) -> dict[str, Any]:
+    """The options a recipe sets; anything else keeps the dataclass default."""
+    if recipe == "paper":
+        # The authors' code: 256x256, flips + rotation + colour jitter, AdamW 1e-4 constant,
+        # batch 4, 50 epochs, BCE only, backbone fine-tuned, fp32.
+        return dict(
+            epochs=50, image_size=(256, 256), batch_size=4, lr=1e-4, backbone_lr_scale=1.0,
+            weight_decay=0.01, schedule="constant", warmup_epochs=0.0, loss="bce", augment="paper",
+            precision="fp32", grad_clip=None, channels_last=False,
+        )
+    if recipe == "segdino":
+        return dict(
+            epochs=50, image_size=(256, 256), batch_size=16, lr=5e-4, backbone_lr_scale=None,
+            weight_decay=0.05, schedule="cosine", warmup_epochs=2.0, loss="bce_dice", augment="segdino",
+            precision="auto", grad_clip=1.0, channels_last=True,
+        )
+    raise ConfigError(f"--recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
+
+
+FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"extra"}
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of option names to values")
+    out = {}
+    for k, v in data.items():
+        key = str(k).replace("-", "_")
+        if key not in FIELDS:
+            raise ConfigError(f"{path}: unknown option {k!r}")
+        out[key] = v
+    return out
+
+
+def resolve_config(explicit: dict[str, Any], config_file: str | None = None) -> TrainConfig:
+    """Recipe defaults, then the config file, then explicit options."""
+    from_file = read_config_file(config_file) if config_file else {}
+    recipe = explicit.get("recipe") or from_file.get("recipe") or "segdino"
+    values = recipe_defaults(recipe)
+    if from_file:
+        _check_types(from_file, str(config_file))
+    values.update(from_file)
+    values.update({k: v for k, v in explicit.items() if v is not None})
+    values["recipe"] = recipe
+    try:
+        cfg = TrainConfig(**values)
+    except TypeError as e:
+        raise ConfigError(f"invalid training options: {e}") from None
+    given = set(from_file) | {k for k, v in explicit.items() if v is not None}
+    cfg.extra["explicit"] = sorted(given)
+    for key in ("backbone", "decoder_dim", "num_classes"):
+        if key in given:
+            cfg.extra[f"{key}_explicit"] = True
+    cfg.validate()
+    cfg.match_loss_to_classes()
+    return cfg
+
+
+def _check_types(values: dict[str, Any], where: str) -> None:
+    """Options from a file arrive untyped: refuse a value of the wrong kind, naming the option."""
+    kinds = {
+        int: ("epochs", "decoder_dim", "num_classes", "batch_size", "num_workers", "seed", "fold", "val_every",
+              "mask_threshold", "context", "volume_cache", "steps_per_epoch", "channel"),
+        float: ("lr", "backbone_lr_scale", "weight_decay", "warmup_epochs", "grad_clip", "foreground_ratio"),
+        bool: ("freeze_backbone", "compile", "channels_last", "cache_images", "resume", "overwrite", "quiet"),
+        str: ("data", "out", "recipe", "backbone", "backbone_weights", "init", "schedule", "loss", "augment",
+              "precision", "device", "on_nan", "on_bad_data", "intensity", "slice_axis"),
+    }
+    for kind, names in kinds.items():
+        for name in names:
+            if name not in values or values[name] is None:
+                continue
+            v = values[name]
+            ok = isinstance(v, kind) and not (kind is not bool and isinstance(v, bool))
+            if kind is float and isinstance(v, int) and not isinstance(v, bool):
+                values[name], ok = float(v), True
+            if not ok:
+                raise ConfigError(f"{where}: option {name.replace('_', '-')} expects {kind.__name__}, got {v!r}")
+
+
+def dump_yaml(cfg: TrainConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=True)
