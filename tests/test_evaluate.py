@@ -24,9 +24,14 @@ def tiny(num_classes=1, seed=0):
 
 
 @pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
+def model():
+    return tiny()
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory, model):
     path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    segdino.save_model(tiny(), path)
+    segdino.save_model(model, path)
     return path
 
 
@@ -48,7 +53,7 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
-def test_500x375_image_is_scored_at_its_own_size(tmp_path, model_file):
+def test_500x375_image_is_scored_at_its_own_size(tmp_path, model, model_file):
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (375, 500, 3), dtype=np.uint8)
     mask = np.zeros((375, 500), np.uint8)
@@ -63,7 +68,6 @@ def test_500x375_image_is_scored_at_its_own_size(tmp_path, model_file):
     assert int(row["gt_voxels"]) == 151 * 213  # the ground truth as released, never resized
     assert float(row["diagonal"]) == pytest.approx(np.hypot(375, 500))
     # The scored mask is what `segdino.predict` gives at the image's size.
-    model = segdino.load_model(model_file)
     pred = segdino.predict(model, image)[0]
     assert pred.shape == (375, 500)
     expected = case_rows("big", pred, mask > 0, 1)[0]
@@ -158,7 +162,7 @@ def test_predictions_that_do_not_match_labels_are_refused(tmp_path, synth, capsy
         match_predictions(preds, test_ids, test_ids)
 
 
-def test_class_count_mismatch_is_refused(tmp_path, synth):
+def test_class_count_mismatch_is_refused(tmp_path, model, synth):
     # A 3-class model on binary 0/255 masks.
     with pytest.raises(DataError, match=r"masks/synth_\d+\.png: mask values 255 .*predicts 3 classes"):
         evaluate_model(tiny(num_classes=3, seed=1), synth, tmp_path / "a", workers=0)
@@ -171,7 +175,7 @@ def test_class_count_mismatch_is_refused(tmp_path, synth):
     write_pair(data, "c0", np.full((32, 32, 3), 90, np.uint8), mask)
     (data / "splits.json").write_text(json.dumps({"train": [], "val": [], "test": ["c0"]}))
     with pytest.raises(DataError, match=r"c0\.png: mask values 0\.\.2 look like an index mask.*predicts binary"):
-        evaluate_model(tiny(), data, tmp_path / "b", workers=0)
+        evaluate_model(model, data, tmp_path / "b", workers=0)
 
     # --num-classes of predictions that do not fit.
     with pytest.raises(DataError, match=r"--num-classes 2 means 2 classes"):
