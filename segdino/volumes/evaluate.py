@@ -134,6 +134,8 @@ def on_label_grid(pred: Volume, label: Volume) -> tuple[np.ndarray, bool]:
 def match_predictions(folder: str | os.PathLike, found: VolumeCases, case_ids: list[str]) -> tuple[dict[str, Path], list[str]]:
     """Predicted volumes of a folder matched to cases by name (``CASE.nii.gz`` / ``CASE.nii``).
 
+    A ``segdino predict`` output folder is read from its ``masks/`` sub-folder.
+
     Returns:
         ``({case_id: path}`` for every case of ``case_ids``, names of predictions of dataset cases
         outside ``case_ids`` (not scored)).
@@ -145,7 +147,14 @@ def match_predictions(folder: str | os.PathLike, found: VolumeCases, case_ids: l
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: no such folder of predictions")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and is_nifti_path(p))
+
+    def volumes_in(d: Path) -> list[Path]:
+        return sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith(".") and is_nifti_path(p))
+
+    files = volumes_in(folder)
+    if not files and (folder / "masks").is_dir():  # a `segdino predict` output folder
+        folder = folder / "masks"
+        files = volumes_in(folder)
     if not files:
         raise DataError(f"{folder}: no predicted volumes (.nii/.nii.gz files named CASE.nii.gz)")
     by_name: dict[str, Path] = {}
@@ -323,11 +332,13 @@ def evaluate_volumes(
     Args:
         data: the dataset folder (nnU-Net raw, Decathlon, or ``images/`` + ``labels/``).
         out: folder for the outputs (module docstring).
-        predictions: folder of predicted label volumes ``CASE.nii.gz`` (or ``.nii``). Exactly one
-            of ``predictions`` and ``model``.
+        predictions: folder of predicted label volumes ``CASE.nii.gz`` (or ``.nii``), or a
+            ``segdino predict`` output folder (its ``masks/``). Exactly one of ``predictions``
+            and ``model``.
         model: a model with volume settings (or a checkpoint path), run on each case's image.
         split: ``test`` (default), ``val`` or ``train``, by the dataset's split rules
-            (:mod:`segdino.volumes.layouts`); with ``run_dir``, the split its training wrote.
+            (:mod:`segdino.volumes.layouts`); with ``run_dir``, the split its training wrote;
+            ``all``: every labelled case.
         fold: the nnU-Net fold of ``splits_final.json``.
         channel: the channel (number or dataset.json name) of multi-channel images.
         device, batch_size: where and how many slices at a time the model runs.
@@ -364,9 +375,12 @@ def evaluate_volumes(
     from_run = _run_split(run_dir, split, found) if run_dir is not None else None
     if from_run is not None:
         case_ids, split_source = from_run
+    elif split == "all":
+        case_ids = sorted(c.case_id for c in found.cases if c.label is not None)
+        split_source = "every labelled case"
     else:
         if split not in found.splits:
-            raise ConfigError(f"unknown split {split!r}; expected one of {', '.join(found.splits)}")
+            raise ConfigError(f"unknown split {split!r}; expected all or one of {', '.join(found.splits)}")
         case_ids, split_source = list(found.splits[split]), found.split_source
     if not case_ids:
         raise DataError(f"{found.root}: the {split} split has no labelled cases (split from {split_source})")

@@ -5,12 +5,15 @@
 writes one label volume per case, in the source geometry (same voxel grid, same affine), so a
 viewer overlays it on the image and world coordinates agree.
 
-Output names. ``CASE_0000.nii.gz`` (nnU-Net channel files) gives ``CASE.nii.gz``, as nnU-Net
-itself names predictions; any other ``NAME.nii[.gz]`` gives ``NAME.nii.gz``; a DICOM series folder
-gives ``FOLDER.nii.gz``. Probabilities (float32) go to ``probabilities/`` beside them:
-``CASE.nii.gz`` (the foreground probability) for a binary model, ``CASE_class<k>.nii.gz`` for
-every foreground class k of a multi-class one. Keeping them in a sub-folder keeps the output
-folder usable as ``segdino evaluate --predictions``.
+Output layout, as for 2D images (``segdino predict``)::
+
+    masks/CASE.nii.gz                 uint8 labels on the source grid, with the source affine
+    probabilities/CASE.nii.gz         with probabilities, binary model: foreground probability
+    probabilities/CASE_class<k>.nii.gz  multi-class model: one float32 volume per foreground class k
+
+``CASE`` is the case name: ``CASE_0000.nii.gz`` (an nnU-Net channel file) gives ``CASE``, as
+nnU-Net itself names predictions; any other ``NAME.nii[.gz]`` gives ``NAME``; a DICOM series
+folder gives the folder's name. ``masks/`` is what ``segdino evaluate --predictions`` reads.
 
 The model may be a SegDINO model, its fast wrapper, or any object with a ``.config`` (a
 :class:`~segdino.config.ModelConfig` with volume settings) that maps a normalised
@@ -31,7 +34,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, SegDINOError
-from ..inference import logits_to_labels, logits_to_probabilities, model_logits_at_size, normalize, resize_image
+from ..inference import logits_to_labels, logits_to_probabilities, normalize, resize_image, resize_logits
 from .intensity import normalize_intensity, read_volume_settings
 from .io import Volume, is_nifti_path, read_volume, strip_volume_suffix, write_nifti
 from .postprocess import largest_component_classes, postprocess_labels
@@ -39,6 +42,7 @@ from .slicing import context_slice, reassemble, resolve_axis
 
 log = logging.getLogger("segdino.volumes")
 
+MASKS = "masks"
 PROBABILITIES = "probabilities"
 _CHANNEL_RE = re.compile(r"^(.+)_(\d{4})$")
 
@@ -47,25 +51,25 @@ _CHANNEL_RE = re.compile(r"^(.+)_(\d{4})$")
 # One volume in memory
 
 
-def model_device(model, device: str | torch.device | None = None) -> torch.device:
-    """Where ``model`` runs, moving a plain module to ``device`` when one is asked for.
+def _model_on(model, device: str | torch.device | None = None) -> torch.device:
+    """Where ``model`` runs, moving a plain module to an explicitly named ``device``.
 
-    A model with a ``.device`` attribute (the fast wrapper, an ONNX model) stays where it is:
-    it was built for that device. A plain module without parameters runs on the CPU.
+    A model with a ``.device`` attribute (the fast wrapper, an ONNX model) was built for that
+    device and cannot move: ``device`` None or ``auto`` means that device, another one is an error.
     """
-    own = getattr(model, "device", None)
-    if own is not None:
-        return torch.device(own)
-    if device is not None:
-        from ..inference import resolve_device
+    from ..inference import model_device, resolve_device
 
-        dev = resolve_device(device)
-        model.to(dev)
-        return dev
-    try:
-        return next(model.parameters()).device
-    except (StopIteration, AttributeError):
-        return torch.device("cpu")
+    current = model_device(model)
+    prepared = getattr(model, "device", None) is not None
+    if device is None or (prepared and str(device) == "auto"):
+        return current
+    dev = resolve_device(device)
+    if dev == current or (dev.type == current.type and dev.index is None):
+        return current
+    if prepared:
+        raise ConfigError(f"this model was prepared for {current}, not {dev}; load it again for {dev}")
+    model.to(dev)
+    return dev
 
 
 def _slice_logits(model, volume: Volume, settings: dict, batch_size: int,
@@ -77,6 +81,7 @@ def _slice_logits(model, volume: Volume, settings: dict, batch_size: int,
     axis = resolve_axis(settings["axis"], volume.affine)
     n = norm.shape[axis]
     config = model.config
+    compiled = getattr(model, "compiled", None) is not None
 
     def run() -> Iterator[torch.Tensor]:
         for start in range(0, n, batch_size):
@@ -87,7 +92,12 @@ def _slice_logits(model, volume: Volume, settings: dict, batch_size: int,
             if dev.type == "cuda":  # resizing a batch of large slices is faster on the GPU
                 x = x.to(dev, non_blocking=True)
             x = normalize(resize_image(x, config.image_size).clamp_(0.0, 1.0), config).to(dev)
-            yield from model_logits_at_size(model, x, [size] * len(slices))
+            m = x.shape[0]
+            if compiled and m < batch_size:
+                # A compiled model specialises on the batch shape: the last batch is padded.
+                x = torch.cat([x, x.new_zeros((batch_size - m, *x.shape[1:]))])
+            # All slices of a volume share one size: the logits are resized back as one batch.
+            yield from resize_logits(model(x)[:m].float(), size)
 
     return axis, run()
 
@@ -131,7 +141,7 @@ def predict_volume_with_probabilities(model: torch.nn.Module, volume: Volume, ba
 
 def _predict(model, volume: Volume, batch_size: int, device, probabilities: bool):
     settings = read_volume_settings(getattr(model.config, "volume", None))
-    dev = model_device(model, device)
+    dev = _model_on(model, device)
     model.eval()
     axis, logits = _slice_logits(model, volume, settings, batch_size, dev)
     maps: list[np.ndarray] = []
@@ -285,7 +295,7 @@ def predict_volume_files(
         model: see the module docstring; its ``config.volume`` gives intensity, axis and context.
         inputs: NIfTI files, DICOM series folders, or folders of NIfTI files (nnU-Net ``imagesTs``:
             ``CASE_XXXX`` channel files are grouped by case), one or several.
-        out: the output folder (created); names as in the module docstring.
+        out: the output folder (created); layout and names as in the module docstring.
         probabilities: also write float32 probability volumes under ``out/probabilities/``.
         largest_component: keep only the largest connected component (26-connected) of every
             foreground class (True) or of the listed class ids; probabilities are left as the
@@ -307,7 +317,7 @@ def predict_volume_files(
     ch = _channel_index(channel)
     num_classes = int(model.config.num_classes)
     largest_component_classes(largest_component, num_classes)
-    dev = model_device(model, device)
+    dev = _model_on(model, device)
     out = Path(out)
     jobs = _expand(inputs, ch)
     results: list[tuple[str, str | None, str | None]] = []
@@ -318,7 +328,7 @@ def predict_volume_files(
             results.append((source, None, job.error))
             log.warning("skipped %s: %s", source, job.error)
             continue
-        target = out / f"{job.case}.nii.gz"
+        target = out / MASKS / f"{job.case}.nii.gz"
         if target in written:
             msg = f"{target.name} was already written from {written[target]}; rename one of the inputs"
             results.append((source, None, msg))
