@@ -1,0 +1,529 @@
+"""ONNX export, checked against PyTorch, and an ONNX Runtime model that stands in for ours on CPU.
+
+An exported file holds the graph of the whole model (normalised ``(B, 3, H, W)`` float32 in,
+``(B, num_classes, H, W)`` float32 logits out; ``H, W`` fixed at export, the batch dynamic by
+default) and, in its ``metadata_props``, everything needed to use it without PyTorch:
+
+- ``format`` = ``segdino-onnx`` and ``format_version``;
+- ``segdino_config``: the full :class:`~segdino.config.ModelConfig` as JSON (its ``image_size``
+  is the exported size);
+- ``preprocessing``: JSON with the input size, the [0, 1] scaling, mean/std, the resize rule, the
+  output activation and how to turn logits into a mask;
+- ``precision`` (``fp32``, or ``int8`` for quantised files) and ``export_check`` (the relative L2
+  error measured when the file was written).
+
+``onnx`` is needed to export, ``onnxruntime`` to check and to run; both are imported only here,
+inside the functions that use them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import logging
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .config import ModelConfig
+from .errors import CheckpointError, ConfigError, DataError
+
+log = logging.getLogger("segdino.export")
+
+FORMAT_NAME = "segdino-onnx"
+FORMAT_VERSION = "1"
+CONFIG_KEY = "segdino_config"
+PREPROCESSING_KEY = "preprocessing"
+PRECISION_KEY = "precision"
+CHECK_KEY = "export_check"
+INPUT_NAME = "image"
+OUTPUT_NAME = "logits"
+# LayerNormalization became a standard op in 17; ONNX Runtime fuses it and GELU from there on.
+DEFAULT_OPSET = 17
+MIN_OPSET = 14
+DEFAULT_TOLERANCE = 1e-4
+# Protobuf cannot hold one message over 2 GiB; larger models keep their weights in FILE.data.
+EXTERNAL_DATA_BYTES = 1_800_000_000
+
+
+class ExportError(CheckpointError):
+    """The model could not be exported, or the exported file disagrees with PyTorch."""
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on (hyper-threads counted once)."""
+    try:
+        allowed = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+    cores = set()
+    for cpu in allowed:
+        topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add(((topo / "physical_package_id").read_text().strip(), (topo / "core_id").read_text().strip()))
+        except OSError:
+            return max(1, len(allowed))
+    return max(1, len(cores))
+
+
+def rel_l2(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
+    """``||a - b|| / ||b||`` in float64 (``b`` is the reference)."""
+    a = torch.as_tensor(a).detach().double().cpu()
+    b = torch.as_tensor(b).detach().double().cpu()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def _export_size(image_size, config: ModelConfig) -> tuple[int, int]:
+    if image_size is None:
+        return tuple(config.image_size)
+    if isinstance(image_size, int):
+        image_size = (image_size, image_size)
+    try:
+        size = tuple(int(s) for s in image_size)
+    except (TypeError, ValueError):
+        raise ConfigError(f"image_size must be an integer or (height, width), got {image_size!r}") from None
+    if len(size) != 2 or any(s <= 0 or s % 16 for s in size):
+        raise ConfigError(f"image_size must be positive multiples of 16 (height, width), got {image_size!r}")
+    return size
+
+
+def preprocessing_spec(config: ModelConfig) -> dict[str, Any]:
+    """How raw images become the graph's input and logits become masks (written into the file)."""
+    binary = config.num_classes == 1
+    return {
+        "input": INPUT_NAME,
+        "output": OUTPUT_NAME,
+        "layout": "NCHW",
+        "dtype": "float32",
+        "channels": "RGB",
+        "image_size": list(config.image_size),  # (height, width)
+        "resize": "bilinear, antialiased, to image_size; logits resized back to the image's size (bilinear)",
+        "scale": 1.0 / 255.0,
+        "mean": list(config.mean),
+        "std": list(config.std),
+        "formula": "input = (pixel / 255 - mean) / std",
+        "activation": "sigmoid" if binary else "softmax",
+        "mask": "logit > 0" if binary else "argmax over channels",
+        "num_classes": config.num_classes,
+    }
+
+
+@contextlib.contextmanager
+def _quiet_export():
+    # The tracer warns about every Python-level shape check in the model; they are constants for a
+    # fixed input size, which is exactly what the export promises.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        yield
+
+
+def _torch_export(module: torch.nn.Module, example: torch.Tensor, file: Path, opset: int, dynamic_batch: bool) -> None:
+    dynamic_axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
+    kwargs = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=dynamic_axes,
+                  opset_version=opset, do_constant_folding=True)
+    with _quiet_export(), torch.no_grad():
+        try:
+            # The TorchScript exporter writes one self-contained file whose graph ONNX Runtime
+            # optimises well; the dynamo exporter is the fallback where it is gone.
+            torch.onnx.export(module, (example,), str(file), dynamo=False, **kwargs)
+        except TypeError:
+            torch.onnx.export(module, (example,), str(file), **kwargs)
+
+
+def _metadata(config: ModelConfig, precision: str, check: dict | None) -> dict[str, str]:
+    from . import __version__
+
+    meta = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        CONFIG_KEY: config.to_json(),
+        PREPROCESSING_KEY: json.dumps(preprocessing_spec(config), sort_keys=True),
+        PRECISION_KEY: precision,
+        "segdino_version": __version__,
+        "torch_version": torch.__version__,
+    }
+    if check is not None:
+        meta[CHECK_KEY] = json.dumps(check, sort_keys=True)
+    return meta
+
+
+def _set_metadata(proto, meta: dict[str, str]) -> None:
+    from . import __version__
+
+    keep = [p for p in proto.metadata_props if p.key not in meta]
+    del proto.metadata_props[:]
+    for p in keep:
+        proto.metadata_props.add(key=p.key, value=p.value)
+    for k, v in meta.items():
+        proto.metadata_props.add(key=k, value=v)
+    proto.producer_name = "segdino"
+    proto.producer_version = __version__
+    proto.doc_string = "SegDINO segmentation model: normalised (B, 3, H, W) image -> (B, K, H, W) logits"
+
+
+def _save_proto(proto, file: Path, data_name: str) -> None:
+    """Write ``proto`` to ``file``; weights go to ``data_name`` beside it when the model is too big."""
+    import onnx
+
+    if proto.ByteSize() > EXTERNAL_DATA_BYTES or _has_external_data(proto):
+        onnx.save_model(proto, str(file), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_name, size_threshold=1024)
+    else:
+        onnx.save_model(proto, str(file))
+
+
+def _has_external_data(proto) -> bool:
+    from onnx.external_data_helper import uses_external_data
+
+    return any(uses_external_data(t) for t in proto.graph.initializer)
+
+
+@contextlib.contextmanager
+def _atomic_onnx(path: Path):
+    """Yield a temporary folder; on success ``<tmp>/<name>`` (and its data file) move to ``path``.
+
+    Nothing is left behind on error; a previous file at ``path`` stays untouched.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmpdir
+        staged = tmpdir / path.name
+        data = tmpdir / (path.name + ".data")
+        # The weights first, so the graph never appears without them.
+        for src in ([data] if data.exists() else []) + [staged]:
+            with open(src, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(src, path.parent / src.name)
+    finally:
+        for f in tmpdir.iterdir():
+            with contextlib.suppress(OSError):
+                f.unlink()
+        with contextlib.suppress(OSError):
+            tmpdir.rmdir()
+
+
+def _check_batches(dynamic_batch: bool, fixed_batch: int) -> list[int]:
+    # The graph is traced at batch 2; checking 1 and 3 proves the batch was not baked in.
+    return [1, 3] if dynamic_batch else [fixed_batch]
+
+
+def ort_session(path: str | os.PathLike, threads: int | None = None):
+    """An ONNX Runtime CPU session tuned for inference: all graph optimisations, one thread per physical core."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = int(threads or physical_cores())
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def compare_with_torch(session, module: torch.nn.Module, image_size: tuple[int, int], batches: Sequence[int],
+                       seed: int = 0) -> dict[str, Any]:
+    """Run ``session`` and ``module`` on the same random normalised inputs.
+
+    Returns ``rel_l2`` (the worst relative L2 error over ``batches``), ``max_abs`` and ``batches``.
+    Raises :class:`ExportError` when an output is not finite or has the wrong shape.
+    """
+    g = torch.Generator().manual_seed(seed)
+    worst, max_abs = 0.0, 0.0
+    name = session.get_inputs()[0].name
+    for b in batches:
+        x = torch.randn(b, 3, *image_size, generator=g)
+        with torch.inference_mode():
+            ref = module(x).float()
+        out = session.run(None, {name: x.numpy()})[0]
+        if tuple(out.shape) != tuple(ref.shape):
+            raise ExportError(f"ONNX Runtime returned shape {tuple(out.shape)} for batch {b}, PyTorch {tuple(ref.shape)}")
+        if not np.isfinite(out).all():
+            raise ExportError(f"ONNX Runtime returned non-finite logits for batch {b}")
+        worst = max(worst, rel_l2(out, ref))
+        max_abs = max(max_abs, float(np.abs(out - ref.numpy()).max()))
+    return {"rel_l2": worst, "max_abs": max_abs, "batches": list(batches)}
+
+
+# --------------------------------------------------------------------------------------------
+# Export
+
+
+def export_onnx(
+    model: torch.nn.Module | str | os.PathLike,
+    path: str | os.PathLike,
+    image_size: int | tuple[int, int] | None = None,
+    opset: int | None = None,
+    dynamic_batch: bool = True,
+    check: bool = True,
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Export a SegDINO model to one ONNX file, checked against PyTorch before it appears.
+
+    The graph maps a normalised ``(B, 3, H, W)`` float32 image batch to ``(B, num_classes, H, W)``
+    float32 logits, ``(H, W)`` = ``image_size`` (default: the model's). With ``dynamic_batch`` the
+    batch is free, else 1. The model's config and preprocessing go into the file's metadata.
+
+    Args:
+        model: a SegDINO model (any device and dtype: it is exported as a float32 CPU copy), or a
+            checkpoint path / run folder for :func:`segdino.load_model`.
+        path: the ``.onnx`` file to write (atomically; weights over ~1.8 GB go to ``path.data``).
+        opset: ONNX opset (default 17).
+        check: run ONNX Runtime on random inputs (batches 1 and 3, or the fixed batch) against
+            PyTorch fp32; a relative L2 error above ``tolerance`` raises and leaves no file.
+
+    Returns:
+        ``path``, ``opset``, ``image_size``, ``dynamic_batch``, ``bytes``, ``seconds`` (export),
+        ``rel_l2`` and ``max_abs`` (None without ``check``), ``check_batches``, ``torch`` and
+        ``onnxruntime`` versions.
+
+    Raises:
+        ConfigError: bad ``image_size``/``opset``, or ``model`` is not a SegDINO model.
+        ExportError: the exporter failed, or ONNX Runtime disagrees with PyTorch.
+    """
+    if isinstance(model, (str, os.PathLike)):
+        from .checkpoint import load_model
+
+        model = load_model(model)
+    config = getattr(model, "config", None)
+    if not isinstance(model, torch.nn.Module) or not isinstance(config, ModelConfig):
+        raise ConfigError(f"export_onnx needs a SegDINO model (with a ModelConfig), got {type(model).__name__}")
+    size = _export_size(image_size, config)
+    opset = DEFAULT_OPSET if opset is None else opset
+    if not isinstance(opset, int) or isinstance(opset, bool) or opset < MIN_OPSET:
+        raise ConfigError(f"opset must be an integer >= {MIN_OPSET}, got {opset!r}")
+    try:
+        import onnx
+    except ImportError:
+        raise ConfigError("ONNX export needs the 'onnx' package: pip install onnx onnxruntime") from None
+    if check:
+        try:
+            import onnxruntime
+        except ImportError:
+            raise ConfigError("checking the export needs 'onnxruntime': pip install onnxruntime (or check=False)") from None
+
+    path = Path(path)
+    export_config = dataclasses.replace(config, image_size=size)
+    module = copy.deepcopy(model).to("cpu", torch.float32).eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    batch = 2 if dynamic_batch else 1
+    example = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(1))
+
+    t0 = time.perf_counter()
+    with _atomic_onnx(path) as tmpdir:
+        raw = tmpdir / "raw.onnx"
+        try:
+            _torch_export(module, example, raw, opset, dynamic_batch)
+            proto = onnx.load(str(raw), load_external_data=True)
+        except Exception as e:  # the exporter raises many types; all mean "this model cannot be exported"
+            raise ExportError(f"exporting to {path} failed (opset {opset}): {type(e).__name__}: {e}") from e
+        for f in tmpdir.iterdir():  # the exporter's own files; the final ones are written below
+            f.unlink()
+        seconds = time.perf_counter() - t0
+        result: dict[str, Any] = {
+            "path": str(path), "format": "onnx", "opset": opset, "image_size": list(size),
+            "dynamic_batch": dynamic_batch, "rel_l2": None, "max_abs": None, "check_batches": [],
+            "seconds": round(seconds, 3), "torch": torch.__version__, "onnxruntime": None,
+        }
+        staged = tmpdir / path.name
+        _set_metadata(proto, _metadata(export_config, "fp32", None))
+        _save_proto(proto, staged, path.name + ".data")
+        if check:
+            session = ort_session(staged, threads)
+            checked = compare_with_torch(session, module, size, _check_batches(dynamic_batch, batch))
+            del session
+            if not checked["rel_l2"] <= tolerance:
+                raise ExportError(
+                    f"the export to {path} disagrees with PyTorch: relative L2 error {checked['rel_l2']:.3g} "
+                    f"> {tolerance:g} (max abs {checked['max_abs']:.3g}); no file written"
+                )
+            result.update(rel_l2=checked["rel_l2"], max_abs=checked["max_abs"], check_batches=checked["batches"],
+                          onnxruntime=onnxruntime.__version__)
+            # Record the check in the file itself (metadata only: the graph is the one just checked).
+            _set_metadata(proto, _metadata(export_config, "fp32", {
+                "rel_l2": checked["rel_l2"], "max_abs": checked["max_abs"], "batches": checked["batches"],
+                "onnxruntime": onnxruntime.__version__}))
+            for f in tmpdir.iterdir():
+                f.unlink()
+            _save_proto(proto, staged, path.name + ".data")
+        result["bytes"] = sum(f.stat().st_size for f in tmpdir.iterdir())
+    log.debug("exported %s in %.1f s", path, seconds)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Running an exported file
+
+
+class OnnxModel:
+    """An exported SegDINO model run by ONNX Runtime on CPU, usable wherever a model's logits are.
+
+    ``model(x)`` maps a normalised ``(B, 3, H, W)`` batch (torch tensor on any device, or numpy),
+    ``(H, W)`` = ``config.image_size``, to ``(B, num_classes, H, W)`` float32 logits on CPU.
+    ``config`` is the :class:`~segdino.config.ModelConfig` stored in the file.
+    """
+
+    training = False
+
+    def __init__(self, session, config: ModelConfig, path: Path, metadata: dict[str, str], threads: int):
+        self.session = session
+        self.config = config
+        self.path = path
+        self.metadata = metadata
+        self.threads = threads
+        inp, out = session.get_inputs()[0], session.get_outputs()[0]
+        self.input_name, self.output_name = inp.name, out.name
+        batch = inp.shape[0]
+        self.batch_size: int | None = batch if isinstance(batch, int) and batch > 0 else None
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self.config.image_size)
+
+    @property
+    def precision(self) -> str:
+        return self.metadata.get(PRECISION_KEY, "fp32")
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def eval(self) -> "OnnxModel":
+        return self
+
+    def train(self, mode: bool = True) -> "OnnxModel":
+        if mode:
+            raise ConfigError(f"{self.path} is an ONNX export: it runs inference only and cannot be trained")
+        return self
+
+    def to(self, *args, **kwargs) -> "OnnxModel":
+        """Returns itself: ONNX Runtime runs on CPU; inputs on another device are copied over."""
+        return self
+
+    def __call__(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """(B, 3, H, W) normalised float -> (B, num_classes, H, W) float32 CPU logits."""
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(x)
+        if not isinstance(x, torch.Tensor):
+            raise DataError(f"model input must be a torch.Tensor or numpy array, got {type(x).__name__}")
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise DataError(f"model input must be (batch, 3, height, width), got shape {tuple(x.shape)}")
+        if tuple(x.shape[-2:]) != self.image_size:
+            h, w = self.image_size
+            raise DataError(
+                f"{self.path.name} was exported for {h}x{w} inputs, got {x.shape[-2]}x{x.shape[-1]}; "
+                f"resize to {h}x{w} or export again with --image-size"
+            )
+        arr = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        n = arr.shape[0]
+        if n == 0:
+            return torch.zeros(0, self.num_classes, *self.image_size)
+        step = self.batch_size or n
+        outs = []
+        for start in range(0, n, step):
+            chunk = arr[start : start + step]
+            if chunk.shape[0] < step:  # a fixed-batch graph: pad the last chunk
+                pad = np.zeros((step - chunk.shape[0],) + chunk.shape[1:], dtype=np.float32)
+                y = self.session.run([self.output_name], {self.input_name: np.concatenate([chunk, pad])})[0]
+                y = y[: chunk.shape[0]]
+            else:
+                y = self.session.run([self.output_name], {self.input_name: chunk})[0]
+            outs.append(y)
+        y = outs[0] if len(outs) == 1 else np.concatenate(outs)
+        return torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
+
+    forward = __call__
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"OnnxModel({self.path.name}: {c.backbone} D={c.decoder_dim} K={c.num_classes} "
+                f"{c.image_size[0]}x{c.image_size[1]} {self.precision}, {self.threads} threads)")
+
+
+def read_onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file (read with ``onnx``, weights not loaded)."""
+    import onnx
+
+    p = Path(path)
+    try:
+        proto = onnx.load(str(p), load_external_data=False)
+    except Exception as e:  # protobuf raises DecodeError and friends
+        raise CheckpointError(f"{p} is not a readable ONNX file ({type(e).__name__}: {e})") from None
+    return {m.key: m.value for m in proto.metadata_props}
+
+
+def load_onnx_model(path: str | os.PathLike, threads: int | None = None) -> OnnxModel:
+    """Open an exported SegDINO ``.onnx`` file for CPU inference with ONNX Runtime.
+
+    ``threads``: intra-op threads (default: the physical cores available).
+
+    Raises:
+        CheckpointError: no such file, not an ONNX file, an ONNX file without SegDINO metadata,
+            or a graph that does not match its stored config (the message names the file).
+        ConfigError: ``onnxruntime`` is not installed.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p}: no such file")
+    if p.stat().st_size == 0:
+        raise CheckpointError(f"{p}: the file is empty")
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"running {p} needs onnxruntime: pip install onnxruntime") from None
+    n_threads = int(threads or physical_cores())
+    try:
+        session = ort_session(p, n_threads)
+    except Exception as e:  # onnxruntime raises its own exception types for unreadable files
+        raise CheckpointError(f"{p} is not a usable ONNX file ({type(e).__name__}: {str(e).strip()[:300]})") from None
+    meta = dict(session.get_modelmeta().custom_metadata_map)
+    if meta.get("format") != FORMAT_NAME or CONFIG_KEY not in meta:
+        raise CheckpointError(
+            f"{p} is an ONNX file but not a SegDINO export (no '{CONFIG_KEY}' metadata); "
+            "export one with: segdino export --model CKPT --format onnx --out FILE"
+        )
+    try:
+        config = ModelConfig.from_json(meta[CONFIG_KEY])
+    except ConfigError as e:
+        raise CheckpointError(f"{p}: its metadata config is invalid: {e}") from None
+    _check_graph(p, session, config)
+    return OnnxModel(session, config, p, meta, n_threads)
+
+
+def _check_graph(path: Path, session, config: ModelConfig) -> None:
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1 or len(outputs) < 1:
+        raise CheckpointError(f"{path}: expected one input and one output, found {len(inputs)} and {len(outputs)}")
+    shape_in, shape_out = inputs[0].shape, outputs[0].shape
+    h, w = config.image_size
+    if len(shape_in) != 4 or shape_in[1] != 3 or list(shape_in[2:]) != [h, w]:
+        raise CheckpointError(f"{path}: input shape {shape_in} does not match its config ((batch, 3, {h}, {w}))")
+    channels = shape_out[1] if len(shape_out) == 4 else None
+    if len(shape_out) != 4 or (isinstance(channels, int) and channels != config.num_classes):
+        raise CheckpointError(
+            f"{path}: output shape {shape_out} does not match its config (batch, {config.num_classes}, {h}, {w})"
+        )
