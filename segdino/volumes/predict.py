@@ -195,12 +195,32 @@ class _Job:
     error: str | None = None
 
 
-def _channel_index(channel: int | str | None) -> int | None:
+def _channel_by_name(name: str, inputs: list[Path]) -> int:
+    """A channel name (e.g. ``T2``) -> its number, from the ``dataset.json`` of an nnU-Net folder
+    holding the inputs (``imagesTs/`` sits beside it)."""
+    from .layouts import _channel_names, _load_json
+
+    for p in inputs:
+        for folder in (p if p.is_dir() else p.parent, (p if p.is_dir() else p.parent).parent):
+            meta_path = folder / "dataset.json"
+            if meta_path.is_file():
+                meta = _load_json(meta_path)
+                names = _channel_names(meta) if isinstance(meta, dict) else None
+                low = [n.lower() for n in names or []]
+                if name.strip().lower() in low:
+                    return low.index(name.strip().lower())
+                raise ConfigError(f"{meta_path}: no channel named {name!r}"
+                                  + (f"; channels: {', '.join(f'{i} {n}' for i, n in enumerate(names))}" if names else ""))
+    raise ConfigError(f"--channel {name!r}: channel names are read from an nnU-Net dataset.json beside the "
+                      "inputs, and none was found; give the channel number instead")
+
+
+def _channel_index(channel: int | str | None, inputs: list[Path] = ()) -> int | None:
     if channel is None:
         return None
     if isinstance(channel, str):
         if not channel.strip().isdigit():
-            raise ConfigError(f"--channel must be a channel number 0, 1, ... for volume files, got {channel!r}")
+            return _channel_by_name(channel, list(inputs))
         return int(channel)
     if isinstance(channel, bool) or not isinstance(channel, (int, np.integer)) or channel < 0:
         raise ConfigError(f"--channel must be a channel number 0, 1, ..., got {channel!r}")
@@ -303,7 +323,9 @@ def predict_volume_files(
         batch_size: slices per forward pass.
         device: where to run a plain module; a model with ``.device`` stays on it.
         channel: the channel to segment in multi-channel data: the ``_XXXX`` file of an nnU-Net
-            case or the channel of a 4D NIfTI file. Cases with several channels need it.
+            case or the channel of a 4D NIfTI file; a name (``T2``) is looked up in the
+            ``dataset.json`` of the nnU-Net folder holding the inputs. Cases with several channels
+            need it.
 
     Returns:
         one ``(input, written label path or None, error message or None)`` per volume, in input
@@ -314,7 +336,10 @@ def predict_volume_files(
         could be segmented.
     """
     read_volume_settings(getattr(model.config, "volume", None))  # fail before any file is read
-    ch = _channel_index(channel)
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    inputs = [Path(p) for p in inputs]
+    ch = _channel_index(channel, inputs)
     num_classes = int(model.config.num_classes)
     largest_component_classes(largest_component, num_classes)
     dev = _model_on(model, device)
