@@ -76,7 +76,7 @@ def test_500x375_image_is_scored_at_its_own_size(tmp_path, model, model_file):
     assert summary["per_class"]["1"]["dice"]["mean"] == pytest.approx(expected["dice"])
     assert summary["evaluation"]["split"] == "test"
 
-    kept = evaluate_model(model, data, tmp_path / "kept", keep_size=True, workers=0)
+    kept = evaluate_model(model, data, tmp_path / "kept", keep_size=True, workers=2)
     (krow,) = read_csv(tmp_path / "kept" / "cases.csv")
     assert (krow["height"], krow["width"]) == ("375", "500")
     assert "keep-size" in kept["evaluation"]["inference"]

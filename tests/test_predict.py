@@ -11,6 +11,7 @@ import segdino
 from segdino.cli import main
 from segdino.cli.predict import ImageInput, output_names
 from segdino.errors import ConfigError
+from segdino.fast import FastModel
 from segdino.inference import load_inference_model, predict
 from tests.conftest import randomize_
 
@@ -87,6 +88,17 @@ def test_load_inference_model_and_devices(tmp_path, model, model_file, monkeypat
         load_inference_model(onnx, device="cpu")
     with pytest.raises(ConfigError, match="runs on the CPU"):
         load_inference_model(onnx, device="cuda")
+
+    # A compiled fast model always sees full batches (no recompilation for the last one); the
+    # padding changes no result. Compilation itself needs CUDA, so a recording stand-in takes its place.
+    fast = FastModel(model, torch.device("cpu"), torch.float32, channels_last=True, compile_mode=None)
+    seen = []
+    fast.compiled = lambda x: (seen.append(x.shape[0]), fast.inner(x))[1]
+    images = [noise(37, 53, seed=i) for i in range(4)]
+    got = predict(fast, images, batch_size=3, probabilities=True, device="auto")
+    want = predict(model, images, batch_size=3, probabilities=True)
+    assert seen == [3, 3]
+    assert max(np.abs(g.probabilities - w.probabilities).max() for g, w in zip(got, want)) < 1e-5
 
     # A model prepared for one device (fast or ONNX) is not silently moved.
     class Prepared:

@@ -111,13 +111,8 @@ def _evaluate_volumes(args: argparse.Namespace, out: Path, run_dir: Path | None)
                           "dataset's own label list")
     if args.keep_size:
         raise ConfigError("--keep-size applies to 2D images; volumes are scored slice by slice on their own grid")
-    model = None
-    if args.model is not None:
-        from ..inference import load_inference_model
-
-        model = load_inference_model(args.model, args.device)
     return evaluate_volumes(
-        args.data, out, predictions=args.predictions, model=model, split=args.split, fold=args.fold,
+        args.data, out, predictions=args.predictions, model=args.model, split=args.split, fold=args.fold,
         channel=_channel(args.channel), device=args.device, batch_size=args.batch_size,
         largest_component=args.largest_component, run_dir=run_dir,
     )

@@ -338,10 +338,10 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     images, volumes, problems = collect_inputs(args.inputs)
-    for p in problems:
-        print(f"segdino predict: {p}", file=sys.stderr)
     if not images and not volumes:
         raise DataError("nothing to predict: " + "; ".join(problems) if problems else "nothing to predict")
+    for p in problems:
+        print(f"segdino predict: {p}", file=sys.stderr)
     model = load_inference_model(args.model, args.device)
     out = Path(args.out)
 
