@@ -367,7 +367,7 @@ def test_evaluate_names_unmatched_and_misplaced_predictions(dataset, tmp_path, c
     save_nifti(pred_dir / f"{c}.nii.gz", gt[:, :, :-1], aff)
     with pytest.raises(DataError, match=r"shape \(48, 48, 15\).*\(48, 48, 16\)"):
         evaluate_volumes(dataset, tmp_path / "r", predictions=pred_dir)
-    with pytest.raises(ConfigError, match="not both"):
+    with pytest.raises(ConfigError, match="exactly one of"):
         evaluate_volumes(dataset, tmp_path / "r", predictions=pred_dir, model=ThresholdModel())
 
 
@@ -433,3 +433,23 @@ def test_predict_and_evaluate_commands_with_a_saved_model(dataset, tmp_path, cap
     assert code == 0, cap.err
     a, b = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("from_files", "from_model"))
     assert a["per_class"] == b["per_class"] and a["lesions"] == b["lesions"]
+
+
+def test_plain_layout_without_dataset_json(tmp_path):
+    # images/ + labels/: classes come from the label values, the split "all" takes every case.
+    aff = np.diag([*SPACING, 1.0])
+    root = tmp_path / "plain"
+    vol = _two_class_volume(speck=False)
+    for name in ("p1", "p2"):
+        save_nifti(root / "images" / f"{name}.nii.gz", vol, aff)
+        save_nifti(root / "labels" / f"{name}.nii.gz", ((vol > 300).astype(np.uint8) + (vol > 700)), aff)
+    model = ThresholdModel(thresholds=(0.3, 0.7))
+    s = evaluate_volumes(root, tmp_path / "ok", model=model, split="all", largest_component=True)
+    assert s["cases"] == ["p1", "p2"] and s["num_classes"] == 3 and s["largest_component_classes"] == [1, 2]
+    # The largest component of class 2 drops its second lesion: one missed per case.
+    assert s["lesions"]["class 2"]["missed"] == 2 and s["per_class"]["1"]["dice"]["mean"] == 1.0
+    s = evaluate_volumes(root, tmp_path / "files", predictions=tmp_path / "ok" / "predictions", split="all")
+    assert s["num_classes"] == 3 and s["lesions"]["class 2"]["missed"] == 2
+    save_nifti(root / "labels" / "p2.nii.gz", (vol > 700).astype(np.uint8), aff @ np.diag([1, 1, 1.02, 1]))
+    with pytest.raises(DataError, match=r"p2\.nii\.gz vs label .*p2\.nii\.gz: the image's geometry"):
+        evaluate_volumes(root, tmp_path / "bad", model=model, split="all")

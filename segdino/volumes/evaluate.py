@@ -98,8 +98,8 @@ def _reorder_to(pred: Volume, label: Volume) -> np.ndarray | None:
     return np.ascontiguousarray(arr)
 
 
-def on_label_grid(pred: Volume, label: Volume) -> tuple[np.ndarray, bool]:
-    """``pred``'s labels on ``label``'s voxel grid.
+def on_label_grid(pred: Volume, label: Volume, what: str = "prediction") -> tuple[np.ndarray, bool]:
+    """``pred``'s labels on ``label``'s voxel grid (``what`` names ``pred`` in messages).
 
     Returns:
         ``(array, reordered)``: the (I, J, K) labels indexed like ``label.array``, and whether
@@ -114,17 +114,17 @@ def on_label_grid(pred: Volume, label: Volume) -> tuple[np.ndarray, bool]:
     arr = _reorder_to(pred, label)
     if arr is not None:
         return arr, True
-    where = f"{pred.path or 'prediction'} vs label {label.path or ''}".rstrip()
+    where = f"{pred.path or what} vs label {label.path or ''}".rstrip()
     if pred.shape != label.shape and sorted(pred.shape) != sorted(label.shape):
-        raise DataError(f"{where}: the prediction has shape {pred.shape}, the label {label.shape}; "
-                        "a prediction must be on its label's voxel grid")
+        raise DataError(f"{where}: the {what} has shape {pred.shape}, the label {label.shape}; "
+                        f"a {what} must be on its label's voxel grid")
     off = _grid_offset(pred.affine, label.affine, label.shape) if pred.shape == label.shape else math.nan
     detail = (f"spacing {np.round(pred.spacing, 4).tolist()} vs {np.round(label.spacing, 4).tolist()} mm, "
               f"origin {np.round(pred.origin, 3).tolist()} vs {np.round(label.origin, 3).tolist()} mm")
     if math.isfinite(off):
         detail += f"; voxel centres up to {off:.3g} mm apart (tolerance {_tolerance(label):.3g} mm)"
-    raise DataError(f"{where}: the prediction's geometry (affine) differs from the label's: {detail}; "
-                    "a prediction must be on its label's voxel grid (resample it onto the label first)")
+    raise DataError(f"{where}: the {what}'s geometry (affine) differs from the label's: {detail}; "
+                    f"a {what} must be on its label's voxel grid (resample it onto the label first)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,7 +359,7 @@ def evaluate_volumes(
         DataError for missing or unmatched predictions, grids that differ, unreadable files.
     """
     if (predictions is None) == (model is None):
-        raise ConfigError("evaluating volumes needs either a folder of predictions or a model, not both")
+        raise ConfigError("evaluating volumes needs exactly one of a folder of predictions and a model")
     out = Path(out)
     run_dir = Path(run_dir) if run_dir is not None else None
     model = _load_model(model, device)
@@ -477,6 +477,8 @@ def _predict_case(model, case: VolumeCase, label: Volume, pred_path: Path, batch
     from .predict import predict_volume
 
     image = read_volume(case.image, case.channel)
+    # A label off its image's grid is a dataset problem: say so before predicting, naming the image.
+    on_label_grid(image, label, what="image")
     labels = predict_volume(model, image, batch_size=batch_size, device=device)
     labels = postprocess_labels(labels, largest_component, int(model.config.num_classes))
     write_nifti(pred_path, labels, image.affine)
@@ -507,11 +509,10 @@ def _write_outputs(out: Path, rows, lesion_rows, summary, found: VolumeCases, pr
         pred, _ = on_label_grid(read_volume(pred_path), label)
         if model is None:
             pred = postprocess_labels(pred, largest_component, summary["num_classes"])
-        try:
-            image = read_volume(case.image, case.channel)
+        try:  # the picture only: an unreadable or misplaced image leaves a blank background
+            image = Volume(on_label_grid(read_volume(case.image, case.channel), label, what="image")[0],
+                           label.affine)
         except DataError:
-            image = None
-        if image is None or image.shape != label.shape:
             image = Volume(np.zeros(label.shape, dtype=np.float32), label.affine)
         axis = resolve_axis(settings["axis"] if settings else "axial", label.affine)
         spec = settings["intensity"] if settings else None
