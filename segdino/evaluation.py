@@ -360,7 +360,7 @@ def evaluate_model(
     Args:
         model: a model file, run folder or ``.onnx`` file (loaded with
             :func:`segdino.inference.load_inference_model` on ``device``), or a loaded model
-            (SegDINO, fast or ONNX model) with ``config``.
+            (SegDINO, fast or ONNX model) with ``config``; it is left in eval mode.
         data: a 2D dataset folder (CONTRACTS, "Datasets").
         out: folder for ``cases.csv``, ``summary.json``, ``report.md`` and ``figures/``.
         split: ``test`` (default), ``val``, ``train`` or ``all``.

@@ -229,10 +229,24 @@ def _finish(logits: torch.Tensor, probabilities: bool) -> np.ndarray | Predictio
     return Prediction(mask, prob)
 
 
+def _check_any_size(model) -> None:
+    """Refuse ``keep_size`` for an ONNX export, whose graph is fixed to one input size."""
+    try:
+        from .export import OnnxModel
+    except ImportError:
+        return
+    if isinstance(model, OnnxModel):
+        h, w = model.config.image_size
+        raise ConfigError(f"--keep-size runs each image at its own size, but {model.path} was exported for "
+                          f"{h}x{w} inputs only; drop --keep-size, or use the .safetensors checkpoint")
+
+
 def predict_arrays(model, images: Sequence[np.ndarray], device: torch.device, batch_size: int = 8,
                    keep_size: bool = False, probabilities: bool = False) -> list:
     """Segment (H, W, 3) uint8 images with a model already on ``device`` (see :func:`predict`)."""
     config: ModelConfig = model.config
+    if keep_size:
+        _check_any_size(model)
     sizes = [tuple(int(s) for s in im.shape[:2]) for im in images]
     results: list = [None] * len(images)
     if keep_size:

@@ -49,7 +49,8 @@ def register(subparsers) -> None:
                     "Writes masks/ (binary 0/255, multi-class index values), and optionally probabilities/ "
                     "and overlays/, into --out. Unreadable images are named and skipped (exit status 1).",
     )
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="image files or folders; volumes too (NIfTI files, DICOM series folders)")
     parser.add_argument("--model", required=True, metavar="CKPT|RUN_DIR|FILE.onnx",
                         help="checkpoint (ours or the authors'), run folder (its best.safetensors) or ONNX file")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
