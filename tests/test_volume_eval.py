@@ -433,6 +433,7 @@ def test_predict_and_evaluate_commands_with_a_saved_model(dataset, tmp_path, cap
     assert code == 0, cap.err
     a, b = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("from_files", "from_model"))
     assert a["per_class"] == b["per_class"] and a["lesions"] == b["lesions"]
+    assert b["model"].startswith(str(ckpt)) and a["predictions"] == str(out)
 
 
 def test_plain_layout_without_dataset_json(tmp_path):

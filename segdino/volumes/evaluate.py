@@ -326,6 +326,7 @@ def evaluate_volumes(
     batch_size: int = 8,
     largest_component: bool | Iterable[int] = False,
     run_dir: str | os.PathLike | None = None,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Score a split of a volume dataset, from predicted volumes or from a model.
 
@@ -346,6 +347,7 @@ def evaluate_volumes(
             that of the listed classes, in the model's output or in the given predictions, before
             scoring.
         run_dir: a training run folder: its ``splits.json`` and ``log.csv`` (learning curves).
+        seed: the seed of the seeded split rules (as given to training).
 
     Returns:
         the summary written to ``summary.json``: :func:`segdino.metrics.summarize` of the rows
@@ -362,14 +364,15 @@ def evaluate_volumes(
         raise ConfigError("evaluating volumes needs exactly one of a folder of predictions and a model")
     out = Path(out)
     run_dir = Path(run_dir) if run_dir is not None else None
+    model_file = str(model) if isinstance(model, (str, os.PathLike)) else None
     model = _load_model(model, device)
     try:
-        found = find_volume_cases(data, fold=fold, channel=channel)
+        found = find_volume_cases(data, fold=fold, channel=channel, seed=seed)
     except DataError:
         if predictions is None or channel is not None:
             raise
         # Predictions are scored against labels: the channel only picks the picture in the report.
-        found = find_volume_cases(data, fold=fold, channel=0)
+        found = find_volume_cases(data, fold=fold, channel=0, seed=seed)
     if not found.is_3d:
         raise DataError(f"{data}: holds 2D images in an nnU-Net layout, not volumes; use the 2D evaluation")
     from_run = _run_split(run_dir, split, found) if run_dir is not None else None
@@ -450,7 +453,7 @@ def evaluate_volumes(
         split_source=split_source,
         cases=case_ids,
         predictions=str(predictions) if predictions is not None else None,
-        model=_model_name(model),
+        model=_model_name(model, model_file),
         num_classes=num_classes,
         class_names={str(c): n for c, n in names.items()},
         distance_unit="mm",
@@ -464,11 +467,12 @@ def evaluate_volumes(
     return summary
 
 
-def _model_name(model) -> str | None:
+def _model_name(model, path: str | None) -> str | None:
     if model is None:
         return None
     cfg = model.config
-    return f"{getattr(cfg, 'backbone', '?')}, {cfg.num_classes} output(s)"
+    what = f"{getattr(cfg, 'backbone', '?')}, {cfg.num_classes} output(s)"
+    return f"{path} ({what})" if path else what
 
 
 def _predict_case(model, case: VolumeCase, label: Volume, pred_path: Path, batch_size: int, device,
