@@ -85,9 +85,10 @@ def run(args) -> dict:
     from segdino.train_config import resolve_config
     from segdino.training import run_training
 
+    resuming = args.resume and (Path(args.out) / "resume" / "state.safetensors").is_file()
     opts = dict(data=str(args.data), out=str(args.out), recipe=args.recipe, seed=args.seed, epochs=args.epochs,
-                backbone=args.backbone, device=args.device, num_workers=args.num_workers, overwrite=True,
-                quiet=True)
+                backbone=args.backbone, device=args.device, num_workers=args.num_workers, quiet=True,
+                **({"resume": True} if resuming else {"overwrite": True}))
     for extra in ("batch_size", "lr", "freeze_backbone", "compile", "steps_per_epoch", "image_size", "decoder_dim"):
         v = getattr(args, extra)
         if v is not None:
@@ -108,6 +109,8 @@ def run(args) -> dict:
         "backbone": args.backbone, "pretrained": False, "freeze_backbone": bool(args.freeze_backbone),
         "commit": commit_hash(), "gpu": gpu, "torch": torch.__version__,
         "train_seconds": round(train_s, 1), "eval_seconds": round(eval_s, 1),
+        "epoch_seconds_total": round(sum(float(r.split(",")[5]) for r in
+                                         (Path(args.out) / "log.csv").read_text().splitlines()[1:]), 1),
         "best_epoch": summary["best_epoch"], "best_val_dice": summary["best_score"],
         "config": cfg.to_dict(), "test": {k: v for k, v in result.items() if k not in ("outputs",)},
         "log": (Path(args.out) / "log.csv").read_text(),
@@ -142,6 +145,7 @@ def main() -> None:
     r.add_argument("--decoder-dim", type=int)
     r.add_argument("--freeze-backbone", action="store_true", default=None)
     r.add_argument("--compile", action="store_true", default=None)
+    r.add_argument("--resume", action="store_true", help="continue the run in --out if it has a resume state")
     args = p.parse_args()
     if args.cmd == "pack":
         print(json.dumps(pack(args.data, args.out, args.size)))

@@ -40,7 +40,7 @@ class TrainConfig:
     loss: str = "bce_dice"  # bce | bce_dice (ce / ce_dice are the multi-class names)
     augment: str = "segdino"  # segdino | paper | none
     precision: str = "auto"  # auto (bf16 on GPU) | bf16 | fp32
-    compile: bool = False
+    compile: bool = False  # torch.compile the training graph (CUDA with Triton only; ignored elsewhere)
     channels_last: bool = True
     grad_clip: float | None = 1.0
     num_workers: int = 2
@@ -63,6 +63,7 @@ class TrainConfig:
     foreground_ratio: float = 0.33
     volume_cache: int = 4
     quiet: bool = False
+    save_every: float = 60.0  # seconds between writes of last + resume state (always after the last epoch)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -135,13 +136,13 @@ def recipe_defaults(recipe: str) -> dict[str, Any]:
         return dict(
             epochs=50, image_size=(256, 256), batch_size=4, lr=1e-4, backbone_lr_scale=1.0,
             weight_decay=0.01, schedule="constant", warmup_epochs=0.0, loss="bce", augment="paper",
-            precision="fp32", grad_clip=None, channels_last=False,
+            precision="fp32", grad_clip=None, channels_last=False, compile=False,
         )
     if recipe == "segdino":
         return dict(
             epochs=50, image_size=(256, 256), batch_size=16, lr=5e-4, backbone_lr_scale=None,
             weight_decay=0.05, schedule="cosine", warmup_epochs=2.0, loss="bce_dice", augment="segdino",
-            precision="auto", grad_clip=1.0, channels_last=True,
+            precision="auto", grad_clip=1.0, channels_last=True, compile=True,
         )
     raise ConfigError(f"--recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
 
@@ -199,7 +200,8 @@ def _check_types(values: dict[str, Any], where: str) -> None:
     kinds = {
         int: ("epochs", "decoder_dim", "num_classes", "batch_size", "num_workers", "seed", "fold", "val_every",
               "mask_threshold", "context", "volume_cache", "steps_per_epoch", "channel"),
-        float: ("lr", "backbone_lr_scale", "weight_decay", "warmup_epochs", "grad_clip", "foreground_ratio"),
+        float: ("lr", "backbone_lr_scale", "weight_decay", "warmup_epochs", "grad_clip", "foreground_ratio",
+                "save_every"),
         bool: ("freeze_backbone", "compile", "channels_last", "cache_images", "resume", "overwrite", "quiet"),
         str: ("data", "out", "recipe", "backbone", "backbone_weights", "init", "schedule", "loss", "augment",
               "precision", "device", "on_nan", "on_bad_data", "intensity", "slice_axis"),

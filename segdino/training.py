@@ -375,10 +375,14 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.forward = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         if cfg.compile:
-            self.forward = torch.compile(self.forward)
+            from .fast import compile_available
+
+            if compile_available(self.device):
+                self.forward = torch.compile(self.forward)
         self.skipped: list[str] = []
         self._native_masks: dict[int, torch.Tensor] = {}
         self._tb: Any = None
+        self._last_save = -math.inf  # the first epoch is always saved
         self.loss_hook: Callable[[torch.Tensor, dict], torch.Tensor] | None = None  # tests inject faults here
 
     @property
@@ -535,7 +539,10 @@ class Trainer:
         """Write last, best (when improved), the log row and then the resume state.
 
         The resume state goes last: a run killed before it re-runs this epoch and rewrites
-        the same files, so every order of interruption ends in the same run folder.
+        the same files, so every order of interruption ends in the same run folder. ``last`` and
+        the resume state (model and optimiser, the larger writes) are written when
+        ``save_every`` seconds have passed since the previous write and after the final epoch;
+        an interrupted run loses at most that much work and resumes to the same result.
         """
         score = res.val_dice if res.val_dice is not None else -res.train_loss
         improved = bool(score > self.best)
@@ -546,14 +553,18 @@ class Trainer:
                                 f"the last good checkpoint in {self.out} is kept")
         if self.is_main:
             meta = {"epoch": str(res.epoch), "val_dice": "" if res.val_dice is None else f"{res.val_dice:.6f}"}
-            save_model(self.model, self.out / "last.safetensors", extra_metadata=meta)
+            due = res.epoch == self.cfg.epochs or time.monotonic() - self._last_save >= self.cfg.save_every
+            if due:
+                save_model(self.model, self.out / "last.safetensors", extra_metadata=meta)
             if improved:
                 save_model(self.model, self.out / "best.safetensors", extra_metadata=meta)
             self.append_log(res)
-            save_resume_state(self.out / RESUME_FILE, self.model, self.opt, {
-                "epoch": res.epoch, "step": self.step, "best": self.best, "best_epoch": self.best_epoch,
-                "world": self.world,
-            })
+            if due:
+                save_resume_state(self.out / RESUME_FILE, self.model, self.opt, {
+                    "epoch": res.epoch, "step": self.step, "best": self.best, "best_epoch": self.best_epoch,
+                    "world": self.world,
+                })
+                self._last_save = time.monotonic()
             best = f"best {self.best:.4f} (epoch {self.best_epoch})" if res.val_dice is not None else ""
             val = f"val Dice {res.val_dice:.4f}  " if res.val_dice is not None else ""
             _progress_write(f"epoch {res.epoch}/{self.cfg.epochs}  loss {res.train_loss:.4f}  {val}{best}  "

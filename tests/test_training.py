@@ -48,7 +48,8 @@ def discs(tmp_path_factory):
 
 def config(data, out, **kw):
     opts = dict(data=str(data), out=str(out), backbone="vitt16", decoder_dim=16, image_size=32, epochs=2,
-                batch_size=8, num_workers=0, device="cpu", quiet=True, lr=2e-3, warmup_epochs=0.0)
+                batch_size=8, num_workers=0, device="cpu", quiet=True, lr=2e-3, warmup_epochs=0.0,
+                save_every=0.0)
     opts.update(kw)
     return resolve_config(opts)
 

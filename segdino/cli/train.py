@@ -51,6 +51,7 @@ def register(sub) -> None:
     a("--steps-per-epoch", type=int, help="cap the steps of each epoch")
     a("--resume", action="store_true", default=None, help="continue the run in --out")
     a("--overwrite", action="store_true", default=None, help="replace the run in --out")
+    a("--save-every", type=float, help="seconds between saves of last + resume state (default 60; 0 = every epoch)")
     a("--on-nan", choices=["stop", "skip"], help="a non-finite loss stops training (default) or skips the step")
     a("--on-bad-data", choices=["stop", "skip"], help="an unreadable sample stops (default) or is skipped")
     v = p.add_argument_group("volumes (CT/MRI)")
@@ -71,7 +72,7 @@ OPTION_NAMES = [
     "backbone_weights", "init", "freeze_backbone", "batch_size", "lr", "backbone_lr_scale", "weight_decay",
     "schedule", "warmup_epochs", "loss", "augment", "precision", "compile", "num_workers", "seed", "fold",
     "val_every", "channel", "resume", "overwrite", "on_nan", "on_bad_data", "steps_per_epoch", "device",
-    "intensity", "slice_axis", "context", "foreground_ratio", "volume_cache", "quiet",
+    "intensity", "slice_axis", "context", "foreground_ratio", "volume_cache", "quiet", "save_every",
 ]
 
 
