@@ -1,22 +1,53 @@
-"""Speed of the plain eager fp32 model (the authors' way) and of our fast path, side by side.
+"""Speed of the plain eager fp32 model (the authors' way) against our faster paths, side by side.
 
-Same random weights for both (every parameter randomised, SAD gains included); reports
-parameters, GFLOPs, median latency, throughput, peak memory, the speed ratio, and the relative
-L2 error between the two outputs.
+Same weights for every path (random by default, every parameter randomised, SAD gains included; or
+a trained model's); reports parameters, GFLOPs, median latency, throughput, peak memory, each
+path's speed ratio to eager fp32 and the relative L2 error of its output against eager fp32.
+
+- On CUDA: eager fp32 against the fast path of :mod:`segdino.fast` (bf16, channels-last,
+  ``torch.compile``), each timed on its own after warm-up (device events).
+- On CPU: eager PyTorch fp32, ONNX Runtime fp32 (the exported file), ONNX Runtime int8 (static
+  quantisation), PyTorch bf16 channels-last (where the CPU has native bf16: AVX512-BF16 or AMX)
+  and, on request, ``torch.compile``. The CPU is often shared, so the paths are timed in
+  alternation (one call of each per round, the order rotating), and every path sees the same
+  drift in load; the load average before and after is reported.
+
+With a trained model and a dataset, each path's mean Dice on a split is measured as well (at each
+image's own size), which is how reduced-precision paths are judged.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
+import os
 import platform
 import statistics
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
+from .errors import ConfigError
 from .model import SegDINO, build_model
+
+CPU_PATHS = ("eager", "onnx", "onnx-int8", "bf16", "compile", "compile-bf16")
+DEFAULT_CPU_PATHS = ("eager", "onnx", "onnx-int8", "bf16")
+PATH_NAMES = {
+    "eager": "eager fp32",
+    "onnx": "onnxruntime fp32",
+    "onnx-int8": "onnxruntime int8",
+    "bf16": "torch bf16 channels-last",
+    "compile": "torch.compile fp32",
+    "compile-bf16": "torch.compile bf16",
+}
+PATH_PRECISION = {"eager": "fp32", "onnx": "fp32", "onnx-int8": "int8", "bf16": "bf16", "compile": "fp32",
+                  "compile-bf16": "bf16"}
 
 
 def randomize_parameters(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -74,6 +105,26 @@ def time_fn(fn: Callable[[], object], device: torch.device, warmup: int, repeats
     return times
 
 
+def time_alternating(fns: dict[str, Callable[[], object]], warmup: int, repeats: int) -> dict[str, list[float]]:
+    """Per-call seconds of each function, timed in alternation (CPU wall clock).
+
+    Each round calls every function once; the starting function rotates from round to round, so
+    no path always runs after the same other path and a change of load hits all of them alike.
+    """
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            t = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - t)
+    return times
+
+
 @dataclass
 class PathResult:
     name: str
@@ -82,6 +133,12 @@ class PathResult:
     images_per_s: float
     peak_mem_mib: float | None
     rel_l2_vs_eager: float | None = None
+    ratio_vs_eager: float | None = None  # eager median / this median: > 1 is faster
+    precision: str = "fp32"
+    runs: int = 0
+    min_ms: float | None = None
+    dice: float | None = None  # mean Dice on the dataset split, when one was given
+    dice_delta_vs_eager: float | None = None
 
 
 @dataclass
@@ -97,35 +154,66 @@ class BenchmarkReport:
     results: list[PathResult] = field(default_factory=list)
     ratios: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    onnxruntime: str | None = None
+    threads: int | None = None
+    cpu: str | None = None
+    load_average: dict[str, list[float]] | None = None  # 1/5/15-minute load before and after timing
+    timing: str = ""
+    weights: str = "random"  # "random", or the checkpoint's path
+    dice: dict | None = None  # dataset, split, cases, when Dice was measured
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
 
     def table(self) -> str:
         lines = [
-            f"device: {self.device}   torch {self.torch}   {self.backbone} D={self.decoder_dim} "
-            f"{self.image_size[0]}x{self.image_size[1]}",
+            f"device: {self.device}   torch {self.torch}"
+            + (f"   onnxruntime {self.onnxruntime}" if self.onnxruntime else "")
+            + f"   {self.backbone} D={self.decoder_dim} {self.image_size[0]}x{self.image_size[1]}",
             f"parameters: {self.params_total / 1e6:.2f} M ({self.params_decoder / 1e6:.2f} M decoder)   "
-            f"{self.gflops_per_image:.1f} GFLOP/image",
-            f"{'path':<28}{'batch':>6}{'median ms':>12}{'images/s':>12}{'peak MiB':>10}{'rel L2':>10}",
+            f"{self.gflops_per_image:.1f} GFLOP/image   weights: {self.weights}",
         ]
+        if self.timing:
+            lines.append(f"timing: {self.timing}")
+        if self.load_average:
+            before, after = self.load_average.get("before"), self.load_average.get("after")
+            lines.append(f"load average (1/5/15 min): before {_fmt_load(before)}, after {_fmt_load(after)}")
+        with_dice = any(r.dice is not None for r in self.results)
+        header = (f"{'path':<28}{'batch':>6}{'median ms':>11}{'images/s':>10}{'vs eager':>10}{'rel L2':>10}"
+                  f"{'peak MiB':>10}")
+        if with_dice:
+            header += f"{'Dice':>8}{'dDice':>9}"
+        lines.append(header)
         for r in self.results:
             mem = f"{r.peak_mem_mib:.0f}" if r.peak_mem_mib is not None else "-"
             err = f"{r.rel_l2_vs_eager:.1e}" if r.rel_l2_vs_eager is not None else "-"
-            lines.append(f"{r.name:<28}{r.batch:>6}{r.median_ms:>12.3f}{r.images_per_s:>12.1f}{mem:>10}{err:>10}")
-        for k, v in self.ratios.items():
-            lines.append(f"speed-up {k}: {v:.2f}x")
+            ratio = f"{r.ratio_vs_eager:.2f}x" if r.ratio_vs_eager is not None else "-"
+            line = (f"{r.name:<28}{r.batch:>6}{r.median_ms:>11.2f}{r.images_per_s:>10.1f}{ratio:>10}{err:>10}"
+                    f"{mem:>10}")
+            if with_dice:
+                dice = f"{r.dice:.4f}" if r.dice is not None else "-"
+                delta = f"{r.dice_delta_vs_eager:+.4f}" if r.dice_delta_vs_eager is not None else "-"
+                line += f"{dice:>8}{delta:>9}"
+            lines.append(line)
+        if self.dice:
+            lines.append(f"Dice: mean over the {self.dice['cases']} '{self.dice['split']}' images of {self.dice['data']}, "
+                         "at each image's own size")
         lines += self.notes
         return "\n".join(lines)
 
 
+def _fmt_load(load: Sequence[float] | None) -> str:
+    return "/".join(f"{v:.2f}" for v in load) if load else "-"
+
+
 def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double().cpu(), b.double().cpu()
+    a, b = torch.as_tensor(a).double().cpu(), torch.as_tensor(b).double().cpu()
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
 def measure_path(name: str, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, device: torch.device,
                  warmup: int, repeats: int, reference: torch.Tensor | None, min_seconds: float = 0.0) -> tuple[PathResult, torch.Tensor]:
+    """Time ``fn(x)`` on its own; the result's ``rel_l2_vs_eager`` is against ``reference``."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with torch.inference_mode():
@@ -134,44 +222,319 @@ def measure_path(name: str, fn: Callable[[torch.Tensor], torch.Tensor], x: torch
     med = statistics.median(times)
     mem = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     err = rel_l2(out, reference) if reference is not None else None
-    return PathResult(name, x.shape[0], med * 1000, x.shape[0] / med, mem, err), out
+    res = PathResult(name, x.shape[0], med * 1000, x.shape[0] / med, mem, err, runs=len(times),
+                     min_ms=min(times) * 1000)
+    return res, out
+
+
+# --------------------------------------------------------------------------------------------
+# CPU paths
+
+
+def cpu_model_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else what the platform module says."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> set[str]:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bf16 matrix work natively (AVX512-BF16 or AMX), where bf16 pays off."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+class Bf16CpuModel(torch.nn.Module):
+    """The model in bf16 with channels-last activations (oneDNN's fastest CPU layout); float32 logits out.
+
+    Reduced precision: judge it by Dice, not by bitwise agreement.
+    """
+
+    def __init__(self, model: torch.nn.Module, compile_mode: str | None = None):
+        super().__init__()
+        self.config = model.config
+        m = copy.deepcopy(model).to("cpu", torch.bfloat16).eval().to(memory_format=torch.channels_last)
+        for p in m.parameters():
+            p.requires_grad_(False)
+        self.inner = m
+        self.fn = torch.compile(m, dynamic=False) if compile_mode else m
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to("cpu", torch.bfloat16).contiguous(memory_format=torch.channels_last)
+        return self.fn(x).float().contiguous()
+
+
+def _compiled_fp32(model: torch.nn.Module, compile_mode: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    m = copy.deepcopy(model).to("cpu").eval().to(memory_format=torch.channels_last)
+    for p in m.parameters():
+        p.requires_grad_(False)
+    kwargs = {} if compile_mode == "default" else {"mode": compile_mode}
+    compiled = torch.compile(m, dynamic=False, **kwargs)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return compiled(x.contiguous(memory_format=torch.channels_last)).contiguous()
+
+    return run
+
+
+def build_cpu_paths(model: SegDINO, paths: Sequence[str], workdir: Path, image_size: tuple[int, int],
+                    threads: int, calibration: Sequence[np.ndarray] | None = None,
+                    compile_mode: str = "default") -> tuple[dict[str, Callable], list[str]]:
+    """Callables ``(B, 3, H, W) -> (B, K, H, W)`` float32 logits for each requested CPU path.
+
+    ONNX files are written to ``workdir``. Returns the paths by display name, and notes about
+    paths that could not be built (the benchmark goes on without them).
+    """
+    from .export import export_onnx, load_onnx_model, quantize_onnx
+
+    built: dict[str, Callable] = {}
+    notes: list[str] = []
+    onnx_file = workdir / "model.onnx"
+    for key in paths:
+        name = PATH_NAMES[key]
+        try:
+            if key == "eager":
+                built[name] = model
+            elif key == "onnx" or key == "onnx-int8":
+                if not onnx_file.exists():
+                    export_onnx(model, onnx_file, image_size=image_size, check=False)
+                if key == "onnx":
+                    built[name] = load_onnx_model(onnx_file, threads=threads)
+                else:
+                    int8_file = workdir / "model.int8.onnx"
+                    quantize_onnx(onnx_file, int8_file, calibration=calibration)
+                    built[name] = load_onnx_model(int8_file, threads=threads)
+            elif key == "bf16":
+                built[name] = Bf16CpuModel(model)
+            elif key == "compile":
+                built[name] = _compiled_fp32(model, compile_mode)
+            elif key == "compile-bf16":
+                built[name] = Bf16CpuModel(model, compile_mode=compile_mode)
+        except (ImportError, ConfigError) as e:
+            notes.append(f"{name}: not run ({e})")
+    return built, notes
+
+
+# --------------------------------------------------------------------------------------------
+# Dice of each path on a dataset
+
+
+def dice_by_path(fns: dict[str, Callable], config, data: str | os.PathLike, split: str = "test",
+                 batch_size: int = 8, limit: int | None = None) -> tuple[dict[str, float], int]:
+    """Mean Dice of each path on ``split`` of ``data``, predicted at each image's own size.
+
+    Images are resized to the model's input size, logits resized back (bilinear) and thresholded
+    or argmaxed, as :func:`segdino.predict` does. Dice is averaged over foreground classes, then
+    images. Returns ``({path: mean Dice}, number of images)``.
+    """
+    from .data.dataset import SegmentationDataset
+    from .errors import DataError
+    from .inference import logits_to_labels, preprocess, resize_logits
+    from .metrics import case_metrics
+
+    ds = SegmentationDataset(data, split=split, num_classes=config.num_classes, image_size=None,
+                             mask_threshold=config.mask_threshold)
+    n = len(ds) if limit is None else min(limit, len(ds))
+    if n == 0:
+        raise DataError(f"{data}: the '{split}' split is empty; no Dice to measure")
+    scores: dict[str, list[float]] = {name: [] for name in fns}
+    for start in range(0, n, batch_size):
+        items = [ds.load_native(i) for i in range(start, min(n, start + batch_size))]
+        x = torch.stack([preprocess(im, config) for im, _ in items])
+        for name, fn in fns.items():
+            with torch.inference_mode():
+                logits = fn(x).float()
+            for i, (im, gt) in enumerate(items):
+                pred = logits_to_labels(resize_logits(logits[i : i + 1], gt.shape))[0].numpy()
+                per_class = case_metrics(pred, gt, config.num_classes)
+                scores[name].append(float(np.mean([m["dice"] for m in per_class.values()])))
+    return {name: float(np.mean(v)) for name, v in scores.items()}, n
+
+
+def calibration_batches(data: str | os.PathLike | None, config, image_size: tuple[int, int], samples: int = 16,
+                        seed: int = 0) -> list[np.ndarray]:
+    """Inputs for int8 calibration: training images of ``data`` when given, else random normal ones."""
+    if data is not None:
+        from .data.dataset import SegmentationDataset
+        from .inference import normalize
+
+        ds = SegmentationDataset(data, split="train", num_classes=config.num_classes, image_size=image_size,
+                                 mask_threshold=config.mask_threshold)
+        if len(ds):
+            idx = np.random.default_rng(seed).permutation(len(ds))[:samples]
+            return [normalize(ds[int(i)]["image"], config)[None].numpy() for i in idx]
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(1, 3, *image_size, generator=g).numpy() for _ in range(min(samples, 4))]
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def run_benchmark(backbone: str = "vits16", image_size: tuple[int, int] = (256, 256), batches=(1, 32),
                   device: str | torch.device = "cuda", decoder_dim: int = 256, warmup: int = 10,
                   repeats: int = 50, compile_mode: str | None = "auto", extra_paths: dict | None = None,
-                  seed: int = 0) -> BenchmarkReport:
-    """Time eager fp32 and the fast path for each batch size; see the module docstring."""
-    from .fast import fast_model
+                  seed: int = 0, paths: Sequence[str] | None = None, threads: int | None = None,
+                  model: SegDINO | None = None, data: str | os.PathLike | None = None, split: str = "test",
+                  weights_name: str | None = None) -> BenchmarkReport:
+    """Time eager fp32 against the faster paths for each batch size; see the module docstring.
 
+    Args:
+        model: weights to use (its backbone, decoder width and input size win over the arguments);
+            default a model built from ``backbone``/``decoder_dim``/``image_size`` with random weights.
+        paths: CPU paths among ``eager`` (always first), ``onnx``, ``onnx-int8``, ``bf16``,
+            ``compile``, ``compile-bf16``; default ``eager,onnx,onnx-int8`` plus ``bf16`` where the
+            CPU has native bf16. Ignored on CUDA (eager fp32 against :func:`segdino.fast.fast_model`).
+        threads: CPU threads for every path (default: the physical cores).
+        repeats: timed calls per path (CPU: rounds of alternating calls).
+        data: a dataset folder; with it, each path's mean Dice on ``split`` is measured.
+
+    Returns:
+        a :class:`BenchmarkReport` (``to_json()`` for machines, ``table()`` for people).
+    """
     device = torch.device(device)
     torch.manual_seed(seed)
-    model: SegDINO = randomize_parameters(build_model(backbone, decoder_dim=decoder_dim, image_size=image_size), seed)
+    if model is None:
+        model = randomize_parameters(build_model(backbone, decoder_dim=decoder_dim, image_size=image_size), seed)
+        weights = "random"
+    else:
+        weights = weights_name or "given model"
+    cfg = model.config
+    image_size = tuple(cfg.image_size)
     model = model.eval().to(device)
+    for p in model.parameters():
+        p.requires_grad_(False)
     counts = model.count_parameters()
     probe = torch.randn(1, 3, *image_size, device=device)
+    if device.type == "cpu":
+        from .export import physical_cores
+
+        threads = int(threads or physical_cores())
+        with _torch_threads(threads):
+            gflops = count_gflops(model, probe)
+        dev_name = f"cpu ({cpu_model_name()}, {threads} threads)"
+    else:
+        gflops = count_gflops(model, probe)
+        dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
     report = BenchmarkReport(
-        device=torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-        torch=torch.__version__, backbone=backbone, image_size=list(image_size), decoder_dim=decoder_dim,
-        params_total=counts["total"], params_decoder=counts["decoder"], gflops_per_image=count_gflops(model, probe),
+        device=dev_name, torch=torch.__version__, backbone=cfg.backbone, image_size=list(image_size),
+        decoder_dim=cfg.decoder_dim, params_total=counts["total"], params_decoder=counts["decoder"],
+        gflops_per_image=gflops, weights=weights,
     )
+    if device.type == "cpu":
+        _run_cpu(report, model, image_size, batches, warmup, repeats, compile_mode, extra_paths, seed, paths,
+                 threads, data, split)
+    else:
+        _run_gpu(report, model, image_size, batches, device, warmup, repeats, compile_mode, extra_paths, seed)
+    return report
+
+
+def _run_gpu(report, model, image_size, batches, device, warmup, repeats, compile_mode, extra_paths, seed) -> None:
+    from .fast import fast_model
+
     fast = fast_model(model, device, compile_mode=compile_mode)
-    paths: dict[str, Callable] = {"eager fp32": model}
+    fns: dict[str, Callable] = {"eager fp32": model}
+    precision = {"eager fp32": "fp32"}
     if fast is not model:
-        paths[f"fast ({getattr(fast, 'compile_mode', None) or 'eager'} bf16)"] = fast
+        name = f"fast ({getattr(fast, 'compile_mode', None) or 'eager'} bf16)"
+        fns[name], precision[name] = fast, "bf16"
     for name, fn in (extra_paths or {}).items():
-        paths[name] = fn
+        fns[name] = fn
+    report.timing = f"median of {repeats} calls per path after {warmup} warm-up calls, each path on its own (CUDA events)"
     g = torch.Generator().manual_seed(seed + 1)
     for b in batches:
         x = torch.randn(b, 3, *image_size, generator=g).to(device)
-        ref = None
-        first = None
-        for name, fn in paths.items():
+        ref = first = None
+        for name, fn in fns.items():
             res, out = measure_path(name, fn, x, device, warmup, repeats, ref)
+            res.precision = precision.get(name, "?")
             if ref is None:
                 ref, first = out.float(), res
                 res.rel_l2_vs_eager = 0.0
+            res.ratio_vs_eager = first.median_ms / res.median_ms
             report.results.append(res)
-            if first is not None and res is not first:
-                report.ratios[f"{name} vs eager fp32, batch {b}"] = first.median_ms / res.median_ms
-    return report
+            if res is not first:
+                report.ratios[f"{name} vs eager fp32, batch {b}"] = res.ratio_vs_eager
+
+
+def _run_cpu(report, model, image_size, batches, warmup, repeats, compile_mode, extra_paths, seed, paths,
+             threads, data, split) -> None:
+    if paths is None:
+        paths = list(DEFAULT_CPU_PATHS if cpu_has_native_bf16() else [p for p in DEFAULT_CPU_PATHS if p != "bf16"])
+        if compile_mode not in (None, "auto"):
+            paths.append("compile")
+    unknown = [p for p in paths if p not in CPU_PATHS]
+    if unknown:
+        raise ConfigError(f"unknown CPU path(s) {', '.join(unknown)}; expected some of {', '.join(CPU_PATHS)}")
+    paths = ["eager"] + [p for p in dict.fromkeys(paths) if p != "eager"]
+    if compile_mode in (None, "auto"):
+        compile_mode = "default"
+    with contextlib.suppress(ImportError):
+        import onnxruntime
+
+        report.onnxruntime = onnxruntime.__version__
+    report.threads = threads
+    report.cpu = cpu_model_name()
+    with _torch_threads(threads), tempfile.TemporaryDirectory(prefix="segdino-bench-") as tmp:
+        calibration = None
+        if "onnx-int8" in paths:
+            calibration = calibration_batches(data, model.config, image_size, seed=seed)
+        fns, notes = build_cpu_paths(model, paths, Path(tmp), image_size, threads, calibration, compile_mode)
+        report.notes += notes
+        for name, fn in (extra_paths or {}).items():
+            fns[name] = fn
+        precision = {PATH_NAMES[k]: PATH_PRECISION[k] for k in paths}
+        report.timing = (f"median of {repeats} alternating rounds (one call of every path per round, order rotating) "
+                         f"after {warmup} warm-up rounds; {threads} threads for every path; wall clock")
+        report.load_average = {"before": list(os.getloadavg())}
+        g = torch.Generator().manual_seed(seed + 1)
+        for b in batches:
+            x = torch.randn(b, 3, *image_size, generator=g)
+            with torch.inference_mode():
+                outs = {name: fn(x).float() for name, fn in fns.items()}  # also the first (compiling) call
+                times = time_alternating({name: (lambda fn=fn: fn(x)) for name, fn in fns.items()}, warmup, repeats)
+            ref = outs[PATH_NAMES["eager"]]
+            eager_med = statistics.median(times[PATH_NAMES["eager"]])
+            for name, ts in times.items():
+                med = statistics.median(ts)
+                res = PathResult(name, b, med * 1000, b / med, None, rel_l2(outs[name], ref), eager_med / med,
+                                 precision.get(name, "?"), len(ts), min(ts) * 1000)
+                report.results.append(res)
+                if name != PATH_NAMES["eager"]:
+                    report.ratios[f"{name} vs eager fp32, batch {b}"] = res.ratio_vs_eager
+        report.load_average["after"] = list(os.getloadavg())
+        if data is not None:
+            dice, cases = dice_by_path(fns, model.config, data, split)
+            report.dice = {"data": str(data), "split": split, "cases": cases}
+            ref_dice = dice[PATH_NAMES["eager"]]
+            for res in report.results:
+                res.dice = dice[res.name]
+                res.dice_delta_vs_eager = dice[res.name] - ref_dice

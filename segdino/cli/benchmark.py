@@ -1,4 +1,4 @@
-"""``segdino benchmark``: eager fp32 against the fast path, on the same random weights."""
+"""``segdino benchmark``: eager fp32 against the faster paths, on the same weights."""
 
 from __future__ import annotations
 
@@ -8,21 +8,38 @@ from . import add_device_argument
 
 
 def register(sub) -> None:
-    p = sub.add_parser("benchmark", help="time the eager fp32 model against the fast path")
+    p = sub.add_parser(
+        "benchmark", help="time the eager fp32 model against the faster paths",
+        description="Time the plain eager fp32 model against the faster paths on the same weights (random by "
+                    "default) and report each path's speed ratio and relative L2 error against eager fp32. "
+                    "GPU: the fast path (bf16, channels-last, torch.compile). CPU: ONNX Runtime fp32 and int8, "
+                    "bf16 channels-last where the CPU has native bf16, torch.compile on request, timed in "
+                    "alternation. With --model and --data, each path's mean Dice on a split as well.",
+    )
     p.add_argument("--backbone", default="vits16")
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--decoder-dim", type=int, default=256)
     p.add_argument("--batch", default="1,32", help="comma-separated batch sizes")
-    p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--repeats", type=int, default=50,
+                   help="timed calls per path (CPU: alternating rounds; at least 20 for a fair median)")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--compile", default="auto", help="auto, a torch.compile mode, or none")
+    p.add_argument("--paths", default=None,
+                   help="CPU paths, comma-separated among eager, onnx, onnx-int8, bf16, compile, compile-bf16 "
+                        "(default: eager,onnx,onnx-int8, and bf16 where the CPU has native bf16)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for every path (default: physical cores)")
+    p.add_argument("--model", default=None, metavar="CKPT",
+                   help="use this model's weights and size instead of random weights (--backbone, --image-size "
+                        "and --decoder-dim are then taken from it)")
+    p.add_argument("--data", default=None, metavar="DIR", help="dataset: also measure each path's mean Dice (needs --model)")
+    p.add_argument("--split", default="test", help="split of --data for Dice (default test)")
     p.add_argument("--json", help="write the report as JSON to this file")
     add_device_argument(p)
     p.set_defaults(func=main)
 
 
 def main(args) -> int:
-    from ..benchmark import run_benchmark
+    from ..benchmark import CPU_PATHS, run_benchmark
     from ..errors import ConfigError
     from ..fileio import atomic_write_text
     from ..inference import resolve_device
@@ -33,11 +50,31 @@ def main(args) -> int:
         raise ConfigError(f"--batch takes comma-separated integers, got {args.batch!r}") from None
     if not batches or any(b < 1 for b in batches):
         raise ConfigError(f"--batch takes positive integers, got {args.batch!r}")
+    if args.repeats < 1 or args.warmup < 0:
+        raise ConfigError(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats} and {args.warmup}")
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    paths = None
+    if args.paths:
+        paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+        unknown = [p for p in paths if p not in CPU_PATHS]
+        if unknown:
+            raise ConfigError(f"--paths: unknown path(s) {', '.join(unknown)}; expected some of {', '.join(CPU_PATHS)}")
+    if args.data and not args.model:
+        raise ConfigError("--data measures Dice, which needs a trained model: add --model CKPT")
     device = resolve_device(args.device)
+    if args.data and device.type != "cpu":
+        raise ConfigError("--data (Dice per path) compares the CPU paths; add --device cpu")
+    model = None
+    if args.model:
+        from ..checkpoint import load_model
+
+        model = load_model(args.model)
     report = run_benchmark(
         backbone=args.backbone, image_size=(args.image_size, args.image_size), batches=batches, device=device,
         decoder_dim=args.decoder_dim, warmup=args.warmup, repeats=args.repeats,
-        compile_mode=None if args.compile == "none" else args.compile,
+        compile_mode=None if args.compile == "none" else args.compile, paths=paths, threads=args.threads,
+        model=model, data=args.data, split=args.split, weights_name=args.model,
     )
     print(report.table())
     if args.json:

@@ -1,0 +1,209 @@
+"""ONNX export: metadata round trip, agreement with PyTorch, dynamic batch, refusals, CLI."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+import onnx  # noqa: E402
+
+import segdino  # noqa: E402
+from segdino.cli import main as cli_main  # noqa: E402
+from segdino.errors import CheckpointError, ConfigError, DataError  # noqa: E402
+from segdino.export import (  # noqa: E402
+    ExportError,
+    export_onnx,
+    load_onnx_model,
+    physical_cores,
+    quantize_onnx,
+    read_onnx_metadata,
+    rel_l2,
+)
+
+from tests.conftest import randomize_  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    # Taps on the first four blocks: the traced graph stops there, which keeps every export quick.
+    m = segdino.build_model("vitt16", decoder_dim=16, image_size=(64, 64), num_classes=2, taps=(0, 1, 2, 3))
+    return randomize_(m).eval()
+
+
+@pytest.fixture(scope="module")
+def exported(model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    result = export_onnx(model, path, image_size=32)
+    return path, result
+
+
+def test_export_reports_check_and_writes_one_file(exported):
+    path, result = exported
+    assert path.is_file() and result["path"] == str(path)
+    assert result["rel_l2"] is not None and result["rel_l2"] <= 1e-4
+    assert result["check_batches"] == [1, 3]
+    assert result["image_size"] == [32, 32] and result["opset"] == 17 and result["dynamic_batch"] is True
+    assert result["bytes"] == path.stat().st_size
+    # Atomic write: nothing but the file itself beside it.
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model.onnx"]
+
+
+def test_metadata_round_trip(model, exported):
+    path, result = exported
+    meta = read_onnx_metadata(path)
+    assert meta["format"] == "segdino-onnx" and meta["precision"] == "fp32"
+    cfg = segdino.ModelConfig.from_json(meta["segdino_config"])
+    expected = model.config.to_dict()
+    expected["image_size"] = [32, 32]
+    assert cfg.to_dict() == expected
+    pre = json.loads(meta["preprocessing"])
+    assert pre["image_size"] == [32, 32]
+    assert pre["mean"] == pytest.approx(list(model.config.mean)) and pre["std"] == pytest.approx(list(model.config.std))
+    assert pre["activation"] == "softmax" and pre["num_classes"] == 2
+    assert json.loads(meta["export_check"])["rel_l2"] == pytest.approx(result["rel_l2"])
+
+    om = load_onnx_model(path)
+    assert om.config.to_dict() == expected
+    assert om.num_classes == 2 and om.device == torch.device("cpu") and om.eval() is om
+    assert om.image_size == (32, 32) and om.batch_size is None
+    assert om.threads == physical_cores()
+
+
+def test_onnx_runtime_agrees_with_torch_at_several_batches(model, exported):
+    path, _ = exported
+    om = load_onnx_model(path, threads=1)
+    g = torch.Generator().manual_seed(5)
+    for b in (1, 2, 5):
+        x = torch.randn(b, 3, 32, 32, generator=g)
+        with torch.no_grad():
+            ref = model(x)
+        out = om(x)
+        assert out.dtype == torch.float32 and out.device.type == "cpu" and out.shape == (b, 2, 32, 32)
+        assert rel_l2(out, ref) <= 1e-4
+    # numpy in, torch out; inputs from another dtype are converted
+    out = om(x.double().numpy())
+    assert rel_l2(out, ref) <= 1e-4
+
+
+def test_wrong_input_size_is_a_data_error(exported):
+    om = load_onnx_model(exported[0], threads=1)
+    with pytest.raises(DataError, match="exported for 32x32"):
+        om(torch.zeros(1, 3, 64, 64))
+    with pytest.raises(DataError, match=r"\(batch, 3"):
+        om(torch.zeros(1, 1, 32, 32))
+
+
+def test_static_batch_export_is_chunked(model, tmp_path):
+    path = tmp_path / "static.onnx"
+    result = export_onnx(model, path, image_size=32, dynamic_batch=False)
+    assert result["check_batches"] == [1] and result["dynamic_batch"] is False
+    om = load_onnx_model(path, threads=1)
+    assert om.batch_size == 1
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert rel_l2(om(x), model(x)) <= 1e-4
+
+
+def test_bad_and_unrelated_onnx_files_are_refused(tmp_path):
+    missing = tmp_path / "missing.onnx"
+    with pytest.raises(CheckpointError, match="missing.onnx"):
+        load_onnx_model(missing)
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x00not an onnx file at all" * 10)
+    with pytest.raises(CheckpointError, match="garbage.onnx"):
+        load_onnx_model(garbage)
+    # A valid ONNX model that is not ours: x -> relu(x).
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 32, 32])])
+    other = tmp_path / "other.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(other))
+    with pytest.raises(CheckpointError, match=r"other\.onnx.*not a SegDINO export"):
+        load_onnx_model(other)
+
+
+def test_graph_that_contradicts_its_config_is_refused(exported, tmp_path):
+    proto = onnx.load(str(exported[0]))
+    for p in proto.metadata_props:
+        if p.key == "segdino_config":
+            cfg = json.loads(p.value)
+            cfg["num_classes"] = 3
+            p.value = json.dumps(cfg)
+    forged = tmp_path / "forged.onnx"
+    onnx.save(proto, str(forged))
+    with pytest.raises(CheckpointError, match="forged.onnx"):
+        load_onnx_model(forged)
+
+
+def test_failed_check_leaves_no_file_and_keeps_the_old_one(model, tmp_path):
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"previous")
+    with pytest.raises(ExportError, match="disagrees with PyTorch"):
+        export_onnx(model, path, image_size=32, tolerance=1e-12)
+    assert path.read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+
+
+def test_export_refuses_bad_options(model, tmp_path):
+    with pytest.raises(ConfigError, match="multiples of 16"):
+        export_onnx(model, tmp_path / "a.onnx", image_size=40)
+    with pytest.raises(ConfigError, match="opset"):
+        export_onnx(model, tmp_path / "a.onnx", opset=9)
+    with pytest.raises(ConfigError, match="SegDINO model"):
+        export_onnx(torch.nn.Conv2d(3, 1, 1), tmp_path / "a.onnx")
+    assert not list(tmp_path.iterdir())
+
+
+def test_exporter_failure_is_an_export_error(model, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("unsupported operator")
+
+    monkeypatch.setattr(torch.onnx, "export", broken)
+    with pytest.raises(ExportError, match="unsupported operator"):
+        export_onnx(model, tmp_path / "a.onnx", image_size=32)
+    assert not list(tmp_path.iterdir())
+
+
+def test_int8_quantisation_keeps_metadata(exported, tmp_path):
+    path, _ = exported
+    g = torch.Generator().manual_seed(1)
+    calib = [torch.randn(1, 3, 32, 32, generator=g) for _ in range(2)]
+    result = quantize_onnx(path, tmp_path / "int8.onnx", calibration=calib)
+    om = load_onnx_model(tmp_path / "int8.onnx", threads=1)
+    assert om.precision == "int8" and om.config == load_onnx_model(path, threads=1).config
+    assert json.loads(om.metadata["quantization"])["calibration_samples"] == 2
+    nodes = {n.op_type for n in onnx.load(str(tmp_path / "int8.onnx")).graph.node}
+    assert "QuantizeLinear" in nodes and "DequantizeLinear" in nodes
+    # int8 is close to fp32, not equal: the error is measured and reported.
+    assert 0 < result["rel_l2_vs_fp32"] < 0.5
+    with pytest.raises(CheckpointError, match="already int8"):
+        quantize_onnx(tmp_path / "int8.onnx", tmp_path / "again.onnx")
+
+
+def test_export_cli(model, tmp_path, capsys):
+    ckpt = tmp_path / "model.safetensors"
+    segdino.save_model(model, ckpt)
+    out = tmp_path / "cli.onnx"
+    summary = tmp_path / "export.json"
+    code = cli_main(["export", "--model", str(ckpt), "--format", "onnx", "--out", str(out), "--image-size", "32",
+                     "--json", str(summary)])
+    printed = capsys.readouterr().out
+    assert code == 0 and out.is_file()
+    assert "relative L2 error" in printed
+    result = json.loads(summary.read_text())
+    assert f"{result['rel_l2']:.2e}" in printed and result["rel_l2"] <= 1e-4
+    assert load_onnx_model(out, threads=1).config.image_size == (32, 32)
+
+    code = cli_main(["export", "--model", str(ckpt), "--out", str(tmp_path / "bad.onnx"), "--image-size", "33"])
+    assert code == 2 and "multiples of 16" in capsys.readouterr().err
+    assert not (tmp_path / "bad.onnx").exists()
+    code = cli_main(["export", "--model", str(tmp_path / "nope.safetensors"), "--out", str(tmp_path / "x.onnx")])
+    assert code == 2 and "nope.safetensors" in capsys.readouterr().err
