@@ -1,0 +1,109 @@
+"""`segdino benchmark --device cpu` at a tiny size: JSON shape and agreement of the paths (never timed)."""
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+import segdino  # noqa: E402
+from segdino.benchmark import PATH_NAMES, run_benchmark, time_alternating  # noqa: E402
+from segdino.cli import main as cli_main  # noqa: E402
+from segdino.data.synthetic import write_dataset  # noqa: E402
+
+from tests.conftest import randomize_  # noqa: E402
+
+REPORT_KEYS = {
+    "device", "torch", "backbone", "image_size", "decoder_dim", "params_total", "params_decoder",
+    "gflops_per_image", "results", "ratios", "notes", "onnxruntime", "threads", "cpu", "load_average",
+    "timing", "weights", "dice",
+}
+RESULT_KEYS = {
+    "name", "batch", "median_ms", "images_per_s", "peak_mem_mib", "rel_l2_vs_eager", "ratio_vs_eager",
+    "precision", "runs", "min_ms", "dice", "dice_delta_vs_eager",
+}
+
+
+def test_time_alternating_interleaves_and_rotates():
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    times = time_alternating(fns, warmup=1, repeats=4)
+    assert {k: len(v) for k, v in times.items()} == {"a": 4, "b": 4, "c": 4}
+    assert calls[:3] == ["a", "b", "c"]  # warm-up round
+    rounds = [calls[3 + 3 * r: 6 + 3 * r] for r in range(4)]
+    assert rounds == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]
+    assert all(t >= 0 for v in times.values() for t in v)
+
+
+@pytest.fixture(scope="module")
+def trained_like(tmp_path_factory):
+    """A tiny model file and a tiny dataset (the weights are random: Dice values are only compared)."""
+    root = tmp_path_factory.mktemp("bench")
+    model = randomize_(segdino.build_model("vitt16", decoder_dim=16, image_size=(32, 32), taps=(0, 1, 2, 3)), seed=3)
+    ckpt = root / "model.safetensors"
+    segdino.save_model(model, ckpt)
+    data = write_dataset(root / "data", 4, 0, 3, size=(48, 40), seed=1)
+    return ckpt, data, root
+
+
+def test_cpu_benchmark_cli_json_shape_and_agreement(trained_like, capsys):
+    ckpt, data, root = trained_like
+    out = root / "bench.json"
+    code = cli_main(["benchmark", "--device", "cpu", "--model", str(ckpt), "--data", str(data), "--batch", "1,2",
+                     "--repeats", "2", "--warmup", "0", "--threads", "1",
+                     "--paths", "eager,onnx,onnx-int8,bf16", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert set(report) == REPORT_KEYS
+    assert report["backbone"] == "vitt16" and report["image_size"] == [32, 32] and report["decoder_dim"] == 16
+    assert report["threads"] == 1 and report["weights"] == str(ckpt)
+    assert set(report["load_average"]) == {"before", "after"} and len(report["load_average"]["before"]) == 3
+    assert "alternating" in report["timing"]
+    assert report["dice"] == {"data": str(data), "split": "test", "cases": 3}
+    names = [PATH_NAMES[k] for k in ("eager", "onnx", "onnx-int8", "bf16")]
+    results = report["results"]
+    assert [(r["name"], r["batch"]) for r in results] == [(n, b) for b in (1, 2) for n in names]
+    for r in results:
+        assert set(r) == RESULT_KEYS
+        assert r["runs"] == 2 and r["median_ms"] > 0 and r["min_ms"] <= r["median_ms"]
+        assert r["images_per_s"] == pytest.approx(r["batch"] * 1000 / r["median_ms"])
+        assert 0 <= r["dice"] <= 1
+    by = {(r["name"], r["batch"]): r for r in results}
+    for b in (1, 2):
+        eager = by[("eager fp32", b)]
+        assert eager["rel_l2_vs_eager"] == 0 and eager["ratio_vs_eager"] == 1 and eager["precision"] == "fp32"
+        onnx_fp32 = by[("onnxruntime fp32", b)]
+        assert onnx_fp32["rel_l2_vs_eager"] <= 1e-4
+        assert onnx_fp32["ratio_vs_eager"] == pytest.approx(eager["median_ms"] / onnx_fp32["median_ms"])
+        assert report["ratios"][f"onnxruntime fp32 vs eager fp32, batch {b}"] == pytest.approx(onnx_fp32["ratio_vs_eager"])
+        # Reduced precision: close, not equal.
+        assert 0 < by[("onnxruntime int8", b)]["rel_l2_vs_eager"] < 0.5
+        assert by[("onnxruntime int8", b)]["precision"] == "int8"
+        assert 0 < by[("torch bf16 channels-last", b)]["rel_l2_vs_eager"] < 0.05
+    # fp32 paths agree on the masks, hence on Dice.
+    assert by[("onnxruntime fp32", 1)]["dice"] == pytest.approx(by[("eager fp32", 1)]["dice"], abs=1e-3)
+    assert by[("onnxruntime fp32", 1)]["dice_delta_vs_eager"] == pytest.approx(0, abs=1e-3)
+    assert "onnxruntime fp32" in printed and "Dice" in printed
+
+
+def test_random_weights_default_model(monkeypatch):
+    report = run_benchmark("vitt16", (32, 32), batches=(1,), device="cpu", decoder_dim=16, warmup=0, repeats=1,
+                           paths=["onnx"], threads=1)
+    assert report.weights == "random" and report.dice is None
+    assert [r.name for r in report.results] == ["eager fp32", "onnxruntime fp32"]  # eager always first
+    assert report.results[1].rel_l2_vs_eager <= 1e-4
+    assert report.params_total == segdino.build_model("vitt16", decoder_dim=16).count_parameters()["total"]
+    assert report.gflops_per_image > 0
+    json.loads(report.to_json())
+
+
+def test_benchmark_cli_refuses_bad_options(capsys):
+    assert cli_main(["benchmark", "--device", "cpu", "--paths", "eager,tensorrt"]) == 2
+    assert "tensorrt" in capsys.readouterr().err
+    assert cli_main(["benchmark", "--device", "cpu", "--data", "somewhere"]) == 2
+    assert "--model" in capsys.readouterr().err
+    assert cli_main(["benchmark", "--device", "cpu", "--batch", "0"]) == 2
+    assert "positive" in capsys.readouterr().err
