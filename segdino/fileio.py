@@ -1,4 +1,9 @@
-"""Atomic file writing: every file appears whole or not at all."""
+"""Atomic file writing: every file appears whole or not at all.
+
+A write that fails (disk full, quota, read-only folder, I/O error) raises a :class:`SegDINOError`
+(or the subclass the caller names) saying which file could not be written and that the file
+already at that path, if any, was left as it was.
+"""
 
 from __future__ import annotations
 
@@ -8,28 +13,60 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
+from .errors import SegDINOError
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files readable by their owner only; a finished file gets the permissions any
+# newly created file would get (0666 less the umask), read once at import, as other threads
+# could create files while the umask is being read.
+_FILE_MODE = 0o666 & ~_current_umask()
+
+
+def _kept(path: Path) -> str:
+    if path.exists():
+        return f"the previous {path.name} is intact"
+    return "nothing was written there"
+
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, error: type[SegDINOError] = SegDINOError) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is fsynced and renamed into place.
 
-    On any error the temporary file is removed and the previous ``path`` (if any) is untouched.
+    On any error the temporary file is removed and the previous ``path`` (if any) is untouched;
+    an ``OSError`` (no space left, quota, I/O error, no permission) is raised again as ``error``
+    with a message that names ``path`` and says whether a previous file survives.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as e:
+        raise error(f"cannot write {path} ({_reason(e)}); {_kept(path)}") from None
     tmp = Path(tmp)
     try:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(e, OSError):
+            raise error(f"cannot write {path} ({_reason(e)}); {_kept(path)}") from None
         raise
+
+
+def _reason(e: OSError) -> str:
+    return e.strerror or str(e) or type(e).__name__
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -41,16 +78,19 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_path(path) as tmp:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, error: type[SegDINOError] = SegDINOError) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_path`)."""
+    with atomic_path(path, error) as tmp:
         tmp.write_bytes(data)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: str | os.PathLike, text: str, error: type[SegDINOError] = SegDINOError) -> None:
+    """Write ``text`` as UTF-8 to ``path`` atomically (see :func:`atomic_path`)."""
+    atomic_write_bytes(path, text.encode("utf-8"), error)
 
 
-def atomic_write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -> None:
+def atomic_write_with(path: str | os.PathLike, writer: Callable[[Path], None],
+                      error: type[SegDINOError] = SegDINOError) -> None:
     """Call ``writer(tmp_path)`` and move the result to ``path`` atomically."""
-    with atomic_path(path) as tmp:
+    with atomic_path(path, error) as tmp:
         writer(tmp)
