@@ -2,13 +2,22 @@
 
 ``load_model`` also accepts a run folder (its ``best.safetensors``) and the foreign formats that
 :mod:`segdino.weights` converts (the authors' whole-model state dict).
+
+A model file is untrusted input. Reading one runs no code (safetensors holds only tensors and
+strings; ``.pth`` files go through :func:`segdino.weights.safe_torch_load`), and the metadata
+config is checked field by field, then every tensor's name, shape and dtype is compared with the
+model that config describes *before* the model is built or any tensor is read, so a forged config
+cannot make us allocate a model the file does not hold. Any mismatch is a
+:class:`~segdino.errors.CheckpointError` naming the file and the key or field.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -24,20 +33,45 @@ FORMAT_NAME = "segdino"
 CONFIG_KEY = "segdino_config"
 FORMAT_VERSION = "1"
 
+# Largest input side a model file may ask for. Inference resizes every image to the model's input
+# size, so a forged size would make it allocate without bound; the paper's models use 256.
+MAX_INPUT_SIDE = 8192
+
+
+def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None,
+                 error: type[Exception] = CheckpointError) -> Path:
+    """Write ``tensors`` (name -> CPU tensor) as one ``.safetensors`` file, atomically.
+
+    When the write fails (disk full, I/O error) the file already at ``path`` is left as it was and
+    ``error`` is raised saying so.
+    """
+    path = Path(path)
+    with atomic_path(path, error) as tmp:
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except SafetensorError as e:
+            # safetensors reports the operating system's write errors as its own type.
+            raise OSError(str(e).replace("Error while serializing: ", "")) from None
+    return path
+
 
 def save_model(model: SegDINO, path: str | os.PathLike, extra_metadata: dict[str, str] | None = None) -> Path:
-    """Write ``model`` to one ``.safetensors`` file (config in its metadata), atomically."""
+    """Write ``model`` to one ``.safetensors`` file (config in its metadata), atomically.
+
+    Raises:
+        CheckpointError: a weight is NaN or infinite (nothing is written), or the write failed
+            (the message says that the previous file at ``path``, if any, is intact).
+    """
     path = Path(path)
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
-        raise CheckpointError(f"refusing to write {path}: non-finite values in {', '.join(bad[:5])}")
+        kept = f"the previous {path.name} is intact" if path.exists() else "nothing was written"
+        raise CheckpointError(f"refusing to write {path}: non-finite values in {', '.join(bad[:5])}; {kept}")
     metadata = {FORMAT_KEY: FORMAT_NAME, "format_version": FORMAT_VERSION, CONFIG_KEY: model.config.to_json()}
     if extra_metadata:
         metadata.update({str(k): str(v) for k, v in extra_metadata.items()})
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=metadata)
-    return path
+    return save_tensors(path, state, metadata)
 
 
 def resolve_model_path(path: str | os.PathLike) -> Path:
@@ -50,6 +84,8 @@ def resolve_model_path(path: str | os.PathLike) -> Path:
         return best
     if not p.exists():
         raise CheckpointError(f"{p}: no such file")
+    if not p.is_file():
+        raise CheckpointError(f"{p}: not a regular file")
     if p.stat().st_size == 0:
         raise CheckpointError(f"{p}: the file is empty")
     return p
@@ -65,7 +101,13 @@ def read_metadata(path: Path) -> dict[str, str] | None:
 
 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> SegDINO:
-    """Load a whole model: our ``.safetensors``, a run folder, or the authors' state dict."""
+    """Load a whole model: our ``.safetensors``, a run folder, or the authors' state dict.
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, a pickle that needs code, or its
+            tensors or metadata config do not describe one valid model (the message names the
+            file and the key or config field).
+    """
     p = resolve_model_path(path)
     meta = read_metadata(p)
     if meta is not None and meta.get(FORMAT_KEY) == FORMAT_NAME:
@@ -77,35 +119,169 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     return model.to(map_location).eval()
 
 
-def _load_ours(path: Path, meta: dict[str, str]) -> SegDINO:
+# --- the metadata config -----------------------------------------------------------------------
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+def _list_of(check, n: int | None = None):
+    return lambda v: isinstance(v, list) and (n is None or len(v) == n) and all(check(x) for x in v)
+
+
+# Field -> (test of the JSON value, what it must be). Types are checked here, on the file's JSON,
+# because ModelConfig converts values (float("1e9"), int(True)) that a forged file should not pass.
+_FIELDS: dict[str, tuple[Any, str]] = {
+    "backbone": (lambda v: isinstance(v, str), "a backbone name"),
+    "num_classes": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "decoder_dim": (lambda v: _is_int(v) and 1 <= v <= 65536, "an integer in 1..65536"),
+    "taps": (lambda v: v is None or _list_of(_is_int)(v), "null or a list of block indices"),
+    "norm": (lambda v: isinstance(v, str), "a normalisation name"),
+    "image_size": (lambda v: _list_of(lambda s: _is_int(s) and 16 <= s <= MAX_INPUT_SIDE)(v) and len(v) == 2,
+                   f"[height, width], each 16..{MAX_INPUT_SIDE}"),
+    "mean": (_list_of(_is_number, 3), "three finite numbers"),
+    "std": (_list_of(lambda s: _is_number(s) and s > 0, 3), "three finite numbers > 0"),
+    "mask_threshold": (lambda v: _is_int(v) and 0 <= v <= 255, "an integer in 0..255"),
+    "class_names": (lambda v: v is None or _list_of(lambda s: isinstance(s, str))(v), "null or a list of names"),
+    "no_tpa": (lambda v: isinstance(v, bool), "true or false"),
+    "no_sad": (lambda v: isinstance(v, bool), "true or false"),
+    "volume": (lambda v: v is None or isinstance(v, dict), "null or an object"),
+    "extra": (lambda v: isinstance(v, dict), "an object"),
+}
+_REQUIRED = ("backbone", "num_classes", "decoder_dim", "image_size")
+
+
+def config_from_metadata(path: str | os.PathLike, text: str | None) -> ModelConfig:
+    """The :class:`ModelConfig` stored in a model file's metadata, checked field by field.
+
+    Raises:
+        CheckpointError: the text is not a JSON object, a field is unknown, missing, of the
+            wrong type or out of range, or the fields together are not a valid model.
+    """
+    where = f"{path}: its metadata config"
+    if text is None:
+        raise CheckpointError(f"{path}: the file says it is a SegDINO model but its metadata has no "
+                              f"{CONFIG_KEY!r} entry")
     try:
-        config = ModelConfig.from_json(meta.get(CONFIG_KEY, ""))
+        d = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise CheckpointError(f"{where} is not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{where} must be a JSON object, found {type(d).__name__}")
+    unknown = sorted(str(k) for k in d if k not in _FIELDS)
+    if unknown:
+        raise CheckpointError(f"{where} has unknown fields: {', '.join(unknown)}")
+    missing = [k for k in _REQUIRED if k not in d]
+    if missing:
+        raise CheckpointError(f"{where} lacks the fields: {', '.join(missing)}")
+    for name, value in d.items():
+        ok, expected = _FIELDS[name]
+        if not ok(value):
+            shown = json.dumps(value)
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."
+            raise CheckpointError(f"{where}: field {name!r} must be {expected}, found {shown}")
+    try:
+        config = ModelConfig.from_dict(d)
+        if config.volume is not None:
+            from .volumes.intensity import read_volume_settings
+
+            read_volume_settings(config.volume)
+    except (ConfigError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{where} is invalid: {e}") from None
+    return config
+
+
+def _check_format_version(path: Path, meta: dict[str, str]) -> None:
+    version = meta.get("format_version", FORMAT_VERSION)
+    if version != FORMAT_VERSION:
+        newer = version.isdigit() and int(version) > int(FORMAT_VERSION)
+        why = "it was written by a newer SegDINO; upgrade to read it" if newer else "the value is not one we wrote"
+        raise CheckpointError(f"{path}: metadata field 'format_version' is {version[:40]!r}, this SegDINO reads "
+                              f"{FORMAT_VERSION!r} ({why})")
+
+
+# safetensors' dtype names of the torch dtypes a model holds.
+_SAFETENSORS_DTYPES = {
+    torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+def _read_header(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Name -> (shape, safetensors dtype name) of every tensor, from the header alone."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            out = {}
+            for k in f.keys():
+                s = f.get_slice(k)
+                out[k] = (tuple(int(n) for n in s.get_shape()), str(s.get_dtype()))
+            return out
+    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot read its tensor index ({e})") from None
+
+
+def _describe_config(config: ModelConfig) -> str:
+    return (f"backbone {config.backbone}, decoder_dim {config.decoder_dim}, num_classes {config.num_classes}, "
+            f"norm {config.norm}")
+
+
+def _load_ours(path: Path, meta: dict[str, str]) -> SegDINO:
+    _check_format_version(path, meta)
+    config = config_from_metadata(path, meta.get(CONFIG_KEY))
+    try:
+        # A skeleton without storage gives the expected names, shapes and dtypes for free.
+        with torch.device("meta"):
+            skeleton = SegDINO(config)
     except ConfigError as e:
         raise CheckpointError(f"{path}: its metadata config is invalid: {e}") from None
+    expected = skeleton.state_dict()
+    header = _read_header(path)
+    _check_names(path, set(header), set(expected), config)
+    for k, ref in expected.items():
+        shape, dtype = header[k]
+        if shape != tuple(ref.shape):
+            raise CheckpointError(
+                f"{path}: {k} has shape {shape} in the file, but the model its metadata config describes "
+                f"({_describe_config(config)}) expects {tuple(ref.shape)}"
+            )
+        want = _SAFETENSORS_DTYPES.get(ref.dtype, str(ref.dtype))
+        if dtype != want:
+            raise CheckpointError(f"{path}: {k} has dtype {dtype} in the file, the model expects {want} ({ref.dtype})")
+    del skeleton, expected
     model = SegDINO(config)
-    expected = model.state_dict()
     from safetensors.torch import load_file
 
     try:
         state = load_file(str(path))
-    except (SafetensorError, OSError, RuntimeError) as e:
-        raise CheckpointError(f"{path}: cannot read tensors ({e})") from None
-    check_state_dict(path, state, expected)
+    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot read tensors; the file is truncated or corrupt ({e})") from None
+    check_state_dict(path, state, model.state_dict())
     model.load_state_dict(state, strict=True)
     return model
 
 
-def check_state_dict(path: Path, state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
-    """Raise :class:`CheckpointError` on missing/unexpected keys or wrong shapes/dtypes."""
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
+def _check_names(path: Path, found: set[str], expected: set[str], config: ModelConfig | None = None) -> None:
+    missing = sorted(expected - found)
+    unexpected = sorted(found - expected)
     if missing or unexpected:
         parts = []
         if missing:
             parts.append(f"missing keys: {', '.join(missing[:10])}" + (" ..." if len(missing) > 10 else ""))
         if unexpected:
             parts.append(f"unexpected keys: {', '.join(unexpected[:10])}" + (" ..." if len(unexpected) > 10 else ""))
-        raise CheckpointError(f"{path} does not match its model config; {'; '.join(parts)}")
+        described = f" ({_describe_config(config)})" if config is not None else ""
+        raise CheckpointError(f"{path} does not match its model config{described}; {'; '.join(parts)}")
+
+
+def check_state_dict(path: Path, state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    """Raise :class:`CheckpointError` on missing/unexpected keys, wrong shapes/dtypes or non-finite values."""
+    _check_names(path, set(state), set(expected))
     for k, ref in expected.items():
         t = state[k]
         if tuple(t.shape) != tuple(ref.shape):
@@ -113,13 +289,14 @@ def check_state_dict(path: Path, state: dict[str, torch.Tensor], expected: dict[
         if t.dtype != ref.dtype:
             raise CheckpointError(f"{path}: {k} has dtype {t.dtype}, the model expects {ref.dtype}")
         if t.is_floating_point() and not torch.isfinite(t).all():
-            raise CheckpointError(f"{path}: {k} holds non-finite values")
+            raise CheckpointError(f"{path}: {k} holds non-finite values (NaN or infinity)")
 
 
 def describe(path: str | os.PathLike) -> dict:
-    """Config of one of our files, without building the model."""
+    """Config of one of our files (checked as :func:`load_model` checks it), without building the model."""
     p = resolve_model_path(path)
     meta = read_metadata(p)
     if not meta or meta.get(FORMAT_KEY) != FORMAT_NAME:
         raise CheckpointError(f"{p} is not a SegDINO model file")
-    return json.loads(meta[CONFIG_KEY])
+    _check_format_version(p, meta)
+    return json.loads(meta[CONFIG_KEY]) if config_from_metadata(p, meta.get(CONFIG_KEY)) else {}

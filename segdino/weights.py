@@ -109,9 +109,14 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
         raise CheckpointError(
             f"{path}: not a readable PyTorch checkpoint (torch's safe loader stopped: {_last_line(e)})"
         ) from None
-    except (RuntimeError, EOFError, OSError, KeyError, ValueError, AttributeError, IndexError) as e:
+    except MemoryError:
+        raise
+    except Exception as e:
+        # The restricted unpickler runs no code, so whatever else it raises on a damaged file
+        # (struct.error, AssertionError, safetensors' own errors, ...) means the bytes are bad.
         raise CheckpointError(
-            f"{path}: cannot read it as a PyTorch checkpoint; the file is truncated or corrupt ({_last_line(e)})"
+            f"{path}: cannot read it as a PyTorch checkpoint; the file is truncated or corrupt "
+            f"({type(e).__name__}: {_last_line(e)})"
         ) from None
 
 
