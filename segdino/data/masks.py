@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError
-from .imageio import PIL_READ_ERRORS
+from .imageio import load_image
 
 DEFAULT_THRESHOLD = 127
 
@@ -129,17 +129,13 @@ def read_mask_file(path: str | os.PathLike) -> MaskFile:
     """Read one mask file's raw values, with its format ("PNG", "JPEG", ...) and PIL mode.
 
     Raises:
-        DataError: the file is missing, unreadable or truncated (the message names it).
+        DataError: the file is missing, unreadable, truncated, not an image format we read or
+            larger than the image size limit (the message names it); see
+            :func:`segdino.data.imageio.load_image`.
     """
     path = Path(path)
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return MaskFile(mask_values(img, path), img.format or "?", img.mode)
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except PIL_READ_ERRORS as e:
-        raise DataError(f"{path}: cannot read mask ({e})") from None
+    img, _ = load_image(path, "mask")
+    return MaskFile(mask_values(img, path), img.format or "?", img.mode)
 
 
 def binarize(values: np.ndarray, threshold: int = DEFAULT_THRESHOLD, lossy: bool = False) -> np.ndarray:
