@@ -13,6 +13,7 @@ inside the functions that need them.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zlib
 from dataclasses import dataclass, field
@@ -170,6 +171,38 @@ def _damage(path: Path) -> str | None:
     return None
 
 
+# Deflate expands data at most about 1032 times; a gzip file whose header claims more voxel data
+# than that could hold is corrupt or forged.
+DEFLATE_MAX_RATIO = 1032
+
+
+def _check_claimed_data(path: Path, header) -> None:
+    """Refuse, before anything is allocated, voxel data the file cannot hold or we cannot use.
+
+    The header alone decides how much memory reading takes; a damaged or forged header (a few
+    bytes changed) could otherwise ask for gigabytes from a file of a few hundred bytes.
+    """
+    dtype = header.get_data_dtype()
+    if dtype.fields is not None or dtype.kind not in "biuf":
+        raise DataError(f"{path}: voxel type {dtype} is not supported; expected grey values (integers or floats)")
+    shape = tuple(int(s) for s in header.get_data_shape())
+    if any(s < 0 for s in shape):
+        raise DataError(f"{path}: the header's dimensions {shape} are negative; the file is corrupt")
+    needed = int(header.get_data_offset()) + math.prod(shape) * dtype.itemsize
+    size = path.stat().st_size
+    if str(path).lower().endswith(".gz"):
+        if needed > size * DEFLATE_MAX_RATIO:
+            raise DataError(
+                f"{path}: cannot read NIfTI: the header claims {needed:,} bytes of data ({shape}, {dtype}), more than "
+                f"a gzip file of {size:,} bytes can hold; the file is truncated or corrupt"
+            )
+    elif needed > size:
+        raise DataError(
+            f"{path}: cannot read NIfTI (truncated: the header claims {needed:,} bytes ({shape}, {dtype}), "
+            f"the file has {size:,})"
+        )
+
+
 def read_nifti(path: str | os.PathLike, channel: int | None = None) -> Volume:
     """Read a ``.nii``/``.nii.gz`` file (scaling applied; integer data keeps its type)."""
     nib = _nibabel()
@@ -180,6 +213,7 @@ def read_nifti(path: str | os.PathLike, channel: int | None = None) -> Volume:
         img = nib.load(str(path), mmap=False)
         if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
             raise DataError(f"{path}: not a NIfTI image ({type(img).__name__})")
+        _check_claimed_data(path, img.header)
         # dataobj applies scl_slope/scl_inter; without scaling the stored dtype is kept, so
         # label maps stay integer and round trips are exact.
         data = np.asanyarray(img.dataobj)
