@@ -1,0 +1,560 @@
+"""Reliability: hostile files run no code, forged checkpoints are named, odd and huge inputs are
+handled or refused clearly, a failed write keeps the previous file, and training survives kills.
+
+Every test here fails without the behaviour it names: pickles carry a payload that would create a
+marker file, writes fail for real (a file-size limit) or through an injected error, kills are
+SIGKILL sent to a real ``segdino train`` process.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib.util
+import io
+import json
+import os
+import pickle
+import resource
+import shlex
+import signal
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+import segdino
+from segdino import checkpoint as ckpt
+from segdino.cli import main as cli_main
+from segdino.data import imageio
+from segdino.data.imageio import image_info, read_image
+from segdino.data.masks import read_mask
+from segdino.errors import CheckpointError, DataError, SegDINOError
+from segdino.fileio import atomic_write_text
+from segdino.weights import load_backbone_weights, load_foreign_model, read_state_dict, safe_torch_load
+
+TINY = dict(backbone="vitt16", decoder_dim=16, image_size=(32, 32))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A small saved model: (model, path, tensors, metadata)."""
+    d = tmp_path_factory.mktemp("tiny")
+    torch.manual_seed(0)
+    model = segdino.build_model(**TINY).eval()
+    path = segdino.save_model(model, d / "model.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    return model, path, load_file(str(path)), meta
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    from segdino.data.synthetic import write_dataset
+
+    return write_dataset(tmp_path_factory.mktemp("data") / "d", 4, 2, 2, size=(32, 32), seed=0)
+
+
+# --- pickles that would run code -----------------------------------------------------------------
+
+
+class _Payload:
+    """Unpickling this runs ``how`` to create ``marker``: what a hostile checkpoint does."""
+
+    def __init__(self, how: str, marker: Path):
+        self.how, self.marker = how, str(marker)
+
+    def __reduce__(self):
+        if self.how == "open":
+            return (open, (self.marker, "w"))
+        if self.how == "exec":
+            return (exec, (f"open({self.marker!r}, 'w').close()",))
+        return (os.system, (f"touch {shlex.quote(self.marker)}",))
+
+
+def _backbone_tensors() -> dict[str, torch.Tensor]:
+    return {"cls_token": torch.zeros(1, 1, 192), "blocks.0.norm1.weight": torch.ones(192)}
+
+
+def _hostile_files(folder: Path, marker: Path) -> dict[str, Path]:
+    """The same payload in every container a .pth can be: torch zip, torch legacy, plain pickle, nested."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    state = dict(_backbone_tensors(), payload=_Payload("open", marker))
+    torch.save(state, folder / "zip.pth")
+    files["zip"] = folder / "zip.pth"
+    state = dict(_backbone_tensors(), payload=_Payload("exec", marker))
+    torch.save(state, folder / "legacy.pth", _use_new_zipfile_serialization=False)
+    files["legacy"] = folder / "legacy.pth"
+    with open(folder / "plain.pth", "wb") as f:
+        pickle.dump(dict(_backbone_tensors(), payload=_Payload("system", marker)), f, protocol=2)
+    files["plain"] = folder / "plain.pth"
+    torch.save({"state_dict": _backbone_tensors(), "hook": _Payload("exec", marker)}, folder / "nested.pt")
+    files["nested"] = folder / "nested.pt"
+    return files
+
+
+@pytest.fixture
+def hostile(tmp_path):
+    marker = tmp_path / "payload_ran.txt"
+    return _hostile_files(tmp_path / "evil", marker), marker
+
+
+def _refused(fn, path: Path, marker: Path) -> None:
+    with pytest.raises(CheckpointError) as e:
+        fn(path)
+    assert str(path) in str(e.value)
+    assert "not executed" in str(e.value) or "refused" in str(e.value), str(e.value)
+    assert not marker.exists(), f"{fn} ran the payload of {path}"
+
+
+def test_hostile_pickles_are_refused_by_every_python_entry_point(hostile):
+    files, marker = hostile
+    backbone = segdino.build_model(**TINY).backbone
+    entry_points = [
+        segdino.load_model,
+        ckpt.load_model,
+        load_foreign_model,
+        read_state_dict,
+        safe_torch_load,
+        lambda p: load_backbone_weights(backbone, p),
+        lambda p: segdino.build_model(**TINY, backbone_weights=p),
+    ]
+    if importlib.util.find_spec("segdino.inference") is not None:
+        from segdino import inference
+
+        if hasattr(inference, "load_inference_model"):
+            entry_points.append(lambda p: inference.load_inference_model(p, device="cpu"))
+    for name, path in files.items():
+        for fn in entry_points:
+            _refused(fn, path, marker)
+    # The payloads are live: an unrestricted unpickler runs each of them.
+    for name, path in files.items():
+        torch.load(path, weights_only=False) if name != "plain" else pickle.loads(path.read_bytes())
+        assert marker.exists(), name
+        marker.unlink()
+
+
+def _cli_commands(evil: Path, data: Path, out: Path) -> dict[str, list[str]]:
+    """Every command that takes a model, with ``evil`` as that model, where the command exists."""
+    image = sorted((data / "images").iterdir())[0]
+    small = ["--image-size", "32", "--device", "cpu"]
+    commands = {
+        "train --init": ["train", "--data", str(data), "--out", str(out / "run_init"), "--init", str(evil),
+                         "--epochs", "1", "--num-workers", "0", "--quiet", *small],
+        "train --backbone-weights": ["train", "--data", str(data), "--out", str(out / "run_bw"), "--backbone",
+                                     "vitt16", "--decoder-dim", "16", "--backbone-weights", str(evil), "--epochs",
+                                     "1", "--num-workers", "0", "--quiet", *small],
+        "evaluate": ["evaluate", "--model", str(evil), "--data", str(data), "--out", str(out / "eval"),
+                     "--device", "cpu"],
+        "predict": ["predict", "--model", str(evil), str(image), "--out", str(out / "pred"), "--device", "cpu"],
+        "export": ["export", "--model", str(evil), "--format", "onnx", "--out", str(out / "m.onnx")],
+        "benchmark": ["benchmark", "--model", str(evil), "--backbone", "vitt16", "--image-size", "32",
+                      "--decoder-dim", "16", "--batch", "1", "--repeats", "1", "--warmup", "0", "--device", "cpu"],
+    }
+    present = {info for info in os.listdir(Path(segdino.__file__).parent / "cli")}
+    return {k: v for k, v in commands.items() if f"{v[0]}.py" in present}
+
+
+def test_hostile_pickle_is_refused_by_every_command_that_takes_a_model(tmp_path, dataset, capsys):
+    marker = tmp_path / "payload_ran.txt"
+    evil = _hostile_files(tmp_path / "evil", marker)["zip"]
+    commands = _cli_commands(evil, dataset, tmp_path / "out")
+    assert {"train --init", "train --backbone-weights"} <= set(commands)
+    for name, argv in commands.items():
+        code = cli_main(argv)
+        err = capsys.readouterr().err
+        assert code == 2, (name, err)
+        assert str(evil) in err and "not executed" in err, (name, err)
+        assert len(err.strip().splitlines()) == 1, (name, err)  # one clear line, no traceback
+        assert not marker.exists(), name
+    assert not (tmp_path / "out" / "m.onnx").exists()
+
+
+# --- forged safetensors -------------------------------------------------------------------------
+
+
+def _forge_config(meta: dict, **changes) -> dict:
+    config = json.loads(meta["segdino_config"])
+    config.update(changes)
+    return dict(meta, segdino_config=json.dumps(config))
+
+
+def _with_nan(t: torch.Tensor, value=float("nan")) -> torch.Tensor:
+    t = t.clone()
+    t.view(-1)[0] = value
+    return t
+
+
+# name -> (change to (tensors, metadata), fragments the message must hold)
+FORGERIES = {
+    "float64 weight": (lambda s, m: ({**s, "head.conv.weight": s["head.conv.weight"].double()}, m),
+                       ["head.conv.weight", "dtype", "F64"]),
+    "integer weight": (lambda s, m: ({**s, "tpa.projections.0.weight": s["tpa.projections.0.weight"].int()}, m),
+                       ["tpa.projections.0.weight", "dtype"]),
+    "wrong shape": (lambda s, m: ({**s, "head.conv.weight": torch.zeros(2, 16, 1, 1)}, m),
+                    ["head.conv.weight", "shape", "(2, 16, 1, 1)"]),
+    "NaN weight": (lambda s, m: ({**s, "sad.intra.1.pointwise.weight": _with_nan(s["sad.intra.1.pointwise.weight"])},
+                                 m), ["sad.intra.1.pointwise.weight", "non-finite"]),
+    "infinite weight": (lambda s, m: ({**s, "backbone.vit.cls_token": _with_nan(s["backbone.vit.cls_token"],
+                                                                                  float("inf"))}, m),
+                        ["backbone.vit.cls_token", "non-finite"]),
+    "missing key": (lambda s, m: ({k: v for k, v in s.items() if k != "head.conv.bias"}, m),
+                    ["missing", "head.conv.bias"]),
+    "extra key": (lambda s, m: ({**s, "decoder.aux.weight": torch.zeros(3)}, m), ["unexpected", "decoder.aux.weight"]),
+    "unknown backbone": (lambda s, m: (s, _forge_config(m, backbone="vitq99")), ["backbone", "vitq99"]),
+    "negative classes": (lambda s, m: (s, _forge_config(m, num_classes=-3)), ["num_classes", "-3"]),
+    "classes as text": (lambda s, m: (s, _forge_config(m, num_classes="2")), ["num_classes"]),
+    "classes not matching the head": (lambda s, m: (s, _forge_config(m, num_classes=3)),
+                                      ["head.conv.weight", "num_classes 3"]),
+    "width not matching the tensors": (lambda s, m: (s, _forge_config(m, decoder_dim=32)),
+                                       ["tpa.projections.0.weight", "decoder_dim 32"]),
+    "another backbone's config": (lambda s, m: (s, _forge_config(m, backbone="vits16")),
+                                  ["backbone.vit.cls_token", "(1, 1, 192)", "backbone vits16"]),
+    "taps outside the backbone": (lambda s, m: (s, _forge_config(m, taps=[2, 5, 8, 40])), ["taps", "40"]),
+    "huge input size": (lambda s, m: (s, _forge_config(m, image_size=[10**9, 10**9])), ["image_size"]),
+    "NaN mean": (lambda s, m: (s, dict(m, segdino_config=m["segdino_config"].replace(
+        '"mean": [0.485', '"mean": [NaN'))), ["mean"]),
+    "threshold as text": (lambda s, m: (s, _forge_config(m, mask_threshold="high")), ["mask_threshold"]),
+    "switch as text": (lambda s, m: (s, _forge_config(m, no_sad="yes")), ["no_sad"]),
+    "volume settings garbage": (lambda s, m: (s, _forge_config(m, volume={"intensity": 5})), ["volume"]),
+    "unknown field": (lambda s, m: (s, _forge_config(m, run_this="rm -rf /")), ["unknown", "run_this"]),
+    "JSON garbage": (lambda s, m: (s, dict(m, segdino_config='{"backbone": "vitt16", ')), ["not valid JSON"]),
+    "JSON not an object": (lambda s, m: (s, dict(m, segdino_config="[1, 2, 3]")), ["JSON object"]),
+    "config missing": (lambda s, m: (s, {k: v for k, v in m.items() if k != "segdino_config"}), ["segdino_config"]),
+    "newer format": (lambda s, m: (s, dict(m, format_version="7")), ["format_version", "newer"]),
+}
+
+
+@pytest.mark.parametrize("name", list(FORGERIES))
+def test_forged_safetensors_is_refused_naming_the_key_or_field(tiny, tmp_path, name):
+    _, _, tensors, meta = tiny
+    forge, fragments = FORGERIES[name]
+    state, metadata = forge(dict(tensors), dict(meta))
+    path = tmp_path / "forged.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata=metadata)
+    with pytest.raises(CheckpointError) as e:
+        segdino.load_model(path)
+    msg = str(e.value)
+    assert str(path) in msg
+    for fragment in fragments:
+        assert fragment in msg, (fragment, msg)
+
+
+def test_forged_config_is_refused_before_a_model_is_allocated(tiny, tmp_path, monkeypatch):
+    """A header asking for a ViT-7B over tiny tensors costs nothing: only a storage-less skeleton is built."""
+    _, _, tensors, meta = tiny
+    path = tmp_path / "forged.safetensors"
+    save_file(tensors, str(path), metadata=_forge_config(meta, backbone="vit7b16", decoder_dim=1024))
+    devices = []
+    real = ckpt.SegDINO
+
+    def recording(config):
+        model = real(config)
+        devices.append(next(model.parameters()).device.type)
+        return model
+
+    monkeypatch.setattr(ckpt, "SegDINO", recording)
+    with pytest.raises(CheckpointError, match="backbone vit7b16"):
+        segdino.load_model(path)
+    assert devices == ["meta"]
+
+
+def test_untouched_file_still_loads_bit_identically(tiny):
+    model, path, _, _ = tiny
+    loaded = segdino.load_model(path)
+    for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+# --- write failures -----------------------------------------------------------------------------
+
+
+def _temporaries(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+@pytest.mark.skipif(not hasattr(resource, "RLIMIT_FSIZE"), reason="needs POSIX file-size limits")
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(tiny, tmp_path):
+    """A real write failure: the kernel refuses to grow files past a limit (EFBIG), as a full disk would."""
+    model, _, _, _ = tiny
+    path = segdino.save_model(model, tmp_path / "last.safetensors")
+    before = path.read_bytes()
+    changed = segdino.build_model(**TINY)
+    with torch.no_grad():
+        changed.head.conv.weight.add_(1.0)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, hard))
+    try:
+        with pytest.raises(CheckpointError) as e:
+            segdino.save_model(changed, path)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old_handler)
+    msg = str(e.value)
+    assert str(path) in msg and "the previous last.safetensors is intact" in msg, msg
+    assert path.read_bytes() == before
+    assert _temporaries(tmp_path) == []
+    assert torch.equal(segdino.load_model(path).head.conv.weight, model.head.conv.weight)
+
+
+@pytest.mark.parametrize("failing", ["write", "fsync", "replace"])
+def test_injected_write_errors_keep_the_previous_file(tiny, tmp_path, monkeypatch, failing):
+    model, _, _, _ = tiny
+    path = segdino.save_model(model, tmp_path / "best.safetensors")
+    before = path.read_bytes()
+    import segdino.fileio as fileio
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    if failing == "write":
+        monkeypatch.setattr(ckpt, "save_file", lambda tensors, name, metadata=None: (
+            Path(name).write_bytes(b"partial"), no_space()))
+    else:
+        monkeypatch.setattr(fileio.os, failing, no_space)
+    with pytest.raises(CheckpointError, match=r"No space left on device.*the previous best\.safetensors is intact"):
+        segdino.save_model(model, path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert _temporaries(tmp_path) == []
+
+
+def test_failed_first_save_says_nothing_was_written(tiny, tmp_path, monkeypatch):
+    import segdino.fileio as fileio
+
+    def io_error(*args, **kwargs):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(fileio.os, "replace", io_error)
+    with pytest.raises(CheckpointError, match="nothing was written"):
+        segdino.save_model(tiny[0], tmp_path / "new.safetensors")
+    with pytest.raises(SegDINOError, match=r"log\.csv.*nothing was written"):
+        atomic_write_text(tmp_path / "log.csv", "epoch\n1\n")
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_non_finite_weights_are_never_written(tiny, tmp_path):
+    model, _, _, _ = tiny
+    path = segdino.save_model(model, tmp_path / "last.safetensors")
+    before = path.read_bytes()
+    broken = segdino.build_model(**TINY)
+    with torch.no_grad():
+        broken.sad.inter[0].pointwise.weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(CheckpointError, match=r"non-finite.*sad\.inter\.0\.pointwise\.weight.*intact"):
+        segdino.save_model(broken, path)
+    assert path.read_bytes() == before
+
+
+def test_read_only_folder_is_refused_clearly(tiny, tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        with pytest.raises(CheckpointError, match="nothing was written"):
+            segdino.save_model(tiny[0], folder / "m.safetensors")
+    finally:
+        folder.chmod(0o755)
+
+
+def test_written_files_get_ordinary_permissions(tiny, tmp_path):
+    """Files appear with the permissions of any new file (umask), not the owner-only mode of temporaries."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    path = segdino.save_model(tiny[0], tmp_path / "m.safetensors")
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+# --- huge and odd images ----------------------------------------------------------------------
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def write_png_bomb(path: Path, width: int, height: int) -> Path:
+    """A valid greyscale PNG of width x height zeros: about 100 kB on disk for 10000 x 10000."""
+    comp = zlib.compressobj(9)
+    row = b"\x00" * (width + 1)  # filter byte + pixels
+    idat = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat)
+                     + _png_chunk(b"IEND", b""))
+    return path
+
+
+@pytest.fixture(scope="module")
+def bomb(tmp_path_factory):
+    return write_png_bomb(tmp_path_factory.mktemp("bomb") / "scan.png", 10000, 10000)
+
+
+def test_decompression_bomb_is_refused_from_its_header(bomb, tiny, monkeypatch):
+    assert bomb.stat().st_size < 200_000
+    # Nothing is decoded: the refusal comes from the header, before any pixel memory exists.
+    monkeypatch.setattr(Image.Image, "load", lambda self: pytest.fail("pixels were decoded"))
+    readers = [read_image, read_mask, image_info, lambda p: image_info(p, decode=True),
+               lambda p: segdino.predict(tiny[0], [p])]
+    for read in readers:
+        with pytest.raises(DataError) as e:
+            read(bomb)
+        msg = str(e.value)
+        assert str(bomb) in msg and "10000x10000" in msg and "SEGDINO_MAX_IMAGE_PIXELS" in msg, msg
+
+
+def test_image_size_limit_is_adjustable(tmp_path, monkeypatch):
+    path = tmp_path / "wide.png"
+    Image.new("L", (300, 200), 10).save(path)
+    assert read_image(path).shape == (200, 300, 3)
+    monkeypatch.setattr(imageio, "MAX_PIXELS", 50_000)
+    with pytest.raises(DataError, match="300x200 = 60,000 pixels is larger than the limit of 50,000"):
+        read_image(path)
+    with pytest.raises(DataError, match="larger than the limit"):
+        imageio.as_rgb_array(np.zeros((200, 300, 3), np.uint8))
+
+
+def test_max_pixels_from_the_environment(monkeypatch):
+    monkeypatch.setenv("SEGDINO_MAX_IMAGE_PIXELS", "1000000")
+    assert imageio._max_pixels_from_env() == 1_000_000
+    for bad in ("", "lots", "-5"):
+        monkeypatch.setenv("SEGDINO_MAX_IMAGE_PIXELS", bad)
+        assert imageio._max_pixels_from_env() == imageio.DEFAULT_MAX_PIXELS
+
+
+@pytest.mark.parametrize("bits", [10, 12, 16])
+def test_high_bit_depth_png_uses_the_full_8_bit_range(tmp_path, bits):
+    top = 2**bits - 1
+    ramp = np.linspace(0, top, 64 * 64).round().astype(np.uint16).reshape(64, 64)
+    path = tmp_path / f"scan{bits}.png"
+    Image.fromarray(ramp).save(path)
+    assert Image.open(path).mode.startswith("I")
+    rgb = read_image(path)
+    assert rgb.dtype == np.uint8 and rgb.shape == (64, 64, 3)
+    assert rgb.max() == 255 and rgb.min() == 0
+    # Mid-grey stays mid-grey: the scale is the bit depth, not 16 bits for every file.
+    mid = rgb[..., 0].reshape(-1)[ramp.reshape(-1) >= top // 2][0]
+    assert 126 <= mid <= 129, mid
+
+
+def test_8_bit_values_in_a_16_bit_file_are_kept(tmp_path):
+    values = np.arange(0, 200, dtype=np.uint16).reshape(10, 20)
+    path = tmp_path / "eight_in_sixteen.png"
+    Image.fromarray(values).save(path)
+    assert np.array_equal(read_image(path)[..., 1], values.astype(np.uint8))
+
+
+def test_cmyk_jpeg_alpha_and_tiny_images(tmp_path, tiny):
+    Image.new("CMYK", (16, 8), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg", quality=95)
+    red = read_image(tmp_path / "cmyk.jpg")
+    assert red.shape == (8, 16, 3)
+    assert red[..., 0].min() > 230 and red[..., 1:].max() < 25
+
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., :3] = (10, 200, 30)
+    rgba[:4, :, 3] = 255  # top half opaque, bottom transparent
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "alpha.png")
+    rgb = read_image(tmp_path / "alpha.png")
+    assert rgb.shape == (8, 8, 3) and (rgb == (10, 200, 30)).all()  # alpha dropped, colours kept
+    mask = np.zeros((8, 8, 4), np.uint8)
+    mask[..., :3] = 255
+    mask[:4, :, 3] = 255
+    Image.fromarray(mask, "RGBA").save(tmp_path / "alpha_mask.png")
+    assert read_mask(tmp_path / "alpha_mask.png").tolist() == [[1] * 8] * 4 + [[0] * 8] * 4
+
+    Image.new("L", (1, 1), 200).save(tmp_path / "one.png")
+    Image.new("L", (1, 1), 255).save(tmp_path / "one_mask.png")
+    assert read_image(tmp_path / "one.png").shape == (1, 1, 3)
+    assert read_mask(tmp_path / "one_mask.png").tolist() == [[1]]
+    masks = segdino.predict(tiny[0], [tmp_path / "one.png", np.zeros((1, 40, 3), np.uint8),
+                                      tmp_path / "alpha.png", tmp_path / "cmyk.jpg"])
+    assert [m.shape for m in masks] == [(1, 1), (1, 40), (8, 8), (8, 16)]
+    assert all(m.dtype == np.uint8 and set(np.unique(m)) <= {0, 1} for m in masks)
+
+
+def test_other_formats_under_an_image_name_are_not_decoded(tmp_path):
+    """Pillow could open EPS through Ghostscript, or dozens of exotic formats; we decode only ours."""
+    eps = tmp_path / "scan.png"
+    eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
+    ppm = tmp_path / "other.png"
+    Image.new("RGB", (4, 4)).save(ppm, format="PPM")
+    for path in (eps, ppm):
+        for read in (read_image, read_mask, image_info):
+            with pytest.raises(DataError, match=r"not a PNG, JPEG, GIF, BMP, TIFF or WebP file"):
+                read(path)
+
+
+def test_float_and_odd_arrays(tmp_path):
+    nan = np.full((4, 4), np.nan, np.float32)
+    nan[0, 0] = 1.0
+    out = imageio.as_rgb_array(nan)
+    assert out.dtype == np.uint8 and out[0, 0, 0] == 255 and out[1, 1, 0] == 0
+    signed = np.array([[-1000, 0], [500, 1000]], np.int16)
+    assert imageio.as_rgb_array(signed)[..., 0].tolist() == [[0, 128], [191, 255]]
+    with pytest.raises(DataError, match="numeric"):
+        imageio.as_rgb_array(np.array([["a", "b"]]))
+    with pytest.raises(DataError, match="empty"):
+        imageio.as_rgb_array(np.zeros((0, 5, 3), np.uint8))
+
+
+# --- volumes -----------------------------------------------------------------------------------
+
+
+def test_one_slice_volume_reads_and_predicts(tmp_path, tiny):
+    pytest.importorskip("nibabel")
+    from segdino.volumes.intensity import ct_window, volume_settings
+    from segdino.volumes.io import read_volume, write_nifti
+    from segdino.volumes.predict import predict_volume
+
+    model = segdino.build_model(**TINY).eval()
+    model.config.volume = volume_settings(ct_window("abdomen"), "axial", 1)
+    for shape in [(12, 10, 1), (1, 1, 1)]:
+        path = write_nifti(tmp_path / "one.nii.gz", np.full(shape, 40, np.int16), np.diag([0.8, 0.8, 3.0, 1.0]))
+        volume = read_volume(path)
+        assert volume.shape == shape
+        labels = predict_volume(model, volume)
+        assert labels.shape == shape and labels.dtype == np.uint8
+
+
+def _nifti_claiming(path: Path, shape: tuple[int, ...], gz: bool) -> Path:
+    import gzip
+
+    import nibabel as nib
+
+    header = nib.Nifti1Header()
+    header.set_data_dtype(np.int16)
+    header.set_data_shape(shape)
+    raw = header.binaryblock + b"\0" * 4 + b"\x01\x00" * 64
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+    return path
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_volume_header_claiming_gigabytes_is_refused_before_allocating(tmp_path, gz):
+    pytest.importorskip("nibabel")
+    from segdino.volumes.io import read_volume
+
+    path = _nifti_claiming(tmp_path / ("big.nii.gz" if gz else "big.nii"), (4000, 4000, 500), gz)
+    assert path.stat().st_size < 1000
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(DataError, match=r"claims 16,000,000,000 bytes"):
+        read_volume(path)
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kib < 100_000  # the 16 GB were never asked for
+
+
+def test_volume_of_rgb_voxels_is_refused(tmp_path):
+    nib = pytest.importorskip("nibabel")
+    from segdino.volumes.io import read_volume
+
+    rgb = np.zeros((4, 4, 2), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    nib.save(nib.Nifti1Image(rgb, np.eye(4)), str(tmp_path / "rgb.nii"))
+    with pytest.raises(DataError, match="voxel type .* is not supported"):
+        read_volume(tmp_path / "rgb.nii")
