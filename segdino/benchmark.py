@@ -369,22 +369,6 @@ def dice_by_path(fns: dict[str, Callable], config, data: str | os.PathLike, spli
     return {name: float(np.mean(v)) for name, v in scores.items()}, n
 
 
-def calibration_batches(data: str | os.PathLike | None, config, image_size: tuple[int, int], samples: int = 16,
-                        seed: int = 0) -> list[np.ndarray]:
-    """Inputs for int8 calibration: training images of ``data`` when given, else random normal ones."""
-    if data is not None:
-        from .data.dataset import SegmentationDataset
-        from .inference import normalize
-
-        ds = SegmentationDataset(data, split="train", num_classes=config.num_classes, image_size=image_size,
-                                 mask_threshold=config.mask_threshold)
-        if len(ds):
-            idx = np.random.default_rng(seed).permutation(len(ds))[:samples]
-            return [normalize(ds[int(i)]["image"], config)[None].numpy() for i in idx]
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(1, 3, *image_size, generator=g).numpy() for _ in range(min(samples, 4))]
-
-
 # --------------------------------------------------------------------------------------------
 # Entry point
 
@@ -506,7 +490,9 @@ def _run_cpu(report, model, image_size, batches, warmup, repeats, compile_mode, 
     with _torch_threads(threads), tempfile.TemporaryDirectory(prefix="segdino-bench-") as tmp:
         calibration = None
         if "onnx-int8" in paths:
-            calibration = calibration_batches(data, model.config, image_size, seed=seed)
+            from .export import calibration_inputs
+
+            calibration = calibration_inputs(data, model.config, seed=seed)
         fns, notes = build_cpu_paths(model, paths, Path(tmp), image_size, threads, calibration, compile_mode)
         report.notes += notes
         for name, fn in (extra_paths or {}).items():

@@ -127,8 +127,15 @@ def _quiet_export():
     # fixed input size, which is exactly what the export promises.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-        yield
+        quiet = [logging.getLogger(name) for name in ("torch.onnx", "onnxruntime")]
+        levels = [lg.level for lg in quiet]
+        for lg in quiet:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(quiet, levels):
+                lg.setLevel(level)
 
 
 def _torch_export(module: torch.nn.Module, example: torch.Tensor, file: Path, opset: int, dynamic_batch: bool) -> None:
@@ -376,6 +383,28 @@ def export_onnx(
         result["bytes"] = sum(f.stat().st_size for f in tmpdir.iterdir())
     log.debug("exported %s in %.1f s", path, seconds)
     return result
+
+
+def calibration_inputs(data: str | os.PathLike | None, config: ModelConfig, samples: int = 16,
+                       seed: int = 0) -> list[np.ndarray]:
+    """Normalised ``(1, 3, H, W)`` inputs for int8 calibration, ``(H, W)`` = ``config.image_size``.
+
+    ``samples`` training images of ``data`` (seeded choice), preprocessed as at inference; without
+    ``data``, four random normal inputs (fit for timing, not for a file meant for patients).
+    """
+    if data is not None:
+        from .data.dataset import SegmentationDataset
+        from .inference import preprocess
+
+        # Images only: calibration needs no masks, so their format does not matter here.
+        ds = SegmentationDataset(data, split="train", num_classes=config.num_classes, image_size=None,
+                                 allow_unpaired=True)
+        if len(ds) == 0:
+            raise DataError(f"{data}: the 'train' split is empty; int8 calibration needs training images")
+        idx = np.random.default_rng(seed).permutation(len(ds))[:samples]
+        return [preprocess(ds.native_image(int(i)), config)[None].numpy() for i in idx]
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(1, 3, *config.image_size, generator=g).numpy() for _ in range(min(samples, 4))]
 
 
 def quantize_onnx(

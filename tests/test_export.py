@@ -207,3 +207,23 @@ def test_export_cli(model, tmp_path, capsys):
     assert not (tmp_path / "bad.onnx").exists()
     code = cli_main(["export", "--model", str(tmp_path / "nope.safetensors"), "--out", str(tmp_path / "x.onnx")])
     assert code == 2 and "nope.safetensors" in capsys.readouterr().err
+
+
+def test_export_cli_int8_calibrated_on_training_images(model, tmp_path, capsys):
+    from segdino.data.synthetic import write_dataset
+
+    ckpt = tmp_path / "model.safetensors"
+    segdino.save_model(model, ckpt)
+    data = write_dataset(tmp_path / "data", 3, 0, 1, size=(40, 48), seed=2)
+    out = tmp_path / "int8.onnx"
+    code = cli_main(["export", "--model", str(ckpt), "--out", str(out), "--image-size", "32", "--int8",
+                     "--calibration-data", str(data), "--json", str(tmp_path / "q.json")])
+    printed = capsys.readouterr().out
+    assert code == 0 and "int8" in printed
+    q = json.loads((tmp_path / "q.json").read_text())
+    assert q["precision"] == "int8" and q["int8"]["calibration_samples"] == 3 and q["bytes"] == out.stat().st_size
+    om = load_onnx_model(out, threads=1)
+    assert om.precision == "int8" and om.image_size == (32, 32)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "int8.onnx", "model.safetensors", "q.json"]
+    assert cli_main(["export", "--model", str(ckpt), "--out", str(tmp_path / "x.onnx"), "--int8"]) == 2
+    assert "--calibration-data" in capsys.readouterr().err
