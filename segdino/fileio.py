@@ -65,6 +65,29 @@ def atomic_path(path: str | os.PathLike, error: type[SegDINOError] = SegDINOErro
         raise
 
 
+def stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Temporary files that :func:`atomic_path` left in ``folder`` (not below it) when its process was
+    killed mid-write: ``.<name>.<random>.tmp``. The finished files beside them are whole."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir()
+                  if p.name.startswith(".") and p.name.endswith(".tmp") and p.name.count(".") >= 3 and p.is_file())
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete :func:`stale_temporaries` of ``folder``; returns what was removed.
+
+    Call it only where no other process is writing into ``folder`` (a run folder being resumed).
+    """
+    removed = []
+    for p in stale_temporaries(folder):
+        with contextlib.suppress(OSError):
+            p.unlink()
+            removed.append(p)
+    return removed
+
+
 def _reason(e: OSError) -> str:
     return e.strerror or str(e) or type(e).__name__
 
