@@ -272,6 +272,57 @@ def test_untouched_file_still_loads_bit_identically(tiny):
         assert torch.equal(a, b), k
 
 
+# --- ONNX files -----------------------------------------------------------------------------------
+
+
+def _tiny_onnx(path: Path, metadata: dict[str, str] | None) -> Path:
+    """A valid one-node ONNX graph with SegDINO's input and output shapes (32 x 32, one class)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 32, 32])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1, 32, 32])
+    node = helper.make_node("ReduceMean", ["image"], ["logits"], axes=[1], keepdims=1)
+    model = helper.make_model(helper.make_graph([node], "g", [x], [y]), opset_imports=[helper.make_opsetid("", 13)])
+    for k, v in (metadata or {}).items():
+        model.metadata_props.add(key=k, value=v)
+    onnx.save(model, str(path))
+    return path
+
+
+def _onnx_meta(**changes) -> dict[str, str]:
+    config = segdino.build_model(**TINY).config.to_dict()
+    config.update(changes)
+    return {"format": "segdino-onnx", "segdino_config": json.dumps(config)}
+
+
+ONNX_TEXT_MEAN_GAP = ("segdino.export.load_onnx_model reads its config with ModelConfig.from_json, which lets "
+                      "ValueError through; segdino.checkpoint.config_from_metadata checks each field")
+
+
+@pytest.mark.parametrize("case", ["garbage", "truncated", "not ours", "negative classes", pytest.param(
+    "mean as text", marks=pytest.mark.xfail(strict=True, raises=ValueError, reason=ONNX_TEXT_MEAN_GAP))])
+def test_hostile_onnx_files_are_refused_by_onnx_runtime_loading(tmp_path, case):
+    pytest.importorskip("onnxruntime")
+    from segdino.export import load_onnx_model
+
+    path = tmp_path / "model.onnx"
+    if case == "garbage":
+        path.write_bytes(b"\x08\x07" + np.random.default_rng(0).bytes(200))
+    elif case == "truncated":
+        data = _tiny_onnx(path, _onnx_meta()).read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif case == "not ours":
+        _tiny_onnx(path, None)
+    elif case == "negative classes":
+        _tiny_onnx(path, _onnx_meta(num_classes=-1))
+    else:
+        _tiny_onnx(path, _onnx_meta(mean="abc"))
+    with pytest.raises(CheckpointError, match=str(path)):
+        load_onnx_model(path)
+    assert load_onnx_model(_tiny_onnx(tmp_path / "fine.onnx", _onnx_meta())).num_classes == 1
+
+
 # --- write failures -----------------------------------------------------------------------------
 
 
