@@ -6,11 +6,13 @@ path's speed ratio to eager fp32 and the relative L2 error of its output against
 
 - On CUDA: eager fp32 against the fast path of :mod:`segdino.fast` (bf16, channels-last,
   ``torch.compile``), each timed on its own after warm-up (device events).
-- On CPU: eager PyTorch fp32, ONNX Runtime fp32 (the exported file), ONNX Runtime int8 (static
-  quantisation), PyTorch bf16 channels-last (where the CPU has native bf16: AVX512-BF16 or AMX)
-  and, on request, ``torch.compile``. The CPU is often shared, so the paths are timed in
-  alternation (one call of each per round, the order rotating), and every path sees the same
-  drift in load; the load average before and after is reported.
+- On CPU: eager PyTorch fp32 (the authors' way), then every other path with TPA folded
+  (:func:`segdino.export.fold_tpa`, the same function with ~25 of 43 GFLOP removed at 256x256):
+  PyTorch fp32, ONNX Runtime fp32 (the exported file), ONNX Runtime int8 (static quantisation),
+  PyTorch bf16 channels-last (where the CPU has native bf16: AVX512-BF16 or AMX) and, on request,
+  ``torch.compile``. The CPU is often shared, so the paths are timed in alternation (one call of
+  each per round, the order rotating) and every path sees the same drift in load; the load
+  average before and after is reported.
 
 With a trained model and a dataset, each path's mean Dice on a split is measured as well (at each
 image's own size), which is how reduced-precision paths are judged.
@@ -36,17 +38,18 @@ import torch
 from .errors import ConfigError
 from .model import SegDINO, build_model
 
-CPU_PATHS = ("eager", "onnx", "onnx-int8", "bf16", "compile", "compile-bf16")
-DEFAULT_CPU_PATHS = ("eager", "onnx", "onnx-int8", "bf16")
+CPU_PATHS = ("eager", "folded", "onnx", "onnx-int8", "bf16", "compile", "compile-bf16")
+DEFAULT_CPU_PATHS = ("eager", "folded", "onnx", "onnx-int8", "bf16")
 PATH_NAMES = {
     "eager": "eager fp32",
+    "folded": "torch fp32 TPA folded",
     "onnx": "onnxruntime fp32",
     "onnx-int8": "onnxruntime int8",
     "bf16": "torch bf16 channels-last",
     "compile": "torch.compile fp32",
     "compile-bf16": "torch.compile bf16",
 }
-PATH_PRECISION = {"eager": "fp32", "onnx": "fp32", "onnx-int8": "int8", "bf16": "bf16", "compile": "fp32",
+PATH_PRECISION = {"eager": "fp32", "folded": "fp32", "onnx": "fp32", "onnx-int8": "int8", "bf16": "bf16", "compile": "fp32",
                   "compile-bf16": "bf16"}
 
 
@@ -303,16 +306,19 @@ def build_cpu_paths(model: SegDINO, paths: Sequence[str], workdir: Path, image_s
     ONNX files are written to ``workdir``. Returns the paths by display name, and notes about
     paths that could not be built (the benchmark goes on without them).
     """
-    from .export import export_onnx, load_onnx_model, quantize_onnx
+    from .export import export_onnx, fold_tpa, load_onnx_model, quantize_onnx
 
     built: dict[str, Callable] = {}
     notes: list[str] = []
     onnx_file = workdir / "model.onnx"
+    folded = fold_tpa(model)
     for key in paths:
         name = PATH_NAMES[key]
         try:
             if key == "eager":
                 built[name] = model
+            elif key == "folded":
+                built[name] = folded
             elif key == "onnx" or key == "onnx-int8":
                 if not onnx_file.exists():
                     export_onnx(model, onnx_file, image_size=image_size, check=False)
@@ -323,11 +329,11 @@ def build_cpu_paths(model: SegDINO, paths: Sequence[str], workdir: Path, image_s
                     quantize_onnx(onnx_file, int8_file, calibration=calibration)
                     built[name] = load_onnx_model(int8_file, threads=threads)
             elif key == "bf16":
-                built[name] = Bf16CpuModel(model)
+                built[name] = Bf16CpuModel(folded)
             elif key == "compile":
-                built[name] = _compiled_fp32(model, compile_mode)
+                built[name] = _compiled_fp32(folded, compile_mode)
             elif key == "compile-bf16":
-                built[name] = Bf16CpuModel(model, compile_mode=compile_mode)
+                built[name] = Bf16CpuModel(folded, compile_mode=compile_mode)
         except (ImportError, ConfigError) as e:
             notes.append(f"{name}: not run ({e})")
     return built, notes
@@ -394,9 +400,9 @@ def run_benchmark(backbone: str = "vits16", image_size: tuple[int, int] = (256, 
     Args:
         model: weights to use (its backbone, decoder width and input size win over the arguments);
             default a model built from ``backbone``/``decoder_dim``/``image_size`` with random weights.
-        paths: CPU paths among ``eager`` (always first), ``onnx``, ``onnx-int8``, ``bf16``,
-            ``compile``, ``compile-bf16``; default ``eager,onnx,onnx-int8`` plus ``bf16`` where the
-            CPU has native bf16. Ignored on CUDA (eager fp32 against :func:`segdino.fast.fast_model`).
+        paths: CPU paths among ``eager`` (always first), ``folded``, ``onnx``, ``onnx-int8``,
+            ``bf16``, ``compile``, ``compile-bf16``; default ``eager,folded,onnx,onnx-int8`` plus
+            ``bf16`` where the CPU has native bf16. Ignored on CUDA (eager fp32 against :func:`segdino.fast.fast_model`).
         threads: CPU threads for every path (default: the physical cores).
         repeats: timed calls per path (CPU: rounds of alternating calls).
         data: a dataset folder; with it, each path's mean Dice on ``split`` is measured.
@@ -494,6 +500,8 @@ def _run_cpu(report, model, image_size, batches, warmup, repeats, compile_mode, 
 
             calibration = calibration_inputs(data, model.config, seed=seed)
         fns, notes = build_cpu_paths(model, paths, Path(tmp), image_size, threads, calibration, compile_mode)
+        report.notes.append("every path but eager fp32 computes TPA folded (segdino.export.fold_tpa): the same "
+                            "function with the resize + 3x3 conv done at low resolution")
         report.notes += notes
         for name, fn in (extra_paths or {}).items():
             fns[name] = fn

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import io
 import json
 import logging
@@ -33,6 +34,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .config import ModelConfig
 from .errors import CheckpointError, ConfigError, DataError
@@ -151,10 +153,11 @@ def _torch_export(module: torch.nn.Module, example: torch.Tensor, file: Path, op
             torch.onnx.export(module, (example,), str(file), **kwargs)
 
 
-def _metadata(config: ModelConfig, precision: str, check: dict | None) -> dict[str, str]:
+def _metadata(config: ModelConfig, precision: str, check: dict | None, folded: bool) -> dict[str, str]:
     from . import __version__
 
     meta = {
+        "tpa": "folded" if folded else "direct",
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         CONFIG_KEY: config.to_json(),
@@ -276,6 +279,117 @@ def compare_with_torch(session, module: torch.nn.Module, image_size: tuple[int, 
 
 
 # --------------------------------------------------------------------------------------------
+# Exact TPA folding: the same function with ~25 GFLOP fewer per 256x256 image
+
+
+def interpolation_matrix(n: int, factor: int) -> np.ndarray:
+    """(factor*n, n) float64 matrix of PyTorch's bilinear resize by ``factor`` (align_corners=False).
+
+    PyTorch's rule: source ``s = (i + 0.5) / factor - 0.5`` clamped at 0, rows ``floor(s)`` and the
+    next one (clamped at ``n - 1``) weighted ``1 - frac(s)`` and ``frac(s)``. Built with numpy so
+    that an exporter's tracer sees a constant.
+    """
+    m = np.zeros((factor * n, n))
+    for i in range(factor * n):
+        src = max((i + 0.5) / factor - 0.5, 0.0)
+        i0 = int(np.floor(src))
+        i1 = min(i0 + 1, n - 1)
+        frac = src - i0
+        m[i, i0] += 1.0 - frac
+        m[i, i1] += frac
+    return m
+
+
+@functools.lru_cache(maxsize=64)
+def _shifted_interpolation(n: int, factor: int) -> np.ndarray:
+    """(factor*n, 3n): the interpolation rows read by a 3-tap zero-padded conv at offsets -1, 0, +1."""
+    a = interpolation_matrix(n, factor)
+    zero = np.zeros((1, n))
+    padded = np.concatenate([zero, a, zero])  # the conv's zero padding: rows -1 and factor*n read nothing
+    return np.ascontiguousarray(np.concatenate([padded[d : d + factor * n] for d in range(3)], axis=1))
+
+
+def upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor, factor: int) -> torch.Tensor:
+    """``conv3x3(bilinear_resize(x, factor), weight)`` (padding 1, no bias), computed at low resolution.
+
+    Both operations are linear and the resize is separable, so
+    ``y = sum_{dy,dx} S_dy A (W[:, :, dy, dx] x) B^T S_dx^T`` with ``A``, ``B`` the row and column
+    interpolation matrices and ``S`` the conv's shifts: nine 1x1 convs on the small map, then one
+    matrix product per axis. For TPA's x8 level at 256x256 and D=256 that is ~0.9 GFLOP instead of
+    19.3, and the resized map is never stored.
+
+    Args:
+        x: (B, D, h, w). weight: (O, D, 3, 3).
+
+    Returns:
+        (B, O, factor*h, factor*w), equal to the direct computation up to float rounding.
+    """
+    b, d, h, w = x.shape
+    o = weight.shape[0]
+    rows = torch.from_numpy(_shifted_interpolation(int(h), factor)).to(x.device, x.dtype)  # (fh, 3h)
+    cols = torch.from_numpy(_shifted_interpolation(int(w), factor).T.copy()).to(x.device, x.dtype)  # (3w, fw)
+    # q[:, dy, dx] = W[:, :, dy, dx] x
+    q = F.conv2d(x, weight.permute(2, 3, 0, 1).reshape(9 * o, d, 1, 1)).view(b, 3, 3, o, h, w)
+    # columns: r[:, dy] = sum_dx q[:, dy, dx] B_dx^T   -> (B, 3, O, h, fw)
+    r = torch.matmul(q.permute(0, 1, 3, 4, 2, 5).reshape(b, 3, o, h, 3 * w), cols)
+    # rows: y = sum_dy A_dy r[:, dy]   -> (B, O, fh, fw)
+    return torch.matmul(rows, r.permute(0, 2, 1, 3, 4).reshape(b, o, 3 * h, factor * w))
+
+
+def _foldable(conv: torch.nn.Module) -> bool:
+    return (isinstance(conv, torch.nn.Conv2d) and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
+            and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
+            and conv.padding_mode == "zeros")
+
+
+class FoldedTokenPyramidAdaptation(torch.nn.Module):
+    """TPA with each "resize by 8/4/2, then 3x3 conv" computed by :func:`upsample_conv3x3`.
+
+    Holds the original projections and refine convs (same parameters, same state-dict keys), so
+    it computes the same function as :class:`segdino.tpa.TokenPyramidAdaptation`.
+    """
+
+    def __init__(self, tpa: torch.nn.Module):
+        super().__init__()
+        from .tpa import SCALE_FACTORS
+
+        self.resample = tpa.resample
+        self.projections = tpa.projections
+        self.refine = tpa.refine
+        self.factors = SCALE_FACTORS
+
+    def forward(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        pyramid = []
+        for proj, conv, factor, x in zip(self.projections, self.refine, self.factors, maps):
+            x = proj(x)
+            if self.resample and factor != 1 and _foldable(conv):
+                y = upsample_conv3x3(x, conv.weight, factor)
+                if conv.bias is not None:
+                    y = y + conv.bias.view(1, -1, 1, 1)
+            else:
+                if self.resample and factor != 1:
+                    h, w = x.shape[-2:]
+                    x = F.interpolate(x, size=(h * factor, w * factor), mode="bilinear", align_corners=False)
+                y = conv(x)
+            pyramid.append(y)
+        return pyramid
+
+
+def fold_tpa(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of a SegDINO model whose TPA runs folded (:class:`FoldedTokenPyramidAdaptation`).
+
+    Same function and parameters; on CPU about 1.4x faster in PyTorch and 1.35x in ONNX Runtime
+    at 256x256 (ViT-S/16, D=256), since the x8 level's 3x3 conv alone is 44% of the model's FLOPs.
+    """
+    from .tpa import TokenPyramidAdaptation
+
+    folded = copy.deepcopy(model)
+    if isinstance(getattr(folded, "tpa", None), TokenPyramidAdaptation):
+        folded.tpa = FoldedTokenPyramidAdaptation(folded.tpa)
+    return folded
+
+
+# --------------------------------------------------------------------------------------------
 # Export
 
 
@@ -289,6 +403,7 @@ def export_onnx(
     *,
     tolerance: float = DEFAULT_TOLERANCE,
     threads: int | None = None,
+    fold: bool = True,
 ) -> dict[str, Any]:
     """Export a SegDINO model to one ONNX file, checked against PyTorch before it appears.
 
@@ -303,6 +418,8 @@ def export_onnx(
         opset: ONNX opset (default 17).
         check: run ONNX Runtime on random inputs (batches 1 and 3, or the fixed batch) against
             PyTorch fp32; a relative L2 error above ``tolerance`` raises and leaves no file.
+        fold: write TPA folded (:func:`fold_tpa`: same function, far fewer FLOPs); the check
+            compares with the model as it is, unfolded.
 
     Returns:
         ``path``, ``opset``, ``image_size``, ``dynamic_batch``, ``bytes``, ``seconds`` (export),
@@ -346,7 +463,7 @@ def export_onnx(
     with _atomic_onnx(path) as tmpdir:
         raw = tmpdir / "raw.onnx"
         try:
-            _torch_export(module, example, raw, opset, dynamic_batch)
+            _torch_export(fold_tpa(module) if fold else module, example, raw, opset, dynamic_batch)
             proto = onnx.load(str(raw), load_external_data=True)
         except Exception as e:  # the exporter raises many types; all mean "this model cannot be exported"
             raise ExportError(f"exporting to {path} failed (opset {opset}): {type(e).__name__}: {e}") from e
@@ -356,11 +473,11 @@ def export_onnx(
         seconds = time.perf_counter() - t0
         result: dict[str, Any] = {
             "path": str(path), "format": "onnx", "opset": opset, "image_size": list(size),
-            "dynamic_batch": dynamic_batch, "rel_l2": None, "max_abs": None, "check_batches": [],
+            "dynamic_batch": dynamic_batch, "tpa_folded": fold, "rel_l2": None, "max_abs": None, "check_batches": [],
             "seconds": round(seconds, 3), "torch": torch.__version__, "onnxruntime": None,
         }
         staged = tmpdir / path.name
-        _set_metadata(proto, _metadata(export_config, "fp32", None))
+        _set_metadata(proto, _metadata(export_config, "fp32", None, fold))
         _save_proto(proto, staged, path.name + ".data")
         if check:
             session = ort_session(staged, threads)
@@ -376,7 +493,7 @@ def export_onnx(
             # Record the check in the file itself (metadata only: the graph is the one just checked).
             _set_metadata(proto, _metadata(export_config, "fp32", {
                 "rel_l2": checked["rel_l2"], "max_abs": checked["max_abs"], "batches": checked["batches"],
-                "onnxruntime": onnxruntime.__version__}))
+                "onnxruntime": onnxruntime.__version__}, fold))
             for f in tmpdir.iterdir():
                 f.unlink()
             _save_proto(proto, staged, path.name + ".data")

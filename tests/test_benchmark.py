@@ -53,7 +53,7 @@ def test_cpu_benchmark_cli_json_shape_and_agreement(trained_like, capsys):
     out = root / "bench.json"
     code = cli_main(["benchmark", "--device", "cpu", "--model", str(ckpt), "--data", str(data), "--batch", "1,2",
                      "--repeats", "2", "--warmup", "0", "--threads", "1",
-                     "--paths", "eager,onnx,onnx-int8,bf16", "--json", str(out)])
+                     "--paths", "eager,folded,onnx,onnx-int8,bf16", "--json", str(out)])
     printed = capsys.readouterr().out
     assert code == 0
     report = json.loads(out.read_text())
@@ -63,7 +63,7 @@ def test_cpu_benchmark_cli_json_shape_and_agreement(trained_like, capsys):
     assert set(report["load_average"]) == {"before", "after"} and len(report["load_average"]["before"]) == 3
     assert "alternating" in report["timing"]
     assert report["dice"] == {"data": str(data), "split": "test", "cases": 3}
-    names = [PATH_NAMES[k] for k in ("eager", "onnx", "onnx-int8", "bf16")]
+    names = [PATH_NAMES[k] for k in ("eager", "folded", "onnx", "onnx-int8", "bf16")]
     results = report["results"]
     assert [(r["name"], r["batch"]) for r in results] == [(n, b) for b in (1, 2) for n in names]
     for r in results:
@@ -75,6 +75,7 @@ def test_cpu_benchmark_cli_json_shape_and_agreement(trained_like, capsys):
     for b in (1, 2):
         eager = by[("eager fp32", b)]
         assert eager["rel_l2_vs_eager"] == 0 and eager["ratio_vs_eager"] == 1 and eager["precision"] == "fp32"
+        assert by[("torch fp32 TPA folded", b)]["rel_l2_vs_eager"] <= 1e-4
         onnx_fp32 = by[("onnxruntime fp32", b)]
         assert onnx_fp32["rel_l2_vs_eager"] <= 1e-4
         assert onnx_fp32["ratio_vs_eager"] == pytest.approx(eager["median_ms"] / onnx_fp32["median_ms"])

@@ -18,6 +18,8 @@ from segdino.errors import CheckpointError, ConfigError, DataError  # noqa: E402
 from segdino.export import (  # noqa: E402
     ExportError,
     export_onnx,
+    fold_tpa,
+    upsample_conv3x3,
     load_onnx_model,
     physical_cores,
     quantize_onnx,
@@ -54,10 +56,39 @@ def test_export_reports_check_and_writes_one_file(exported):
     assert sorted(p.name for p in path.parent.iterdir()) == ["model.onnx"]
 
 
+@pytest.mark.parametrize("h,w,factor", [(16, 16, 8), (3, 5, 4), (1, 1, 2), (2, 7, 8)])
+def test_folded_upsample_conv_is_resize_then_conv(h, w, factor):
+    g = torch.Generator().manual_seed(h * 100 + w)
+    x = torch.randn(2, 6, h, w, generator=g, dtype=torch.float64)
+    weight = torch.randn(4, 6, 3, 3, generator=g, dtype=torch.float64)
+    up = torch.nn.functional.interpolate(x, size=(h * factor, w * factor), mode="bilinear", align_corners=False)
+    direct = torch.nn.functional.conv2d(up, weight, padding=1)
+    assert rel_l2(upsample_conv3x3(x, weight, factor), direct) < 1e-13
+
+
+@pytest.mark.parametrize("n,factor", [(1, 2), (5, 4), (16, 8), (7, 3)])
+def test_interpolation_matrix_is_pytorchs_bilinear_rule(n, factor):
+    from segdino.export import interpolation_matrix
+
+    eye = torch.eye(n, dtype=torch.float64)[None, None]
+    expected = torch.nn.functional.interpolate(eye, size=(factor * n, n), mode="bilinear", align_corners=False)[0, 0]
+    assert np.abs(interpolation_matrix(n, factor) - expected.numpy()).max() < 1e-15
+
+
+def test_fold_tpa_keeps_function_and_parameters(model):
+    folded = fold_tpa(model)
+    assert type(folded.tpa).__name__ == "FoldedTokenPyramidAdaptation"
+    assert type(model.tpa).__name__ == "TokenPyramidAdaptation"  # the original is untouched
+    assert folded.state_dict().keys() == model.state_dict().keys()
+    x = torch.randn(2, 3, 48, 80, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert rel_l2(folded(x), model(x)) < 1e-5
+
+
 def test_metadata_round_trip(model, exported):
     path, result = exported
     meta = read_onnx_metadata(path)
-    assert meta["format"] == "segdino-onnx" and meta["precision"] == "fp32"
+    assert meta["format"] == "segdino-onnx" and meta["precision"] == "fp32" and meta["tpa"] == "folded"
     cfg = segdino.ModelConfig.from_json(meta["segdino_config"])
     expected = model.config.to_dict()
     expected["image_size"] = [32, 32]
@@ -101,8 +132,10 @@ def test_wrong_input_size_is_a_data_error(exported):
 
 def test_static_batch_export_is_chunked(model, tmp_path):
     path = tmp_path / "static.onnx"
-    result = export_onnx(model, path, image_size=32, dynamic_batch=False)
-    assert result["check_batches"] == [1] and result["dynamic_batch"] is False
+    result = export_onnx(model, path, image_size=32, dynamic_batch=False, fold=False)
+    assert result["check_batches"] == [1] and result["dynamic_batch"] is False and result["tpa_folded"] is False
+    assert read_onnx_metadata(path)["tpa"] == "direct"
+    assert "Resize" in {n.op_type for n in onnx.load(str(path)).graph.node}
     om = load_onnx_model(path, threads=1)
     assert om.batch_size == 1
     x = torch.randn(3, 3, 32, 32)

@@ -12,9 +12,9 @@ def register(sub) -> None:
         "benchmark", help="time the eager fp32 model against the faster paths",
         description="Time the plain eager fp32 model against the faster paths on the same weights (random by "
                     "default) and report each path's speed ratio and relative L2 error against eager fp32. "
-                    "GPU: the fast path (bf16, channels-last, torch.compile). CPU: ONNX Runtime fp32 and int8, "
-                    "bf16 channels-last where the CPU has native bf16, torch.compile on request, timed in "
-                    "alternation. With --model and --data, each path's mean Dice on a split as well.",
+                    "GPU: the fast path (bf16, channels-last, torch.compile). CPU: TPA folded in PyTorch, "
+                    "ONNX Runtime fp32 and int8, bf16 channels-last where the CPU has native bf16, torch.compile "
+                    "on request, timed in alternation. With --model and --data, each path's mean Dice on a split as well.",
     )
     p.add_argument("--backbone", default="vits16")
     p.add_argument("--image-size", type=int, default=256)
@@ -25,8 +25,9 @@ def register(sub) -> None:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--compile", default="auto", help="auto, a torch.compile mode, or none")
     p.add_argument("--paths", default=None,
-                   help="CPU paths, comma-separated among eager, onnx, onnx-int8, bf16, compile, compile-bf16 "
-                        "(default: eager,onnx,onnx-int8, and bf16 where the CPU has native bf16)")
+                   help="CPU paths, comma-separated among eager, folded, onnx, onnx-int8, bf16, compile, "
+                        "compile-bf16 (default: eager,folded,onnx,onnx-int8, and bf16 where the CPU has native "
+                        "bf16); all but eager run TPA folded (the same function, fewer FLOPs)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for every path (default: physical cores)")
     p.add_argument("--model", default=None, metavar="CKPT",
                    help="use this model's weights and size instead of random weights (--backbone, --image-size "

@@ -24,6 +24,8 @@ def register(sub) -> None:
     p.add_argument("--tolerance", type=float, default=1e-4,
                    help="largest relative L2 error accepted between ONNX Runtime and PyTorch (default 1e-4)")
     p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime check")
+    p.add_argument("--no-fold", action="store_true",
+                   help="write TPA as resize + 3x3 conv instead of folded (same function; folded is faster)")
     p.add_argument("--int8", action="store_true",
                    help="write an int8 file (static quantisation, calibrated on --calibration-data): faster on CPU; "
                         "check its Dice with segdino benchmark --device cpu --model CKPT --data DIR")
@@ -57,7 +59,7 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError(f"--calibration-samples must be >= 1, got {args.calibration_samples}")
     model = load_model(args.model)
     kwargs = dict(image_size=size, opset=args.opset, dynamic_batch=not args.static_batch, check=not args.no_check,
-                  tolerance=args.tolerance)
+                  tolerance=args.tolerance, fold=not args.no_fold)
     if args.int8:
         result = _export_int8(model, Path(args.out), args, kwargs)
     else:
