@@ -26,13 +26,13 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .checkpoint import load_model, save_model
+from .checkpoint import load_model, save_model, save_tensors
 from .data.dataset import sample_seed
 from .errors import CheckpointError, ConfigError, DataError, SegDINOError
-from .fileio import atomic_path, atomic_write_text
+from .fileio import atomic_write_text, remove_stale_temporaries
 from .inference import logits_to_labels, normalize, resize_logits, resolve_device
 from .losses import segmentation_loss
 from .model import SegDINO, build_model
@@ -291,8 +291,7 @@ def save_resume_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optim
     meta = dict(meta)
     meta["param_groups"] = osd["param_groups"]
     meta["rng_cpu"] = torch.get_rng_state().tolist()
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"segdino_resume": json.dumps(meta)})
+    save_tensors(path, tensors, {"segdino_resume": json.dumps(meta)})
 
 
 def load_resume_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
@@ -615,9 +614,15 @@ class Trainer:
 
     def resume(self) -> None:
         """Continue from the run folder's last finished epoch."""
+        if self.is_main:
+            for folder in (self.out, self.out / RESUME_FILE.parent):
+                for p in remove_stale_temporaries(folder):
+                    log.info("removed %s, left by an interrupted write", p)
         path = self.out / RESUME_FILE
         if not path.is_file():
-            raise ConfigError(f"--resume: {path} does not exist; nothing to resume in {self.out}")
+            # Killed before the end of its first epoch: nothing finished to continue from.
+            log.warning("--resume: %s holds no finished epoch; starting the run from the beginning", self.out)
+            return
         meta = load_resume_state(path, self.model, self.opt)
         self.start_epoch = int(meta["epoch"])
         self.step = int(meta["step"])
@@ -719,8 +724,8 @@ def prepare_run_folder(cfg: TrainConfig, write: bool = True) -> Path:
     holds_run = out.is_dir() and any((out / m).exists() for m in RUN_MARKERS)
     if holds_run and not (cfg.resume or cfg.overwrite):
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
-    if cfg.resume and not (out / RESUME_FILE).is_file():
-        raise ConfigError(f"--resume: {out} holds no run to continue (no {RESUME_FILE})")
+    if cfg.resume and not holds_run:
+        raise ConfigError(f"--resume: {out} holds no run to continue")
     if write:
         if holds_run and cfg.overwrite:
             for m in RUN_MARKERS + ("tensorboard", "skipped.txt", "splits.json", "report"):
@@ -771,7 +776,9 @@ def build_datasets(cfg: TrainConfig):
                   mask_threshold=cfg.mask_threshold, cache=cfg.cache_images)
     train = SegmentationDataset(cfg.data, split="train", **common)
     val = SegmentationDataset(cfg.data, split="val", splits=train.splits, **common)
-    if cfg.cache_images:
+    if cfg.cache_images and cfg.on_bad_data == "stop":
+        # Decode everything once, up front; with --on-bad-data skip the cache fills as samples
+        # are read, so that a bad file is skipped and listed rather than stopping the preload.
         threads = max(1, min(8, os.cpu_count() or 1))
         train.preload(num_threads=threads)
         val.preload(num_threads=threads)

@@ -725,8 +725,6 @@ def test_sigkill_at_random_moments_then_resume_ends_bit_identical(train_data, tm
     assert _log_columns(full, *columns) == _log_columns(cut, *columns)
 
 
-@pytest.mark.xfail(strict=True, reason="segdino.training: --resume of a run killed before its first resume state "
-                                       "refuses ('holds no run to continue') instead of starting it afresh")
 def test_run_killed_before_its_first_epoch_ends_can_be_resumed(train_data, tmp_path):
     import time
 
@@ -875,8 +873,6 @@ def test_corrupt_data_skipped_on_request_and_listed(bad_data, tmp_path):
     segdino.load_model(run / "last.safetensors")
 
 
-@pytest.mark.xfail(strict=True, reason="segdino.training: with the image cache on (the default) the preload reads "
-                                       "every sample first and stops at the first bad one, ignoring --on-bad-data skip")
 def test_corrupt_data_skipped_with_the_default_cache(bad_data, tmp_path):
     root, image, mask = bad_data
     run = tmp_path / "run"
@@ -886,9 +882,6 @@ def test_corrupt_data_skipped_with_the_default_cache(bad_data, tmp_path):
 
 
 @pytest.mark.skipif(not hasattr(resource, "RLIMIT_FSIZE"), reason="needs POSIX file-size limits")
-@pytest.mark.xfail(strict=True, reason="segdino.training.save_resume_state calls safetensors' save_file, whose "
-                                       "SafetensorError on a failed write is not ours; segdino.checkpoint.save_tensors "
-                                       "turns it into a CheckpointError that says the previous state is intact")
 def test_disk_full_during_training_stops_with_one_clear_line(train_data, tmp_path, capsys):
     """Model files (22 MB) still fit, the training state (66 MB) does not: a disk filling up mid-run."""
     run = tmp_path / "run"
