@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +14,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 NORM_TYPES = ("group", "batch")
+MAX_IMAGE_SIDE = 8192  # the largest model input side a configuration may ask for
 
 
 @dataclass
@@ -41,21 +43,24 @@ class ModelConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if isinstance(self.image_size, int):
-            self.image_size = (self.image_size, self.image_size)
-        self.image_size = tuple(int(s) for s in self.image_size)
-        if self.taps is not None:
-            self.taps = tuple(int(t) for t in self.taps)
-        self.mean = tuple(float(m) for m in self.mean)
-        self.std = tuple(float(s) for s in self.std)
-        if self.class_names is not None:
-            self.class_names = tuple(str(c) for c in self.class_names)
+        try:
+            if isinstance(self.image_size, int):
+                self.image_size = (self.image_size, self.image_size)
+            self.image_size = tuple(int(s) for s in self.image_size)
+            if self.taps is not None:
+                self.taps = tuple(int(t) for t in self.taps)
+            self.mean = tuple(float(m) for m in self.mean)
+            self.std = tuple(float(s) for s in self.std)
+            if self.class_names is not None:
+                self.class_names = tuple(str(c) for c in self.class_names)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"invalid model config value: {e}") from None
         self.validate()
 
     def validate(self) -> None:
         if not isinstance(self.num_classes, int) or isinstance(self.num_classes, bool) or self.num_classes < 1:
             raise ConfigError(f"num_classes must be an integer >= 1 (1 = binary), got {self.num_classes!r}")
-        if not isinstance(self.decoder_dim, int) or self.decoder_dim < 1:
+        if not isinstance(self.decoder_dim, int) or isinstance(self.decoder_dim, bool) or self.decoder_dim < 1:
             raise ConfigError(f"decoder_dim must be a positive integer, got {self.decoder_dim!r}")
         if self.norm not in NORM_TYPES:
             raise ConfigError(f"norm must be one of {', '.join(NORM_TYPES)}, got {self.norm!r}")
@@ -65,10 +70,22 @@ class ModelConfig:
                 raise ConfigError(
                     f"decoder_dim must be divisible by its GroupNorm groups ({groups}), got {self.decoder_dim}"
                 )
-        if len(self.image_size) != 2 or any(s <= 0 or s % 16 for s in self.image_size):
-            raise ConfigError(f"image_size must be (height, width), multiples of 16, got {self.image_size}")
-        if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
-            raise ConfigError(f"mean and std need 3 values each (std > 0), got {self.mean} and {self.std}")
+        if len(self.image_size) != 2 or any(s <= 0 or s % 16 or s > MAX_IMAGE_SIDE for s in self.image_size):
+            raise ConfigError(f"image_size must be (height, width), multiples of 16 up to {MAX_IMAGE_SIDE}, "
+                              f"got {self.image_size}")
+        if (len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std)
+                or not all(math.isfinite(v) for v in self.mean + self.std)):
+            raise ConfigError(f"mean and std need 3 finite values each (std > 0), got {self.mean} and {self.std}")
+        if (not isinstance(self.mask_threshold, int) or isinstance(self.mask_threshold, bool)
+                or not 0 <= self.mask_threshold <= 65535):
+            raise ConfigError(f"mask_threshold must be an integer grey level, got {self.mask_threshold!r}")
+        for name in ("no_tpa", "no_sad"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.volume is not None and not isinstance(self.volume, dict):
+            raise ConfigError(f"volume settings must be a mapping or null, got {self.volume!r}")
+        if not isinstance(self.extra, dict):
+            raise ConfigError(f"extra must be a mapping, got {self.extra!r}")
         if self.class_names is not None:
             expected = 2 if self.num_classes == 1 else self.num_classes
             if len(self.class_names) != expected:
@@ -97,7 +114,7 @@ class ModelConfig:
             raise ConfigError(f"unknown model config fields: {', '.join(unknown)}")
         try:
             return cls(**d)
-        except TypeError as e:  # wrong types in a hand-made or forged config
+        except (TypeError, ValueError) as e:  # wrong types in a hand-made or forged config
             raise ConfigError(f"invalid model config: {e}") from None
 
     @classmethod
