@@ -1,17 +1,21 @@
 #!/bin/bash
 # Several real-data runs side by side on one GPU, resumable across device calls.
-# usage: benchmarks/gpu_batch.sh SECONDS DATASET "recipe:seed ..." [extra realdata.py args]
-limit=$1; data=$2; jobs=$3; shift 3
-mkdir -p "$OUT/results"
+# usage: benchmarks/gpu_batch.sh SECONDS "dataset:recipe:seed ..." [extra realdata.py args]
+# Datasets are folders under .data/ (benchmarks/realdata.py pack). Results and logs go to
+# $OUT/results.tar (the device returns few files), a summary to stdout.
+limit=$1; jobs=$2; shift 2
+mkdir -p results/gpu
 for job in $jobs; do
-  recipe=${job%%:*}; seed=${job##*:}
-  name=$(basename "$data")-$recipe-s$seed
-  timeout "$limit" python3 benchmarks/realdata.py run --data "$data" --recipe "$recipe" --seed "$seed" \
-    --out "runs/$name" --json "$OUT/results/$name.json" --resume --num-workers 2 "$@" > "$OUT/$name.log" 2>&1 &
+  IFS=: read -r data recipe seed <<< "$job"
+  name=$data-$recipe-s$seed
+  timeout "$limit" python3 benchmarks/realdata.py run --data ".data/$data" --recipe "$recipe" --seed "$seed" \
+    --out "runs/$name" --json "results/gpu/$name.json" --resume --num-workers 3 "$@" > "runs/$name.out" 2>&1 &
 done
 wait
 for job in $jobs; do
-  recipe=${job%%:*}; seed=${job##*:}; name=$(basename "$data")-$recipe-s$seed
-  cp "runs/$name/log.csv" "$OUT/$name.csv" 2>/dev/null
-  echo "$name: $(tail -n 1 "runs/$name/log.csv" 2>/dev/null)"
+  IFS=: read -r data recipe seed <<< "$job"; name=$data-$recipe-s$seed
+  cp "runs/$name/log.csv" "results/gpu/$name.log.csv" 2>/dev/null
+  grep -E "Error|error:" "runs/$name.out" | tail -n 3
+  echo "$name: $(tail -n 1 "runs/$name/log.csv" 2>/dev/null) $(tail -n 1 "runs/$name.out")"
 done
+tar -cf "$OUT/results.tar" results/gpu
