@@ -4,7 +4,7 @@
 # Datasets are folders under .data/ (benchmarks/realdata.py pack). Results and logs go to
 # $OUT/results.tar (the device returns few files), a summary to stdout.
 limit=$1; jobs=$2; shift 2
-mkdir -p results/gpu
+mkdir -p results/gpu runs
 for job in $jobs; do
   IFS=: read -r data recipe seed <<< "$job"
   name=$data-$recipe-s$seed
