@@ -161,6 +161,9 @@ class BenchmarkReport:
     threads: int | None = None
     cpu: str | None = None
     load_average: dict[str, list[float]] | None = None  # 1/5/15-minute load before and after timing
+    # Share of the machine's CPU time used by other processes while the paths were timed (Linux).
+    other_cpu_share: float | None = None
+    waited_for_quiet_s: float | None = None
     timing: str = ""
     weights: str = "random"  # "random", or the checkpoint's path
     dice: dict | None = None  # dataset, split, cases, when Dice was measured
@@ -181,6 +184,9 @@ class BenchmarkReport:
         if self.load_average:
             before, after = self.load_average.get("before"), self.load_average.get("after")
             lines.append(f"load average (1/5/15 min): before {_fmt_load(before)}, after {_fmt_load(after)}")
+        if self.other_cpu_share is not None:
+            waited = f" (after waiting {self.waited_for_quiet_s:.0f} s for a quiet CPU)" if self.waited_for_quiet_s else ""
+            lines.append(f"other processes used {100 * self.other_cpu_share:.0f}% of the CPU while timing{waited}")
         with_dice = any(r.dice is not None for r in self.results)
         header = (f"{'path':<28}{'batch':>6}{'median ms':>11}{'images/s':>10}{'vs eager':>10}{'rel L2':>10}"
                   f"{'peak MiB':>10}")
@@ -376,6 +382,59 @@ def dice_by_path(fns: dict[str, Callable], config, data: str | os.PathLike, spli
 
 
 # --------------------------------------------------------------------------------------------
+# A shared CPU: how busy others keep it
+
+
+def _cpu_busy_seconds() -> float | None:
+    """CPU seconds spent busy by the whole machine since boot (Linux /proc/stat), all cores summed."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return None
+    ticks = [int(v) for v in fields]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+class OtherLoad:
+    """Measures the share of the CPU used by other processes between ``start()`` and ``stop()``."""
+
+    def start(self) -> "OtherLoad":
+        self.t, self.busy, self.own = time.perf_counter(), _cpu_busy_seconds(), _own_cpu_seconds()
+        return self
+
+    def stop(self) -> float | None:
+        busy = _cpu_busy_seconds()
+        if busy is None or self.busy is None:
+            return None
+        wall = time.perf_counter() - self.t
+        others = (busy - self.busy) - (_own_cpu_seconds() - self.own)
+        return max(0.0, others / max(wall * (os.cpu_count() or 1), 1e-9))
+
+
+def wait_for_quiet_cpu(max_seconds: float, busy_below: float = 0.1, window: float = 3.0) -> float:
+    """Wait until other processes use less than ``busy_below`` of the CPU over ``window`` seconds.
+
+    Returns the seconds waited (at most about ``max_seconds``; then the timing runs anyway).
+    """
+    start = time.perf_counter()
+    while time.perf_counter() - start < max_seconds:
+        probe = OtherLoad().start()
+        time.sleep(window)
+        share = probe.stop()
+        if share is None or share < busy_below:
+            break
+    return time.perf_counter() - start
+
+
+# --------------------------------------------------------------------------------------------
 # Entry point
 
 
@@ -394,7 +453,7 @@ def run_benchmark(backbone: str = "vits16", image_size: tuple[int, int] = (256, 
                   repeats: int = 50, compile_mode: str | None = "auto", extra_paths: dict | None = None,
                   seed: int = 0, paths: Sequence[str] | None = None, threads: int | None = None,
                   model: SegDINO | None = None, data: str | os.PathLike | None = None, split: str = "test",
-                  weights_name: str | None = None) -> BenchmarkReport:
+                  weights_name: str | None = None, wait_quiet: float = 0.0) -> BenchmarkReport:
     """Time eager fp32 against the faster paths for each batch size; see the module docstring.
 
     Args:
@@ -406,6 +465,8 @@ def run_benchmark(backbone: str = "vits16", image_size: tuple[int, int] = (256, 
         threads: CPU threads for every path (default: the physical cores).
         repeats: timed calls per path (CPU: rounds of alternating calls).
         data: a dataset folder; with it, each path's mean Dice on ``split`` is measured.
+        wait_quiet: CPU only: before timing, wait up to this many seconds until other processes
+            leave the CPU (almost) idle; a shared CPU slows PyTorch's threads far more than others.
 
     Returns:
         a :class:`BenchmarkReport` (``to_json()`` for machines, ``table()`` for people).
@@ -441,7 +502,7 @@ def run_benchmark(backbone: str = "vits16", image_size: tuple[int, int] = (256, 
     )
     if device.type == "cpu":
         _run_cpu(report, model, image_size, batches, warmup, repeats, compile_mode, extra_paths, seed, paths,
-                 threads, data, split)
+                 threads, data, split, wait_quiet)
     else:
         _run_gpu(report, model, image_size, batches, device, warmup, repeats, compile_mode, extra_paths, seed)
     return report
@@ -476,7 +537,7 @@ def _run_gpu(report, model, image_size, batches, device, warmup, repeats, compil
 
 
 def _run_cpu(report, model, image_size, batches, warmup, repeats, compile_mode, extra_paths, seed, paths,
-             threads, data, split) -> None:
+             threads, data, split, wait_quiet=0.0) -> None:
     if paths is None:
         paths = list(DEFAULT_CPU_PATHS if cpu_has_native_bf16() else [p for p in DEFAULT_CPU_PATHS if p != "bf16"])
         if compile_mode not in (None, "auto"):
@@ -508,12 +569,17 @@ def _run_cpu(report, model, image_size, batches, warmup, repeats, compile_mode, 
         precision = {PATH_NAMES[k]: PATH_PRECISION[k] for k in paths}
         report.timing = (f"median of {repeats} alternating rounds (one call of every path per round, order rotating) "
                          f"after {warmup} warm-up rounds; {threads} threads for every path; wall clock")
-        report.load_average = {"before": list(os.getloadavg())}
+        # Build inputs and run every path once (compiling ones compile here) before waiting and timing.
         g = torch.Generator().manual_seed(seed + 1)
-        for b in batches:
-            x = torch.randn(b, 3, *image_size, generator=g)
+        inputs = [torch.randn(b, 3, *image_size, generator=g) for b in batches]
+        with torch.inference_mode():
+            outputs = [{name: fn(x).float() for name, fn in fns.items()} for x in inputs]
+        if wait_quiet > 0:
+            report.waited_for_quiet_s = round(wait_for_quiet_cpu(wait_quiet), 1)
+        report.load_average = {"before": list(os.getloadavg())}
+        others = OtherLoad().start()
+        for b, x, outs in zip(batches, inputs, outputs):
             with torch.inference_mode():
-                outs = {name: fn(x).float() for name, fn in fns.items()}  # also the first (compiling) call
                 times = time_alternating({name: (lambda fn=fn: fn(x)) for name, fn in fns.items()}, warmup, repeats)
             ref = outs[PATH_NAMES["eager"]]
             eager_med = statistics.median(times[PATH_NAMES["eager"]])
@@ -524,6 +590,7 @@ def _run_cpu(report, model, image_size, batches, warmup, repeats, compile_mode, 
                 report.results.append(res)
                 if name != PATH_NAMES["eager"]:
                     report.ratios[f"{name} vs eager fp32, batch {b}"] = res.ratio_vs_eager
+        report.other_cpu_share = others.stop()
         report.load_average["after"] = list(os.getloadavg())
         if data is not None:
             dice, cases = dice_by_path(fns, model.config, data, split)

@@ -18,7 +18,7 @@ from tests.conftest import randomize_  # noqa: E402
 REPORT_KEYS = {
     "device", "torch", "backbone", "image_size", "decoder_dim", "params_total", "params_decoder",
     "gflops_per_image", "results", "ratios", "notes", "onnxruntime", "threads", "cpu", "load_average",
-    "timing", "weights", "dice",
+    "timing", "weights", "dice", "other_cpu_share", "waited_for_quiet_s",
 }
 RESULT_KEYS = {
     "name", "batch", "median_ms", "images_per_s", "peak_mem_mib", "rel_l2_vs_eager", "ratio_vs_eager",
@@ -62,6 +62,7 @@ def test_cpu_benchmark_cli_json_shape_and_agreement(trained_like, capsys):
     assert report["threads"] == 1 and report["weights"] == str(ckpt)
     assert set(report["load_average"]) == {"before", "after"} and len(report["load_average"]["before"]) == 3
     assert "alternating" in report["timing"]
+    assert 0 <= report["other_cpu_share"] <= 1 and report["waited_for_quiet_s"] is None
     assert report["dice"] == {"data": str(data), "split": "test", "cases": 3}
     names = [PATH_NAMES[k] for k in ("eager", "folded", "onnx", "onnx-int8", "bf16")]
     results = report["results"]
@@ -108,3 +109,15 @@ def test_benchmark_cli_refuses_bad_options(capsys):
     assert "--model" in capsys.readouterr().err
     assert cli_main(["benchmark", "--device", "cpu", "--batch", "0"]) == 2
     assert "positive" in capsys.readouterr().err
+
+
+def test_wait_for_quiet_cpu_stops_when_others_are_idle_enough():
+    from segdino.benchmark import OtherLoad, wait_for_quiet_cpu
+
+    assert wait_for_quiet_cpu(0) < 0.05  # no waiting asked for
+    # Any load is below 101%: one probing window, then it returns.
+    waited = wait_for_quiet_cpu(30, busy_below=1.01, window=0.2)
+    assert 0.2 <= waited < 5
+    share = OtherLoad().start()
+    sum(i * i for i in range(200_000))  # our own work is not counted as others'
+    assert 0 <= share.stop() <= 1

@@ -34,6 +34,9 @@ def register(sub) -> None:
                         "and --decoder-dim are then taken from it)")
     p.add_argument("--data", default=None, metavar="DIR", help="dataset: also measure each path's mean Dice (needs --model)")
     p.add_argument("--split", default="test", help="split of --data for Dice (default test)")
+    p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                   help="CPU: before timing, wait up to SECONDS for other processes to leave the CPU idle "
+                        "(shared machines); the share they used while timing is reported either way")
     p.add_argument("--json", help="write the report as JSON to this file")
     add_device_argument(p)
     p.set_defaults(func=main)
@@ -51,6 +54,8 @@ def main(args) -> int:
         raise ConfigError(f"--batch takes comma-separated integers, got {args.batch!r}") from None
     if not batches or any(b < 1 for b in batches):
         raise ConfigError(f"--batch takes positive integers, got {args.batch!r}")
+    if args.wait_quiet < 0:
+        raise ConfigError(f"--wait-quiet must be >= 0 seconds, got {args.wait_quiet}")
     if args.repeats < 1 or args.warmup < 0:
         raise ConfigError(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats} and {args.warmup}")
     if args.threads is not None and args.threads < 1:
@@ -75,7 +80,7 @@ def main(args) -> int:
         backbone=args.backbone, image_size=(args.image_size, args.image_size), batches=batches, device=device,
         decoder_dim=args.decoder_dim, warmup=args.warmup, repeats=args.repeats,
         compile_mode=None if args.compile == "none" else args.compile, paths=paths, threads=args.threads,
-        model=model, data=args.data, split=args.split, weights_name=args.model,
+        model=model, data=args.data, split=args.split, weights_name=args.model, wait_quiet=args.wait_quiet,
     )
     print(report.table())
     if args.json:
