@@ -8,7 +8,7 @@ mkdir -p results/gpu runs
 for job in $jobs; do
   IFS=: read -r data recipe seed <<< "$job"
   name=$data-$recipe-s$seed
-  timeout "$limit" python3 benchmarks/realdata.py run --data ".data/$data" --recipe "$recipe" --seed "$seed" \
+  OMP_NUM_THREADS=3 timeout "$limit" python3 benchmarks/realdata.py run --data ".data/$data" --recipe "$recipe" --seed "$seed" \
     --out "runs/$name" --json "results/gpu/$name.json" --resume --num-workers 3 "$@" > "runs/$name.out" 2>&1 &
 done
 wait

@@ -228,8 +228,8 @@ def overlap_counts(pred: torch.Tensor, gt: torch.Tensor, num_classes: int) -> np
     rows = []
     for c in classes:
         p, g = pred == c, gt == c
-        rows.append((int((p & g).sum()), int(p.sum()), int(g.sum())))
-    return np.asarray(rows, dtype=np.int64)
+        rows.append(torch.stack([(p & g).sum(), p.sum(), g.sum()]))
+    return torch.stack(rows).cpu().numpy().astype(np.int64)  # one transfer per image
 
 
 def dice_from_counts(counts: np.ndarray) -> np.ndarray:
@@ -510,8 +510,9 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
                 logits = self.model(x)
             for j, (idx, size, case) in enumerate(zip(batch["index"], batch["orig_size"], batch["case_id"])):
-                pred = logits_to_labels(resize_logits(logits[j : j + 1].float(), size))[0].cpu()
-                c = overlap_counts(pred, self.native_mask(idx), self.model.num_classes)
+                pred = logits_to_labels(resize_logits(logits[j : j + 1].float(), size))[0]
+                gt = self.native_mask(idx).to(pred.device, non_blocking=True)
+                c = overlap_counts(pred, gt, self.model.num_classes)
                 counts[case] = counts[case] + c if case in counts else c
         self.model.train()
         merged: dict[str, np.ndarray] = {}
