@@ -419,7 +419,10 @@ class OtherLoad:
         return max(0.0, others / max(wall * (os.cpu_count() or 1), 1e-9))
 
 
-def wait_for_quiet_cpu(max_seconds: float, busy_below: float = 0.1, window: float = 3.0) -> float:
+QUIET_SHARE = 0.1  # other processes below 10% of the CPU: a timing counts as quiet
+
+
+def wait_for_quiet_cpu(max_seconds: float, busy_below: float = QUIET_SHARE, window: float = 5.0) -> float:
     """Wait until other processes use less than ``busy_below`` of the CPU over ``window`` seconds.
 
     Returns the seconds waited (at most about ``max_seconds``; then the timing runs anyway).
@@ -466,7 +469,9 @@ def run_benchmark(backbone: str = "vits16", image_size: tuple[int, int] = (256, 
         repeats: timed calls per path (CPU: rounds of alternating calls).
         data: a dataset folder; with it, each path's mean Dice on ``split`` is measured.
         wait_quiet: CPU only: before timing, wait up to this many seconds until other processes
-            leave the CPU (almost) idle; a shared CPU slows PyTorch's threads far more than others.
+            leave the CPU (almost) idle, and time again (discarding the timing) while they took 10%
+            or more of it during the timing; a shared CPU slows PyTorch's threads far more than
+            ONNX Runtime's, which would flatter the ratios.
 
     Returns:
         a :class:`BenchmarkReport` (``to_json()`` for machines, ``table()`` for people).
@@ -574,24 +579,40 @@ def _run_cpu(report, model, image_size, batches, warmup, repeats, compile_mode, 
         inputs = [torch.randn(b, 3, *image_size, generator=g) for b in batches]
         with torch.inference_mode():
             outputs = [{name: fn(x).float() for name, fn in fns.items()} for x in inputs]
+        deadline = time.perf_counter() + wait_quiet
+        waited, attempts = 0.0, 0
+        while True:
+            attempts += 1
+            if wait_quiet > 0:
+                waited += wait_for_quiet_cpu(max(0.0, deadline - time.perf_counter()))
+            load_before = list(os.getloadavg())
+            others = OtherLoad().start()
+            results, ratios = [], {}
+            for b, x, outs in zip(batches, inputs, outputs):
+                with torch.inference_mode():
+                    times = time_alternating({name: (lambda fn=fn: fn(x)) for name, fn in fns.items()}, warmup, repeats)
+                ref = outs[PATH_NAMES["eager"]]
+                eager_med = statistics.median(times[PATH_NAMES["eager"]])
+                for name, ts in times.items():
+                    med = statistics.median(ts)
+                    res = PathResult(name, b, med * 1000, b / med, None, rel_l2(outs[name], ref), eager_med / med,
+                                     precision.get(name, "?"), len(ts), min(ts) * 1000)
+                    results.append(res)
+                    if name != PATH_NAMES["eager"]:
+                        ratios[f"{name} vs eager fp32, batch {b}"] = res.ratio_vs_eager
+            share = others.stop()
+            # Waiting asked for: time again while others took a real share of the CPU and time is left.
+            if wait_quiet <= 0 or share is None or share < QUIET_SHARE or time.perf_counter() >= deadline:
+                break
+        report.results += results
+        report.ratios.update(ratios)
+        report.other_cpu_share = share
+        report.load_average = {"before": load_before, "after": list(os.getloadavg())}
         if wait_quiet > 0:
-            report.waited_for_quiet_s = round(wait_for_quiet_cpu(wait_quiet), 1)
-        report.load_average = {"before": list(os.getloadavg())}
-        others = OtherLoad().start()
-        for b, x, outs in zip(batches, inputs, outputs):
-            with torch.inference_mode():
-                times = time_alternating({name: (lambda fn=fn: fn(x)) for name, fn in fns.items()}, warmup, repeats)
-            ref = outs[PATH_NAMES["eager"]]
-            eager_med = statistics.median(times[PATH_NAMES["eager"]])
-            for name, ts in times.items():
-                med = statistics.median(ts)
-                res = PathResult(name, b, med * 1000, b / med, None, rel_l2(outs[name], ref), eager_med / med,
-                                 precision.get(name, "?"), len(ts), min(ts) * 1000)
-                report.results.append(res)
-                if name != PATH_NAMES["eager"]:
-                    report.ratios[f"{name} vs eager fp32, batch {b}"] = res.ratio_vs_eager
-        report.other_cpu_share = others.stop()
-        report.load_average["after"] = list(os.getloadavg())
+            report.waited_for_quiet_s = round(waited, 1)
+            if attempts > 1:
+                report.notes.append(f"timed {attempts} times: earlier timings, while other processes used "
+                                    f">= {100 * QUIET_SHARE:.0f}% of the CPU, were discarded")
         if data is not None:
             dice, cases = dice_by_path(fns, model.config, data, split)
             report.dice = {"data": str(data), "split": split, "cases": cases}
