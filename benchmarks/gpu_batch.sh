@@ -2,20 +2,21 @@
 # Several real-data runs side by side on one GPU, resumable across device calls.
 # usage: benchmarks/gpu_batch.sh SECONDS "dataset:recipe:seed ..." [extra realdata.py args]
 # Datasets are folders under .data/ (benchmarks/realdata.py pack). Results and logs go to
-# $OUT/results.tar (the device returns few files), a summary to stdout.
+# $OUT/results$TAG.tar (the device returns few files), a summary to stdout. TAG (environment)
+# is appended to run names, for variants of a recipe given by the extra arguments.
 limit=$1; jobs=$2; shift 2
 mkdir -p results/gpu runs
 for job in $jobs; do
   IFS=: read -r data recipe seed <<< "$job"
-  name=$data-$recipe-s$seed
+  name=$data-$recipe-s$seed$TAG
   OMP_NUM_THREADS=3 timeout "$limit" python3 benchmarks/realdata.py run --data ".data/$data" --recipe "$recipe" --seed "$seed" \
     --out "runs/$name" --json "results/gpu/$name.json" --resume --num-workers 3 "$@" > "runs/$name.out" 2>&1 &
 done
 wait
 for job in $jobs; do
-  IFS=: read -r data recipe seed <<< "$job"; name=$data-$recipe-s$seed
+  IFS=: read -r data recipe seed <<< "$job"; name=$data-$recipe-s$seed$TAG
   cp "runs/$name/log.csv" "results/gpu/$name.log.csv" 2>/dev/null
   grep -E "Error|error:" "runs/$name.out" | tail -n 3
   echo "$name: $(tail -n 1 "runs/$name/log.csv" 2>/dev/null) $(tail -n 1 "runs/$name.out")"
 done
-tar -cf "$OUT/results.tar" results/gpu
+tar -cf "$OUT/results$TAG.tar" results/gpu
