@@ -71,6 +71,10 @@ def pack(data: Path, out: Path, size: int, quality: int = 92) -> dict:
 
 
 def commit_hash() -> str:
+    import os
+
+    if os.environ.get("SEGDINO_COMMIT"):  # a copied working tree may carry a stale .git
+        return os.environ["SEGDINO_COMMIT"]
     try:
         return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True).strip()
     except Exception:
