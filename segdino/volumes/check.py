@@ -130,20 +130,18 @@ def _label_counts(array: np.ndarray, path: Path, problems: list[str]) -> dict[in
 
 
 def _read_2d(case: VolumeCase) -> tuple[np.ndarray, np.ndarray | None]:
-    from PIL import Image
-
-    from ..data.imageio import read_image
+    from ..data.imageio import load_image, read_image
 
     image = read_image(case.image)
     if case.label is None:
         return image, None
+    # The common reader: known formats only, size checked from the header before decoding.
+    im, _ = load_image(case.label, "label image")
+    if im.mode not in ("1", "L", "P", "I", "I;16", "I;16B", "I;16L"):
+        raise DataError(f"{case.label}: label image has mode {im.mode}; expected an index "
+                        "(greyscale or palette) image with values 0..K-1")
     try:
-        with Image.open(case.label) as im:
-            im.load()
-            if im.mode not in ("1", "L", "P", "I", "I;16", "I;16B", "I;16L"):
-                raise DataError(f"{case.label}: label image has mode {im.mode}; expected an index "
-                                "(greyscale or palette) image with values 0..K-1")
-            label = np.asarray(im)
+        label = np.asarray(im)
     except (OSError, ValueError) as e:
         raise DataError(f"{case.label}: cannot read label image ({e})") from None
     return image, label
