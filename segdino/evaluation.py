@@ -433,7 +433,7 @@ def evaluate_model(
             batch = []
 
     summary = summarize(rows)
-    resolution = (f"native size padded to a multiple of 16 (--keep-size)" if keep_size else
+    resolution = ("native size padded to a multiple of 16 (--keep-size)" if keep_size else
                   f"resized to the model's {config.image_size[0]}x{config.image_size[1]} input, logits resized "
                   "back to each image's own size (bilinear)")
     info = {

@@ -21,3 +21,11 @@ def tiny_model():
     import segdino
 
     return randomize_(segdino.build_model("vitt16", decoder_dim=32, image_size=(64, 64)))
+
+
+def tiny(num_classes: int = 1, seed: int = 0) -> torch.nn.Module:
+    """A random vitt16 model, decoder width 16, 32x32 input, in eval mode."""
+    import segdino
+
+    return randomize_(segdino.build_model("vitt16", num_classes=num_classes, decoder_dim=16, image_size=(32, 32)),
+                      seed=seed).eval()

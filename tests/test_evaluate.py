@@ -15,12 +15,7 @@ from segdino.data.synthetic import write_dataset
 from segdino.errors import DataError
 from segdino.evaluation import evaluate_model, evaluate_predictions, match_predictions
 from segdino.metrics import case_rows
-from tests.conftest import randomize_
-
-
-def tiny(num_classes=1, seed=0):
-    return randomize_(segdino.build_model("vitt16", num_classes=num_classes, decoder_dim=16, image_size=(32, 32)),
-                      seed=seed).eval()
+from tests.conftest import tiny
 
 
 @pytest.fixture(scope="module")

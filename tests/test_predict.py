@@ -13,12 +13,7 @@ from segdino.cli.predict import ImageInput, output_names
 from segdino.errors import ConfigError
 from segdino.fast import FastModel
 from segdino.inference import load_inference_model, predict
-from tests.conftest import randomize_
-
-
-def tiny(num_classes=1, seed=0):
-    return randomize_(segdino.build_model("vitt16", num_classes=num_classes, decoder_dim=16, image_size=(32, 32)),
-                      seed=seed).eval()
+from tests.conftest import tiny
 
 
 @pytest.fixture(scope="module")

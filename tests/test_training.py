@@ -2,7 +2,6 @@
 
 import csv
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ from safetensors.torch import load_file
 
 import segdino
 from segdino.cli import main as cli_main
-from segdino.errors import CheckpointError, ConfigError
+from segdino.errors import ConfigError
 from segdino.train_config import resolve_config
 from segdino.training import EpochSampler, Trainer, TrainingError, build_datasets, make_transform, run_training
 
