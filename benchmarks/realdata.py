@@ -125,6 +125,31 @@ def run(args) -> dict:
     return out
 
 
+def plot(logs: list[Path], out: Path) -> None:
+    """Validation Dice and training loss per epoch of several runs (their log.csv files), one figure."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for log in logs:
+        with open(log) as f:
+            rows = list(csv.DictReader(f))
+        epochs = [int(r["epoch"]) for r in rows]
+        label = log.name.replace(".log.csv", "").replace("log.csv", log.parent.name)
+        ax1.plot(epochs, [float(r["val_dice"]) for r in rows], label=label)
+        ax2.plot(epochs, [float(r["train_loss"]) for r in rows], label=label)
+    ax1.set(xlabel="epoch", ylabel="validation Dice")
+    ax2.set(xlabel="epoch", ylabel="training loss", yscale="log")
+    ax1.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -150,7 +175,13 @@ def main() -> None:
     r.add_argument("--freeze-backbone", action="store_true", default=None)
     r.add_argument("--compile", action="store_true", default=None)
     r.add_argument("--resume", action="store_true", help="continue the run in --out if it has a resume state")
+    g = sub.add_parser("plot")
+    g.add_argument("logs", type=Path, nargs="+")
+    g.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
+    if args.cmd == "plot":
+        plot(args.logs, args.out)
+        return
     if args.cmd == "pack":
         print(json.dumps(pack(args.data, args.out, args.size)))
     else:
