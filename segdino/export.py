@@ -747,10 +747,9 @@ def load_onnx_model(path: str | os.PathLike, threads: int | None = None) -> Onnx
             f"{p} is an ONNX file but not a SegDINO export (no '{CONFIG_KEY}' metadata); "
             "export one with: segdino export --model CKPT --format onnx --out FILE"
         )
-    try:
-        config = ModelConfig.from_json(meta[CONFIG_KEY])
-    except ConfigError as e:
-        raise CheckpointError(f"{p}: its metadata config is invalid: {e}") from None
+    from .checkpoint import config_from_metadata
+
+    config = config_from_metadata(p, meta[CONFIG_KEY])  # checked field by field, errors name the file
     _check_graph(p, session, config)
     return OnnxModel(session, config, p, meta, n_threads)
 

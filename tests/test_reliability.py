@@ -295,12 +295,7 @@ def _onnx_meta(**changes) -> dict[str, str]:
     return {"format": "segdino-onnx", "segdino_config": json.dumps(config)}
 
 
-ONNX_TEXT_MEAN_GAP = ("segdino.export.load_onnx_model reads its config with ModelConfig.from_json, which lets "
-                      "ValueError through; segdino.checkpoint.config_from_metadata checks each field")
-
-
-@pytest.mark.parametrize("case", ["garbage", "truncated", "not ours", "negative classes", pytest.param(
-    "mean as text", marks=pytest.mark.xfail(strict=True, raises=ValueError, reason=ONNX_TEXT_MEAN_GAP))])
+@pytest.mark.parametrize("case", ["garbage", "truncated", "not ours", "negative classes", "mean as text"])
 def test_hostile_onnx_files_are_refused_by_onnx_runtime_loading(tmp_path, case):
     pytest.importorskip("onnxruntime")
     from segdino.export import load_onnx_model
