@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import functools
 import io
 import json
 import logging
@@ -286,27 +285,24 @@ def interpolation_matrix(n: int, factor: int) -> np.ndarray:
     """(factor*n, n) float64 matrix of PyTorch's bilinear resize by ``factor`` (align_corners=False).
 
     PyTorch's rule: source ``s = (i + 0.5) / factor - 0.5`` clamped at 0, rows ``floor(s)`` and the
-    next one (clamped at ``n - 1``) weighted ``1 - frac(s)`` and ``frac(s)``. Built with numpy so
-    that an exporter's tracer sees a constant.
+    next one (clamped at ``n - 1``) weighted ``1 - frac(s)`` and ``frac(s)``. Built with numpy, so
+    that the ONNX exporter's tracer records a constant, and without loops, so that
+    ``torch.compile`` traces a handful of operations.
     """
-    m = np.zeros((factor * n, n))
-    for i in range(factor * n):
-        src = max((i + 0.5) / factor - 0.5, 0.0)
-        i0 = int(np.floor(src))
-        i1 = min(i0 + 1, n - 1)
-        frac = src - i0
-        m[i, i0] += 1.0 - frac
-        m[i, i1] += frac
-    return m
+    src = np.maximum((np.arange(factor * n) + 0.5) / factor - 0.5, 0.0)
+    i0 = np.floor(src)
+    frac = (src - i0)[:, None]
+    i1 = np.minimum(i0 + 1, n - 1)
+    cols = np.arange(n)[None, :]
+    return (cols == i0[:, None]) * (1.0 - frac) + (cols == i1[:, None]) * frac
 
 
-@functools.lru_cache(maxsize=64)
 def _shifted_interpolation(n: int, factor: int) -> np.ndarray:
     """(factor*n, 3n): the interpolation rows read by a 3-tap zero-padded conv at offsets -1, 0, +1."""
     a = interpolation_matrix(n, factor)
     zero = np.zeros((1, n))
     padded = np.concatenate([zero, a, zero])  # the conv's zero padding: rows -1 and factor*n read nothing
-    return np.ascontiguousarray(np.concatenate([padded[d : d + factor * n] for d in range(3)], axis=1))
+    return np.concatenate([padded[d : d + factor * n] for d in range(3)], axis=1)
 
 
 def upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor, factor: int) -> torch.Tensor:
