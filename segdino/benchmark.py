@@ -416,7 +416,8 @@ class OtherLoad:
             return None
         wall = time.perf_counter() - self.t
         others = (busy - self.busy) - (_own_cpu_seconds() - self.own)
-        return max(0.0, others / max(wall * (os.cpu_count() or 1), 1e-9))
+        # Tick counts are coarse (10 ms): over short spans the estimate can stray past [0, 1].
+        return min(1.0, max(0.0, others / max(wall * (os.cpu_count() or 1), 1e-9)))
 
 
 QUIET_SHARE = 0.1  # other processes below 10% of the CPU: a timing counts as quiet
@@ -578,6 +579,15 @@ def _run_cpu(report, model, image_size, batches, warmup, repeats, compile_mode, 
         g = torch.Generator().manual_seed(seed + 1)
         inputs = [torch.randn(b, 3, *image_size, generator=g) for b in batches]
         with torch.inference_mode():
+            for name, fn in list(fns.items()):
+                if name == PATH_NAMES["eager"]:
+                    continue
+                try:
+                    fn(inputs[0])
+                except Exception as e:  # a compiler or runtime failure drops that path, not the benchmark
+                    first_line = (str(e).strip().splitlines() or [""])[0][:200]
+                    report.notes.append(f"{name}: not run ({type(e).__name__}: {first_line})")
+                    del fns[name]
             outputs = [{name: fn(x).float() for name, fn in fns.items()} for x in inputs]
         deadline = time.perf_counter() + wait_quiet
         waited, attempts = 0.0, 0

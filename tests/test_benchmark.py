@@ -121,3 +121,13 @@ def test_wait_for_quiet_cpu_stops_when_others_are_idle_enough():
     share = OtherLoad().start()
     sum(i * i for i in range(200_000))  # our own work is not counted as others'
     assert 0 <= share.stop() <= 1
+
+
+def test_a_failing_path_is_dropped_with_a_note():
+    def broken(x):
+        raise RuntimeError("C++ compile error\nmore lines")
+
+    report = run_benchmark("vitt16", (32, 32), batches=(1,), device="cpu", decoder_dim=16, warmup=0, repeats=1,
+                           paths=["eager"], threads=1, extra_paths={"broken path": broken})
+    assert [r.name for r in report.results] == ["eager fp32"]
+    assert any(n.startswith("broken path: not run (RuntimeError: C++ compile error)") for n in report.notes)
