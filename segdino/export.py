@@ -9,8 +9,9 @@ default) and, in its ``metadata_props``, everything needed to use it without PyT
   is the exported size);
 - ``preprocessing``: JSON with the input size, the [0, 1] scaling, mean/std, the resize rule, the
   output activation and how to turn logits into a mask;
-- ``precision`` (``fp32``, or ``int8`` for quantised files) and ``export_check`` (the relative L2
-  error measured when the file was written).
+- ``precision`` (``fp32``, or ``int8`` for quantised files), ``tpa`` (``folded`` or ``direct``,
+  see :func:`fold_tpa`) and ``export_check`` (the relative L2 error measured when the file was
+  written).
 
 ``onnx`` is needed to export, ``onnxruntime`` to check and to run; both are imported only here,
 inside the functions that use them.
@@ -490,9 +491,10 @@ def export_onnx(
             _set_metadata(proto, _metadata(export_config, "fp32", {
                 "rel_l2": checked["rel_l2"], "max_abs": checked["max_abs"], "batches": checked["batches"],
                 "onnxruntime": onnxruntime.__version__}, fold))
-            for f in tmpdir.iterdir():
-                f.unlink()
-            _save_proto(proto, staged, path.name + ".data")
+            # Only the graph file is rewritten: saving moved large weights out of ``proto`` into the
+            # data file beside it, which stays as it is and is still referenced.
+            staged.unlink()
+            onnx.save_model(proto, str(staged))
         result["bytes"] = sum(f.stat().st_size for f in tmpdir.iterdir())
     log.debug("exported %s in %.1f s", path, seconds)
     return result

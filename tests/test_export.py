@@ -260,3 +260,17 @@ def test_export_cli_int8_calibrated_on_training_images(model, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "int8.onnx", "model.safetensors", "q.json"]
     assert cli_main(["export", "--model", str(ckpt), "--out", str(tmp_path / "x.onnx"), "--int8"]) == 2
     assert "--calibration-data" in capsys.readouterr().err
+
+
+def test_large_models_keep_weights_beside_the_graph(model, tmp_path, monkeypatch):
+    import segdino.export as export
+
+    monkeypatch.setattr(export, "EXTERNAL_DATA_BYTES", 0)  # treat the tiny model as one over 2 GB
+    path = tmp_path / "big.onnx"
+    result = export_onnx(model, path, image_size=32)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data"]
+    assert result["bytes"] == path.stat().st_size + (tmp_path / "big.onnx.data").stat().st_size
+    assert path.stat().st_size < (tmp_path / "big.onnx.data").stat().st_size
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert rel_l2(load_onnx_model(path, threads=1)(x), model(x)) <= 1e-4
