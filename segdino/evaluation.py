@@ -38,6 +38,7 @@ import torch
 
 from .errors import ConfigError, DataError
 from .metrics import case_rows, summarize
+from .report import pretrained_of
 
 log = logging.getLogger("segdino.evaluation")
 
@@ -287,12 +288,11 @@ def prefetch(fn: Callable[[Any], Any], items: Iterable[Any], workers: int, depth
             yield pending.popleft().result()
 
 
-def _progress(iterable, total: int, desc: str, enabled: bool):
-    if not enabled:
-        return iterable
-    from tqdm import tqdm
+def _progress(iterable, total: int, desc: str, enabled: bool | str):
+    """``enabled``: False (nothing), True (a bar on a terminal, else plain lines), ``"quiet"`` (plain lines)."""
+    from .progress import track
 
-    return tqdm(iterable, total=total, desc=desc, unit="case", leave=False, disable=None)
+    return track(iterable, total, desc, "case", show=enabled)
 
 
 def _pack(mask: np.ndarray) -> tuple[bytes, tuple[int, ...]]:
@@ -321,7 +321,11 @@ def _row_extras(rows: list[dict[str, Any]], shape: tuple[int, int]) -> list[dict
 
 def _write_outputs(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any], cases, log_csv: Path | None,
                    title: str) -> dict[str, Any]:
-    from .report import write_case_csv, write_report, write_summary_json
+    from .report import header_lines, write_case_csv, write_report, write_summary_json
+
+    info = summary["evaluation"]
+    header = header_lines(model=info.get("model"), predictions=info.get("predictions"), data=info["data"],
+                          split=info["split"], split_source=info["split_source"], pretrained=info.get("pretrained"))
 
     out.mkdir(parents=True, exist_ok=True)
     outputs = {"cases_csv": str(out / "cases.csv"), "summary_json": str(out / "summary.json"),
@@ -329,8 +333,16 @@ def _write_outputs(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any
     summary["outputs"] = outputs
     write_case_csv(out / "cases.csv", rows)
     write_summary_json(out / "summary.json", summary)
-    write_report(out, rows, summary, cases=cases, log_csv=log_csv, title=title)
+    write_report(out, rows, summary, cases=cases, log_csv=log_csv, title=title, header=header)
     return summary
+
+
+def _model_title(model_path: Path | None, model) -> str:
+    """How a report names the model: its file or run folder, so that a run's report and its export's differ."""
+    if model_path is None:
+        return type(model).__name__
+    return model_path.name if model_path.name not in ("best.safetensors", "last.safetensors") else \
+        f"{model_path.parent.name}/{model_path.name}"
 
 
 def _log_csv(run_dir: Path | None) -> Path | None:
@@ -353,7 +365,7 @@ def evaluate_model(
     device: str | torch.device | None = None,
     run_dir: str | os.PathLike | None = None,
     workers: int = 2,
-    progress: bool = False,
+    progress: bool | str = False,
 ) -> dict[str, Any]:
     """Predict every case of a split at its own size, score it, and write the report.
 
@@ -371,7 +383,8 @@ def evaluate_model(
         run_dir: the training run of the model (learning curves, and the split it trained
             with); found automatically when ``model`` is a run folder or a checkpoint in one.
         workers: threads that decode images ahead of the model (0: none).
-        progress: show a progress bar on a terminal.
+        progress: show progress: a bar on a terminal, plain lines elsewhere; ``"quiet"``: plain
+            lines only.
 
     Returns:
         the summary written to ``summary.json``: :func:`segdino.metrics.summarize` of the
@@ -446,6 +459,7 @@ def evaluate_model(
         "inference": resolution,
         "metrics_at": "each image's own resolution",
         "device": str(dev),
+        "pretrained": pretrained_of(run_dir, model_path),
     }
     missing = _missing_classes(max_label, num_classes)
     if missing:
@@ -458,7 +472,7 @@ def evaluate_model(
         i = index_of[case]
         return ds.native_image(i), read_ground_truth(ds, i, who), _unpack(preds[case])
 
-    title = f"SegDINO evaluation: {Path(data).name}, {split} split"
+    title = f"SegDINO evaluation of {_model_title(model_path, model)}: {Path(data).name}, {split} split"
     return _write_outputs(Path(out), rows, summary, case_data, _log_csv(run_dir), title)
 
 
@@ -474,7 +488,7 @@ def evaluate_predictions(
     mask_threshold: int = 127,
     class_names: Sequence[str] | None = None,
     run_dir: str | os.PathLike | None = None,
-    progress: bool = False,
+    progress: bool | str = False,
 ) -> dict[str, Any]:
     """Score existing prediction masks (from any tool) against a dataset split; write the report.
 
@@ -535,6 +549,7 @@ def evaluate_predictions(
         "split_source": source,
         "num_classes": num_classes,
         "metrics_at": "each image's own resolution",
+        "pretrained": pretrained_of(run_dir),
     }
     missing = _missing_classes(max_label, num_classes)
     if missing:

@@ -326,6 +326,61 @@ def plot_learning_curves(path: str | os.PathLike, log_csv: str | os.PathLike) ->
 
 
 # ---------------------------------------------------------------------------------------------
+# What was evaluated
+
+
+def pretrained_of(run_dir: str | os.PathLike | None = None, model_file: str | os.PathLike | None = None) -> bool | None:
+    """Whether a model's training started from pretrained weights, or None when nothing says.
+
+    Read from the run's ``config.yaml`` (key ``pretrained``), else from the metadata of our model
+    file (a run folder's ``best.safetensors``), which training writes too.
+    """
+    if run_dir is not None and (Path(run_dir) / "config.yaml").is_file():
+        import yaml
+
+        try:
+            saved = yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            saved = {}
+        if isinstance(saved, dict) and isinstance(saved.get("pretrained"), bool):
+            return saved["pretrained"]
+    if model_file is not None:
+        path = Path(model_file)
+        if path.is_dir():
+            path = path / "best.safetensors"
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="numpy") as f:
+                value = (f.metadata() or {}).get("pretrained")
+        except Exception:  # not our file (ONNX, the authors' .pth): nothing recorded
+            value = None
+        if value in ("true", "false"):
+            return value == "true"
+    return None
+
+
+def header_lines(*, model: str | None = None, predictions: str | None = None, data: str | None = None,
+                 split: str | None = None, split_source: str | None = None,
+                 pretrained: bool | None = None) -> list[str]:
+    """The facts at the top of a report: what was scored, on which split, and how it was trained."""
+    lines = []
+    if model:
+        lines.append(f"Model: `{model}`")
+    if predictions:
+        lines.append(f"Predictions: `{predictions}`")
+    if data:
+        lines.append(f"Data: `{data}`")
+    if split:
+        lines.append(f"Split: {split}" + (f" (from {split_source})" if split_source else ""))
+    if pretrained is not None:
+        lines.append("pretrained: true" if pretrained else
+                     "pretrained: false (the backbone was trained from random weights, far below what "
+                     "pretrained DINOv3 weights give; see docs/WEIGHTS.md)")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
 # Report
 
 
@@ -413,6 +468,7 @@ def write_report(
     log_csv: str | os.PathLike | None = None,
     title: str = "SegDINO evaluation",
     distance_unit: str = "px",
+    header: Sequence[str] = (),
 ) -> Path:
     """Write ``report.md`` and its figures into ``out_dir`` (layout in the module docstring).
 
@@ -430,6 +486,7 @@ def write_report(
         log_csv: a training run's ``log.csv``; its numeric columns are plotted against epoch.
         title: first heading of the report.
         distance_unit: unit of HD95/ASD in the table ("px" for images, "mm" with spacing).
+        header: lines shown under the title (:func:`header_lines`: model, split, pretrained).
 
     Returns:
         Path of ``report.md``.
@@ -440,6 +497,8 @@ def write_report(
     scores = _case_scores(rows)
 
     lines = [f"# {title}", ""]
+    for h in header:
+        lines += [h, ""]
     lines += [
         f"{summary.get('num_cases', len(scores))} cases. Metrics per case and foreground class at the "
         f"image's own resolution; statistics are mean ± std (median). HD95 and ASD are in {distance_unit}; "

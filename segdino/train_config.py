@@ -148,6 +148,9 @@ def recipe_defaults(recipe: str) -> dict[str, Any]:
 
 
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"extra"}
+#: Facts a run writes into its config.yaml beside the options (what it started from); a config
+#: file may hold them, so that a run's config.yaml serves as --config, and they are not options.
+RECORD_KEYS = ("pretrained", "backbone_weights_format", "backbone_weights_sha256")
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -165,6 +168,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     out = {}
     for k, v in data.items():
         key = str(k).replace("-", "_")
+        if key in RECORD_KEYS:
+            continue
         if key not in FIELDS:
             raise ConfigError(f"{path}: unknown option {k!r}")
         out[key] = v
@@ -218,5 +223,8 @@ def _check_types(values: dict[str, Any], where: str) -> None:
                 raise ConfigError(f"{where}: option {name.replace('_', '-')} expects {kind.__name__}, got {v!r}")
 
 
-def dump_yaml(cfg: TrainConfig) -> str:
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=True)
+def dump_yaml(cfg: TrainConfig, record: dict[str, Any] | None = None) -> str:
+    """The configuration as YAML (readable back with ``--config``), with a run's ``record`` facts."""
+    values = cfg.to_dict()
+    values.update(record or {})
+    return yaml.safe_dump(values, sort_keys=True)

@@ -20,7 +20,9 @@ refused, never run.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import pickle
 import re
@@ -34,6 +36,8 @@ import torch
 from .backbone import BACKBONES, DINOv3Backbone
 from .config import ModelConfig
 from .errors import CheckpointError, ConfigError
+
+log = logging.getLogger("segdino.weights")
 
 if TYPE_CHECKING:
     from .model import SegDINO
@@ -52,6 +56,7 @@ __all__ = [
     "authors_to_segdino",
     "infer_model_config",
     "load_backbone_weights",
+    "weights_checksum",
     "load_foreign_model",
     "is_hub_name",
     "download_from_hub",
@@ -546,13 +551,37 @@ def _describe_size(state: Mapping[str, torch.Tensor]) -> str | None:
 # --- public loaders -------------------------------------------------------------------------
 
 
-def load_backbone_weights(backbone: DINOv3Backbone, weights: str | os.PathLike) -> None:
+def weights_checksum(path: str | os.PathLike) -> str:
+    """SHA-256 (hex) of a weights file; of a folder, over its weight files' names and contents.
+
+    Logged and recorded with a run so that two runs can be shown to start from the same weights
+    whatever the files were called.
+    """
+    path = Path(path)
+    digest = hashlib.sha256()
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".pth", ".pt", ".bin"))
+    else:
+        files = [path]
+    for f in files:
+        if path.is_dir():
+            digest.update(f.relative_to(path).as_posix().encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def load_backbone_weights(backbone: DINOv3Backbone, weights: str | os.PathLike) -> dict[str, str]:
     """Load a DINOv3 backbone file (format 1, 2 or 3, detected from its keys) into ``backbone``.
 
     ``weights`` is a file, a folder holding one (a Hugging Face or timm download), or, when
     online, a hub name such as ``timm/vit_small_patch16_dinov3_qkvb.lvd1689m`` or
     ``facebook/dinov3-vits16-pretrain-lvd1689m``. Raises :class:`CheckpointError` when the file
     is unreadable, is a whole model, or does not match the backbone's size.
+
+    Returns (and keeps as ``backbone.weights_info``) what was loaded: ``path``, ``format``
+    (``meta``, ``hf`` or ``timm``), ``format_description`` and ``sha256`` of the file.
     """
     path = Path(weights)
     if not path.exists() and is_hub_name(str(weights)):
@@ -566,6 +595,11 @@ def load_backbone_weights(backbone: DINOv3Backbone, weights: str | os.PathLike) 
     fitted = _fit(path, converted, backbone.vit.state_dict(), what, file_holds=_describe_size(converted),
                   file_name=_name_in_layout(fmt))
     backbone.vit.load_state_dict(fitted, strict=True)
+    info = {"path": str(path), "format": fmt, "format_description": FORMAT_DESCRIPTIONS[fmt],
+            "sha256": weights_checksum(path)}
+    backbone.weights_info = info
+    log.info("backbone weights: %s (%s, sha256 %s)", path, info["format_description"], info["sha256"])
+    return info
 
 
 def _reject_our_model_file(path: Path, state: Mapping[str, torch.Tensor]) -> None:

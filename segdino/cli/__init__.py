@@ -26,6 +26,18 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_quiet_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--quiet", action="store_true", default=None,
+        help="no progress bar: a plain line now and then instead (what is written when output is not a terminal)",
+    )
+
+
+def progress_mode(args: argparse.Namespace) -> bool | str:
+    """What the command's loops show: a bar on a terminal (True) or plain lines only (``"quiet"``)."""
+    return "quiet" if getattr(args, "quiet", None) else True
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 

@@ -16,13 +16,13 @@ def register(sub) -> None:
                     "ONNX Runtime fp32 and int8, bf16 channels-last where the CPU has native bf16, torch.compile "
                     "on request, timed in alternation. With --model and --data, each path's mean Dice on a split as well.",
     )
-    p.add_argument("--backbone", default="vits16")
-    p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--decoder-dim", type=int, default=256)
+    p.add_argument("--backbone", default="vits16", help="backbone of the random-weights model (default vits16)")
+    p.add_argument("--image-size", type=int, default=256, help="input side in pixels, a multiple of 16 (default 256)")
+    p.add_argument("--decoder-dim", type=int, default=256, help="decoder width D (default 256)")
     p.add_argument("--batch", default="1,32", help="comma-separated batch sizes")
     p.add_argument("--repeats", type=int, default=50,
                    help="timed calls per path (CPU: alternating rounds; at least 20 for a fair median)")
-    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=10, help="untimed calls per path before timing (default 10)")
     p.add_argument("--compile", default="auto", help="auto, a torch.compile mode, or none")
     p.add_argument("--paths", default=None,
                    help="CPU paths, comma-separated among eager, folded, onnx, onnx-int8, bf16, compile, "

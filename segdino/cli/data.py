@@ -6,6 +6,7 @@ import argparse
 import json
 
 from ..fileio import atomic_write_text
+from . import add_quiet_argument, progress_mode
 
 
 def register(subparsers) -> None:
@@ -31,6 +32,7 @@ def register(subparsers) -> None:
     check.add_argument("--channel", default=None, metavar="C",
                        help="multi-channel volumes: the channel to use (index or name from dataset.json)")
     check.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
+    add_quiet_argument(check)
     check.set_defaults(func=run_check)
 
 
@@ -48,7 +50,7 @@ def run_check(args: argparse.Namespace) -> int:
 
     report = check_dataset(args.data, num_classes=args.num_classes, mask_threshold=args.mask_threshold,
                            seed=args.seed, fold=args.fold, workers=args.workers,
-                           channel=_channel(args.channel))
+                           channel=_channel(args.channel), progress=progress_mode(args))
     print(report.format())
     if args.json:
         atomic_write_text(args.json, json.dumps(report.to_dict(), indent=1, default=str) + "\n")

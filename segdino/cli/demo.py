@@ -12,7 +12,6 @@ nnU-Net layout, and writes predicted label volumes in the source geometry.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import time
 from pathlib import Path
@@ -29,14 +28,23 @@ VOLUME_TRAINING = dict(backbone="vitt16", decoder_dim=32, image_size=64, batch_s
                        intensity="ct:-160,240")
 
 
+DESCRIPTION = (
+    "Run the whole tool end to end on generated data, in minutes on a laptop CPU: write a small synthetic "
+    "dataset (lesions that differ from the background by texture and shape, not brightness), train SegDINO on "
+    "it (the small vitt16 DINOv3 backbone at 64x64 px, from random weights), evaluate the test split with the "
+    "report, predict the test images with overlays, and print the model's test Dice beside that of the best "
+    "single grey-level threshold. --volumes does the same with CT-like volumes in the nnU-Net layout."
+)
+
+
 def register(sub) -> None:
     p = sub.add_parser("demo", help="train, evaluate and predict on generated data (no data needed)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=DESCRIPTION)
     p.add_argument("--out", default="segdino-demo", help="folder to write (default: ./segdino-demo)")
     p.add_argument("--volumes", action="store_true", help="CT-like volumes instead of 2D images")
     p.add_argument("--epochs", type=int, help="override the training length (a quicker, weaker demo)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --out")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated data and of training (default 0)")
     add_device_argument(p)
     p.set_defaults(func=main)
 

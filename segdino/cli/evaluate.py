@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from ..errors import ConfigError
-from . import add_device_argument
+from . import add_device_argument, add_quiet_argument, progress_mode
 
 
 def register(subparsers) -> None:
@@ -44,6 +44,7 @@ def register(subparsers) -> None:
                         help="volumes: the channel of multi-channel volumes (index or name)")
     parser.add_argument("--largest-component", action="store_true",
                         help="volumes: keep only the largest connected component of each predicted class")
+    add_quiet_argument(parser)
     add_device_argument(parser)
     parser.set_defaults(func=run_evaluate)
 
@@ -88,13 +89,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 args.predictions, args.data, out, num_classes=args.num_classes or 1, split=args.split,
                 fold=args.fold, seed=args.seed,
                 mask_threshold=127 if args.mask_threshold is None else args.mask_threshold,
-                run_dir=run_dir, progress=True,
+                run_dir=run_dir, progress=progress_mode(args),
             )
         else:
             summary = evaluate_model(
                 args.model, args.data, out, split=args.split, fold=args.fold, seed=args.seed,
                 batch_size=args.batch_size, keep_size=args.keep_size, device=args.device, run_dir=run_dir,
-                workers=max(0, args.workers), progress=True,
+                workers=max(0, args.workers), progress=progress_mode(args),
             )
     print(format_summary(summary, unit))
     print(f"report: {os.path.join(str(out), 'report.md')}")
@@ -114,5 +115,5 @@ def _evaluate_volumes(args: argparse.Namespace, out: Path, run_dir: Path | None)
     return evaluate_volumes(
         args.data, out, predictions=args.predictions, model=args.model, split=args.split, fold=args.fold,
         channel=_channel(args.channel), device=args.device, batch_size=args.batch_size,
-        largest_component=args.largest_component, run_dir=run_dir,
+        largest_component=args.largest_component, run_dir=run_dir, progress=progress_mode(args),
     )

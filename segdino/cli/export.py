@@ -14,7 +14,8 @@ def register(sub) -> None:
                     "by running ONNX Runtime on random inputs against PyTorch; the relative L2 error is printed "
                     "and a file that disagrees is not written.",
     )
-    p.add_argument("--model", required=True, metavar="CKPT", help="checkpoint file (ours or the authors') or run folder")
+    p.add_argument("--model", required=True, metavar="CKPT|RUN_DIR",
+                   help="checkpoint file (ours or the authors') or run folder (its best.safetensors)")
     p.add_argument("--format", default="onnx", choices=["onnx"], help="output format (default onnx)")
     p.add_argument("--out", required=True, metavar="FILE", help="the .onnx file to write")
     p.add_argument("--image-size", type=int, nargs="+", default=None, metavar="N",

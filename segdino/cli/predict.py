@@ -34,7 +34,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from ..fileio import atomic_write_bytes
-from . import add_device_argument
+from . import add_device_argument, add_quiet_argument, progress_mode
 
 #: Tint of each class in overlays (class k uses entry (k - 1) mod len).
 CLASS_COLOURS = ((255, 0, 255), (0, 255, 255), (255, 255, 0), (255, 128, 0), (0, 128, 255), (128, 255, 0),
@@ -66,6 +66,7 @@ def register(subparsers) -> None:
                         help="volumes: the channel of multi-channel volumes (index or name)")
     parser.add_argument("--largest-component", action="store_true",
                         help="volumes: keep only the largest connected component of each predicted class")
+    add_quiet_argument(parser)
     add_device_argument(parser)
     parser.set_defaults(func=run_predict)
 
@@ -279,7 +280,7 @@ def _read(item: ImageInput) -> tuple[np.ndarray | None, str | None]:
 
 def predict_files(model, images: Sequence[ImageInput], out: Path, *, batch_size: int = 8, keep_size: bool = False,
                   probabilities: bool = False, probability_format: str = "png", overlays: bool = False,
-                  workers: int = 2, progress: bool = False, on_error: Callable[[str], None] | None = None
+                  workers: int = 2, progress: bool | str = False, on_error: Callable[[str], None] | None = None
                   ) -> tuple[list[Path], list[str]]:
     """Predict image inputs in batches and write their outputs (layout in the module docstring).
 
@@ -299,9 +300,9 @@ def predict_files(model, images: Sequence[ImageInput], out: Path, *, batch_size:
     errors: list[str] = []
     bar = None
     if progress:
-        from tqdm import tqdm
+        from ..progress import Progress
 
-        bar = tqdm(total=len(images), desc="predict", unit="image", leave=False, disable=None)
+        bar = Progress(len(images), "predict", "image", quiet=progress == "quiet")
     batch: list[tuple[str, np.ndarray]] = []
 
     def flush() -> None:
@@ -355,7 +356,8 @@ def run_predict(args: argparse.Namespace) -> int:
             raise ConfigError("--channel applies to volume inputs; these are 2D images")
         w, e = predict_files(model, images, out, batch_size=args.batch_size, keep_size=args.keep_size,
                              probabilities=args.probabilities, probability_format=args.probability_format,
-                             overlays=args.overlays, workers=max(0, args.workers), progress=True, on_error=report)
+                             overlays=args.overlays, workers=max(0, args.workers), progress=progress_mode(args),
+                             on_error=report)
         written += w
         errors += e
     if volumes:
@@ -378,7 +380,7 @@ def _predict_volumes(model, volumes: list[Path], out: Path, args: argparse.Names
         raise ConfigError("--keep-size and --overlays apply to 2D images; volumes are written on their own grid")
     results = predict_volume_files(model, volumes, out, probabilities=args.probabilities,
                                    largest_component=args.largest_component, batch_size=args.batch_size,
-                                   device=None, channel=_channel(args.channel))
+                                   device=None, channel=_channel(args.channel), progress=progress_mode(args))
     written = [Path(path) for _, path, err in results if path is not None and err is None]
     errors = [f"{src}: {err}" if str(src) not in str(err) else str(err) for src, _, err in results if err is not None]
     return written, errors

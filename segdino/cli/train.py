@@ -16,53 +16,97 @@ def _size(text: str):
     return vals[0] if len(vals) == 1 else tuple(vals)
 
 
+def _shown(value) -> str:
+    if isinstance(value, (tuple, list)):
+        return "x".join(str(v) for v in value)
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+def defaults_text(name: str) -> str:
+    """`` (default X)``, or `` (segdino: X, paper: Y)`` where the recipes differ, from the recipes themselves."""
+    from ..train_config import RECIPES, TrainConfig, recipe_defaults
+
+    base = TrainConfig()
+    values = {r: recipe_defaults(r).get(name, getattr(base, name)) for r in RECIPES}
+    shown = {r: _shown(v) for r, v in values.items()}
+    if all(v is None for v in values.values()):
+        return ""
+    if len(set(shown.values())) == 1:
+        return f" (default {next(iter(shown.values()))})"
+    return " (" + ", ".join(f"{r}: {v}" for r, v in shown.items()) + ")"
+
+
 def register(sub) -> None:
     p = sub.add_parser("train", help="train a model on a dataset folder",
-                       description="Train SegDINO. Recipe defaults < --config file < flags. "
+                       description="Train SegDINO. Recipe defaults < --config file < flags; where the two "
+                                   "recipes differ, each option's help shows both defaults. "
                                    "Runs unchanged under torchrun; --gpus N starts N processes here.")
-    a = p.add_argument
-    a("--data", help="dataset folder (2D images or CT/MRI volumes)")
-    a("--out", help="run folder to write")
-    a("--recipe", choices=["segdino", "paper"], default=None,
-      help="segdino (default: ours) or paper (the authors' code: 256 px, batch 4, AdamW 1e-4, BCE, fp32)")
-    a("--config", help="YAML file whose keys are these flags' names")
-    a("--epochs", type=int)
-    a("--image-size", type=_size, help="N or HxW, multiples of 16")
+
+    def a(*flags, help: str, default_of: str | None = None, **kw):
+        name = default_of or flags[0].lstrip("-").replace("-", "_")
+        p.add_argument(*flags, help=help + defaults_text(name), **kw)
+
+    p.add_argument("--data", help="dataset folder (2D images or CT/MRI volumes)")
+    p.add_argument("--out", help="run folder to write")
+    p.add_argument("--recipe", choices=["segdino", "paper"], default=None,
+                   help="segdino (default: ours) or paper (the authors' code: 256 px, batch 4, AdamW 1e-4, BCE, fp32)")
+    p.add_argument("--config", help="YAML file whose keys are these options' names (a run's config.yaml works)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved configuration as YAML (usable as --config) and exit without training")
+    a("--epochs", type=int, help="passes over the training split")
+    a("--image-size", type=_size, help="model input, N or HxW, multiples of 16")
     a("--backbone", help="vitt16, vits16, vits16plus, vitb16, vitl16, vith16plus, vit7b16")
-    a("--decoder-dim", type=int)
-    a("--num-classes", type=int, help="1 = binary; K >= 2 = K classes with background")
-    a("--backbone-weights", help="pretrained DINOv3 backbone file (Meta .pth, Hugging Face or timm)")
+    a("--decoder-dim", type=int, help="decoder width D (channels of TPA and SAD)")
+    a("--num-classes", type=int, help="1 = binary; K >= 2 = K classes with background; volumes: from dataset.json")
+    a("--backbone-weights", help="pretrained DINOv3 backbone file (Meta .pth, Hugging Face or timm; docs/WEIGHTS.md); "
+                                 "without it or --init the backbone starts from random weights")
     a("--init", help="whole model to fine-tune (ours or the authors'); new head if classes differ")
-    a("--freeze-backbone", action="store_true", default=None)
-    a("--batch-size", type=int, help="per process")
-    a("--lr", type=float, help="decoder learning rate")
-    a("--backbone-lr-scale", type=float, help="backbone lr / decoder lr (default 0.1 pretrained, 1 random)")
-    a("--weight-decay", type=float)
-    a("--schedule", choices=["cosine", "constant"])
-    a("--warmup-epochs", type=float)
-    a("--loss", choices=["bce", "bce_dice", "ce", "ce_dice"])
-    a("--augment", choices=["segdino", "paper", "none"])
+    a("--freeze-backbone", action="store_true", default=None,
+      help="keep the backbone fixed and train the decoder only")
+    a("--batch-size", type=int, help="samples per step, per process")
+    a("--lr", type=float, help="decoder learning rate (AdamW)")
+    a("--backbone-lr-scale", type=float,
+      help="backbone lr / decoder lr; unset: 0.1 from pretrained weights, 1 from random ones")
+    a("--weight-decay", type=float, help="AdamW weight decay")
+    a("--schedule", choices=["cosine", "constant"], help="learning-rate schedule after warm-up")
+    a("--warmup-epochs", type=float, help="epochs of linear learning-rate warm-up")
+    a("--loss", choices=["bce", "bce_dice", "ce", "ce_dice"],
+      help="training loss (bce and ce name the same choice for binary and multi-class tasks)")
+    a("--augment", choices=["segdino", "paper", "none"], help="training augmentation")
     a("--precision", choices=["auto", "bf16", "fp32"], help="auto: bf16 autocast on GPU, fp32 elsewhere")
-    a("--compile", action="store_true", default=None, help="torch.compile the training graph")
-    a("--num-workers", type=int)
-    a("--seed", type=int)
-    a("--fold", type=int)
+    a("--compile", action="store_true", default=None,
+      help="torch.compile the training graph (CUDA with Triton only; off elsewhere, and config.yaml says so)")
+    a("--num-workers", type=int, help="DataLoader processes preparing batches (0: in the training process)")
+    a("--seed", type=int, help="seed of the weights, the sample order, the augmentation and seeded splits")
+    a("--fold", type=int, help="fold of an nnU-Net splits_final.json")
     a("--val-every", type=int, help="validate every N epochs (and after the last)")
     a("--steps-per-epoch", type=int, help="cap the steps of each epoch")
     a("--resume", action="store_true", default=None, help="continue the run in --out")
     a("--overwrite", action="store_true", default=None, help="replace the run in --out")
-    a("--save-every", type=float, help="seconds between saves of last + resume state (default 60; 0 = every epoch)")
-    a("--on-nan", choices=["stop", "skip"], help="a non-finite loss stops training (default) or skips the step")
-    a("--on-bad-data", choices=["stop", "skip"], help="an unreadable sample stops (default) or is skipped")
+    a("--save-every", type=float, help="seconds between saves of last + resume state (0 = every epoch)")
+    a("--on-nan", choices=["stop", "skip"], help="a non-finite loss stops training or skips the step")
+    a("--on-bad-data", choices=["stop", "skip"], help="an unreadable sample stops training or is skipped")
     v = p.add_argument_group("volumes (CT/MRI)")
-    v.add_argument("--channel", type=int, help="modality of a multi-modal volume dataset")
-    v.add_argument("--intensity", help="CT window abdomen|liver|lung|bone|ct:LOW,HIGH, or mri|percentile:LOW,HIGH")
-    v.add_argument("--slice-axis", choices=["axial", "coronal", "sagittal", "0", "1", "2"])
-    v.add_argument("--context", type=int, help="2.5D: neighbour slices i-k and i+k as the other channels")
-    v.add_argument("--foreground-ratio", type=float, help="share of each batch drawn from slices with the rarest class")
-    v.add_argument("--volume-cache", type=int, help="decoded volumes kept in memory per worker")
-    a("--gpus", type=int, help="start this many training processes on this machine (torchrun)")
-    a("--quiet", action="store_true", default=None, help="no progress bars")
+
+    def av(*flags, help: str, **kw):
+        name = flags[0].lstrip("-").replace("-", "_")
+        v.add_argument(*flags, help=help + defaults_text(name), **kw)
+
+    av("--channel", type=int, help="modality of a multi-modal volume dataset")
+    av("--intensity", help="CT window abdomen|liver|lung|bone|ct:LOW,HIGH, or mri|percentile:LOW,HIGH; "
+                           "CT datasets need one")
+    av("--slice-axis", choices=["axial", "coronal", "sagittal", "0", "1", "2"],
+       help="the slices the model sees (anatomical names follow the volume's orientation; 0-2: array axes)")
+    av("--context", type=int, help="2.5D: neighbour slices i-k and i+k as the other channels")
+    av("--foreground-ratio", type=float, help="share of each batch drawn from slices with the rarest class")
+    av("--volume-cache", type=int, help="decoded volumes kept in memory per worker")
+    p.add_argument("--gpus", type=int, help="start this many training processes on this machine (torchrun)")
+    a("--quiet", action="store_true", default=None,
+      help="no progress bars: plain lines (one per epoch, or per minute), as when output is not a terminal")
     add_device_argument(p)
     p.set_defaults(func=main, device=None)
 
@@ -98,6 +142,14 @@ def main(args) -> int:
 
     explicit = {k: getattr(args, k) for k in OPTION_NAMES if getattr(args, k, None) is not None}
     cfg = resolve_config(explicit, args.config)
+    if args.print_config:
+        from ..inference import resolve_device
+        from ..train_config import dump_yaml
+        from ..training import resolve_runtime
+
+        resolve_runtime(cfg, resolve_device(cfg.device))
+        print(dump_yaml(cfg), end="")
+        return 0
     if args.gpus is not None:
         if args.gpus < 1:
             raise ConfigError(f"--gpus must be >= 1, got {args.gpus}")

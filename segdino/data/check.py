@@ -41,6 +41,7 @@ class CheckOptions:
     fold: int = 0
     workers: int | None = None
     channel: int | str | None = None  # multi-channel volumes: which channel (plugin checkers)
+    progress: bool | str = False  # per-case progress where reading is slow (volumes); see segdino.progress.track
 
 
 @dataclass
@@ -171,7 +172,7 @@ def register_checker(kind: str, checker: Checker) -> None:
 
 def check_dataset(root: str | os.PathLike, num_classes: int | None = None, mask_threshold: int = DEFAULT_THRESHOLD,
                   seed: int = 0, fold: int = 0, workers: int | None = None,
-                  channel: int | str | None = None) -> CheckReport:
+                  channel: int | str | None = None, progress: bool | str = False) -> CheckReport:
     """Check dataset folder ``root`` for training and evaluation.
 
     Args:
@@ -181,6 +182,8 @@ def check_dataset(root: str | os.PathLike, num_classes: int | None = None, mask_
         seed, fold: as for the split rules.
         workers: decoding threads (default: CPU count, at most 8).
         channel: for multi-channel volume datasets, the channel to check (index or name).
+        progress: show progress over volumes (True: a bar on a terminal, plain lines elsewhere;
+            ``"quiet"``: plain lines only).
 
     Returns:
         a :class:`CheckReport`; ``report.ok`` says whether the folder is usable. Problems
@@ -188,7 +191,7 @@ def check_dataset(root: str | os.PathLike, num_classes: int | None = None, mask_
     """
     t0 = time.perf_counter()
     report = CheckReport(root=Path(root), mask_threshold=mask_threshold)
-    opts = CheckOptions(num_classes, mask_threshold, seed, fold, workers, channel)
+    opts = CheckOptions(num_classes, mask_threshold, seed, fold, workers, channel, progress)
     try:
         layout = detect_layout(root)
         report.layout, report.layout_description = layout.name, layout.description

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, DataError
+from ..progress import track
 from .io import Volume, read_volume
 from .layouts import VolumeCase, VolumeCases, find_volume_cases, volume_layout
 
@@ -210,8 +211,10 @@ def _check_values(case: VolumeCase, counts: dict[int, int] | None, found: Volume
 
 
 def check_volume_dataset(root: str | os.PathLike, channel: int | str | None = None, fold: int = 0,
-                         seed: int = 0) -> VolumeCheckReport:
+                         seed: int = 0, progress: bool | str = False) -> VolumeCheckReport:
     """Read every case of a volume dataset and report sizes, spacings, labels and problems.
+
+    ``progress``: show progress per volume (see :func:`segdino.progress.track`).
 
     Returns a :class:`VolumeCheckReport`: ``ok``, ``problems`` (each naming files) and a
     ``summary``. Never raises for bad data: every finding is in the report.
@@ -228,7 +231,7 @@ def check_volume_dataset(root: str | os.PathLike, channel: int | str | None = No
     report.label_names = found.labels
     report.channel, report.channel_names = found.channel, found.channel_names
     report.problems.extend(found.issues)
-    for case in found.cases:
+    for case in track(found.cases, len(found.cases), "check", "volume", show=progress):
         _check_case(case, found, report)
     unlabelled = found.unlabelled
     if unlabelled:

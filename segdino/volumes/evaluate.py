@@ -31,6 +31,8 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from ..metrics import case_rows, lesion_metrics, summarize, summarize_lesions
+from ..progress import track
+from ..report import pretrained_of
 from .io import Volume, is_nifti_path, read_volume, strip_volume_suffix
 from .layouts import _CHANNEL_RE, VolumeCase, VolumeCases, find_volume_cases
 from .postprocess import largest_component_classes, postprocess_labels
@@ -327,6 +329,7 @@ def evaluate_volumes(
     largest_component: bool | Iterable[int] = False,
     run_dir: str | os.PathLike | None = None,
     seed: int = 0,
+    progress: bool | str = False,
 ) -> dict[str, Any]:
     """Score a split of a volume dataset, from predicted volumes or from a model.
 
@@ -348,6 +351,8 @@ def evaluate_volumes(
             scoring.
         run_dir: a training run folder: its ``splits.json`` and ``log.csv`` (learning curves).
         seed: the seed of the seeded split rules (as given to training).
+        progress: show progress per volume: True a bar on a terminal (plain lines elsewhere),
+            ``"quiet"`` plain lines only.
 
     Returns:
         the summary written to ``summary.json``: :func:`segdino.metrics.summarize` of the rows
@@ -413,7 +418,7 @@ def evaluate_volumes(
     lesion_results: dict[int, list[Mapping[str, Any]]] = {c: [] for c in names}
     reoriented: list[str] = []
     pred_dir = out / "predictions"
-    for case in cases:
+    for case in track(cases, len(cases), "evaluate", "volume", show=progress):
         label = read_volume(case.label)
         if model is not None:
             pred_path = pred_dir / f"{case.case_id}.nii.gz"
@@ -461,6 +466,7 @@ def evaluate_volumes(
         reoriented=reoriented,
         ignored_predictions=ignored,
         dataset_issues=list(found.issues),
+        pretrained=pretrained_of(run_dir, model_file),
     )
     _write_outputs(out, rows, lesion_rows, summary, found, pred_files, pred_dir, model, settings, run_dir,
                    largest_component)
@@ -492,7 +498,7 @@ def _predict_case(model, case: VolumeCase, label: Volume, pred_path: Path, batch
 def _write_outputs(out: Path, rows, lesion_rows, summary, found: VolumeCases, pred_files: Mapping[str, Path],
                    pred_dir: Path, model, settings, run_dir: Path | None, largest_component) -> None:
     from ..fileio import atomic_write_text
-    from ..report import write_case_csv, write_report, write_summary_json
+    from ..report import header_lines, write_case_csv, write_report, write_summary_json
 
     out.mkdir(parents=True, exist_ok=True)
     write_case_csv(out / "cases.csv", rows)
@@ -525,7 +531,10 @@ def _write_outputs(out: Path, rows, lesion_rows, summary, found: VolumeCases, pr
 
     log_csv = run_dir / "log.csv" if run_dir is not None and (run_dir / "log.csv").is_file() else None
     source = f"predictions in {summary['predictions']}" if model is None else f"model {summary['model']}"
+    header = header_lines(model=summary["model"], predictions=summary["predictions"], data=summary["data"],
+                          split=summary["split"], split_source=summary["split_source"],
+                          pretrained=summary.get("pretrained"))
     write_report(out, rows, summary, cases=picture, log_csv=log_csv,
                  title=f"SegDINO volume evaluation: {summary['split']} split of {Path(summary['data']).name}, "
                        f"{source}",
-                 distance_unit="mm")
+                 distance_unit="mm", header=header)

@@ -97,7 +97,8 @@ def _scan_volumes(root: Path):
 
 
 def _check_volumes(scan, report, opts):
-    vr = check_volume_dataset(scan.root, channel=getattr(opts, "channel", None), fold=opts.fold, seed=opts.seed)
+    vr = check_volume_dataset(scan.root, channel=getattr(opts, "channel", None), fold=opts.fold, seed=opts.seed,
+                              progress=getattr(opts, "progress", False))
     s = vr.summary
     report.layout = vr.layout
     report.layout_description = LAYOUT_NAMES.get(vr.layout, VOLUMES_DESCRIPTION)

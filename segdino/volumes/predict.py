@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, SegDINOError
+from ..progress import track
 from ..inference import logits_to_labels, logits_to_probabilities, normalize, resize_image, resize_logits
 from .intensity import normalize_intensity, read_volume_settings
 from .io import Volume, is_nifti_path, read_volume, strip_volume_suffix, write_nifti
@@ -308,6 +309,7 @@ def predict_volume_files(
     batch_size: int = 8,
     device: str | torch.device | None = None,
     channel: int | str | None = None,
+    progress: bool | str = False,
 ) -> list[tuple[str, str | None, str | None]]:
     """Segment volume files and write each label volume as NIfTI in its source geometry.
 
@@ -326,6 +328,8 @@ def predict_volume_files(
             case or the channel of a 4D NIfTI file; a name (``T2``) is looked up in the
             ``dataset.json`` of the nnU-Net folder holding the inputs. Cases with several channels
             need it.
+        progress: show progress per volume: True a bar on a terminal (plain lines elsewhere),
+            ``"quiet"`` plain lines only.
 
     Returns:
         one ``(input, written label path or None, error message or None)`` per volume, in input
@@ -347,7 +351,7 @@ def predict_volume_files(
     jobs = _expand(inputs, ch)
     results: list[tuple[str, str | None, str | None]] = []
     written: dict[Path, Path] = {}
-    for job in jobs:
+    for job in track(jobs, len(jobs), "predict", "volume", show=progress):
         source = str(job.source)
         if job.error is not None:
             results.append((source, None, job.error))
