@@ -25,15 +25,30 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def predict(model, images, **kwargs):
-    """Segment raw images (paths, PIL images or HxWxC uint8 arrays) at their own sizes.
+def predict(model, images, out=None, **options):
+    """Segment images or volumes; see :func:`segdino.api.predict`.
 
-    ``model`` is a loaded model or a model file / run folder; see :func:`segdino.inference.predict`
-    for the options (``batch_size``, ``keep_size``, ``device``, ``probabilities``).
+    ``segdino.predict(model, images)`` returns one (H, W) uint8 mask per image at its own size
+    (paths, PIL images or HxWxC uint8 arrays) and a label volume per volume path; with
+    ``out=DIR`` it writes what ``segdino predict`` writes and returns the paths.
     """
-    from .inference import predict as _predict
+    from .api import predict as _predict
 
-    return _predict(model, images, **kwargs)
+    return _predict(model, images, out=out, **options)
+
+
+def train(data=None, out=None, **options):
+    """Train as ``segdino train`` does; see :func:`segdino.api.train`."""
+    from .api import train as _train
+
+    return _train(data, out, **options)
+
+
+def evaluate(model=None, data=None, out=None, **options):
+    """Score a model or prediction masks as ``segdino evaluate`` does; see :func:`segdino.api.evaluate`."""
+    from .api import evaluate as _evaluate
+
+    return _evaluate(model, data, out, **options)
 
 
 __all__ = [
@@ -44,6 +59,8 @@ __all__ = [
     "save_model",
     "load_inference_model",
     "predict",
+    "train",
+    "evaluate",
     "SegDINOError",
     "DataError",
     "CheckpointError",

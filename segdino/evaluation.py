@@ -11,6 +11,7 @@ Outputs, written into ``out`` by :func:`evaluate_model` and :func:`evaluate_pred
     cases.csv      one row per case and foreground class (segdino.report.write_case_csv)
     summary.json   statistics per metric and class, and how they were obtained
     report.md      summary table, Dice histogram, learning curves (for a run), best/median/worst
+    report.html    the same, one self-contained page with the figures embedded
     figures/       the report's pictures
 
 Prediction masks from any tool are matched to the dataset's cases by file stem: ``x.png``,
@@ -329,7 +330,7 @@ def _write_outputs(out: Path, rows: list[dict[str, Any]], summary: dict[str, Any
 
     out.mkdir(parents=True, exist_ok=True)
     outputs = {"cases_csv": str(out / "cases.csv"), "summary_json": str(out / "summary.json"),
-               "report": str(out / "report.md")}
+               "report": str(out / "report.md"), "report_html": str(out / "report.html")}
     summary["outputs"] = outputs
     write_case_csv(out / "cases.csv", rows)
     write_summary_json(out / "summary.json", summary)

@@ -47,11 +47,13 @@ class Progress:
         quiet: never draw a bar, even on a terminal (plain lines only).
         enabled: False shows nothing at all (e.g. the non-main ranks of a distributed run).
         final_line: plain mode: write a line when :meth:`close` is called.
+        tenths: plain mode: a line when each tenth of the work is done (at most every
+            ``MIN_SECONDS``); off, only every ``MAX_SECONDS`` (a training epoch has its own line).
         stream: where to write (default stderr).
     """
 
     def __init__(self, total: int, desc: str, unit: str = "item", *, quiet: bool = False, enabled: bool = True,
-                 final_line: bool = True, stream: TextIO | None = None):
+                 final_line: bool = True, tenths: bool = True, stream: TextIO | None = None):
         self.total, self.desc, self.unit = int(total), desc, unit
         self.n = 0
         self.enabled = enabled
@@ -60,7 +62,7 @@ class Progress:
         self.postfix: dict[str, Any] = {}
         self._bar = None
         self._start = self._last = time.monotonic()
-        self._every = max(1, math.ceil(self.total / 10))
+        self._every = max(1, math.ceil(self.total / 10)) if tenths else None
         self._closed = False
         if enabled and not quiet and is_terminal(self.stream):
             from tqdm.auto import tqdm
@@ -81,7 +83,7 @@ class Progress:
         if not self.enabled:
             return
         now = time.monotonic()
-        crossed = self.n // self._every > before // self._every and self.n < self.total
+        crossed = self._every is not None and self.n // self._every > before // self._every and self.n < self.total
         if (crossed and now - self._last >= MIN_SECONDS) or now - self._last >= MAX_SECONDS:
             self._line(now)
 

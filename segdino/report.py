@@ -1,4 +1,4 @@
-"""Evaluation outputs: per-case CSV, summary JSON, and a Markdown report with figures.
+"""Evaluation outputs: per-case CSV, summary JSON, and a report with figures (Markdown and HTML).
 
 Layout written by :func:`write_report` into ``out_dir``::
 
@@ -6,6 +6,8 @@ Layout written by :func:`write_report` into ``out_dir``::
     figures/dice_histogram.png
     figures/learning_curves.png   when a run's log.csv is given
     figures/case_best.png, case_median.png, case_worst.png   when case images are given
+    figures/dice_per_class.png   with several classes; dice_vs_size.png; lowest_cases.png
+    report.html                the same report as one self-contained page (figures embedded)
 
 Matplotlib is imported only inside the plotting functions and drawn through its Agg canvas
 (``matplotlib.figure.Figure``), so the global pyplot backend of the calling program is untouched.
@@ -14,10 +16,12 @@ Matplotlib is imported only inside the plotting functions and drawn through its 
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -325,6 +329,168 @@ def plot_learning_curves(path: str | os.PathLike, log_csv: str | os.PathLike) ->
     return True
 
 
+def _case_size(row: Mapping[str, Any]) -> tuple[float, str] | None:
+    """A case's ground-truth size for a size plot: (equivalent-sphere diameter in mm, "mm") for a
+    volume with spacing, else (pixels or voxels, "px"); None when the ground truth is empty."""
+    n = row.get("gt_voxels")
+    if n is None or not n:
+        return None
+    spacing = row.get("spacing_mm")
+    if spacing:
+        try:
+            sp = [float(v) for v in str(spacing).split()]
+        except ValueError:
+            sp = []
+        if len(sp) == 3:
+            volume = float(n) * sp[0] * sp[1] * sp[2]
+            return (6.0 * volume / math.pi) ** (1.0 / 3.0), "mm"
+    return float(n), "px"
+
+
+def plot_dice_vs_size(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> bool:
+    """Per-case Dice against the ground truth's size (log scale), one colour per class; False
+    when no case has a non-empty ground truth."""
+    points: dict[str, list[tuple[float, float]]] = {}
+    unit = "px"
+    for r in rows:
+        size = _case_size(r)
+        if size is None or r.get("dice") is None or not math.isfinite(float(r["dice"])):
+            continue
+        unit = size[1]
+        points.setdefault(str(r.get("class_name", r.get("class", ""))), []).append((size[0], float(r["dice"])))
+    if not points:
+        return False
+    fig = _figure(5.5, 3.6)
+    ax = fig.subplots()
+    for name, pts in points.items():
+        xs, ys = zip(*pts)
+        ax.scatter(xs, ys, s=14, alpha=0.7, label=f"{name} (n={len(pts)})")
+    ax.set_xscale("log")
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel("ground-truth size, equivalent-sphere diameter (mm)" if unit == "mm" else
+                  "ground-truth size (pixels)")
+    ax.set_ylabel("Dice")
+    ax.set_title("Dice against lesion size")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    _save_figure(fig, Path(path))
+    return True
+
+
+def plot_class_boxes(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> bool:
+    """One box plot of per-case Dice per class; False with fewer than two classes."""
+    by_class: dict[str, list[float]] = {}
+    for r in rows:
+        if r.get("dice") is not None and math.isfinite(float(r["dice"])):
+            by_class.setdefault(str(r.get("class_name", r.get("class", ""))), []).append(float(r["dice"]))
+    if len(by_class) < 2:
+        return False
+    fig = _figure(max(4.0, 1.2 * len(by_class) + 1.5), 3.6)
+    ax = fig.subplots()
+    ax.boxplot(list(by_class.values()), showmeans=True)
+    ax.set_xticks(range(1, len(by_class) + 1), [f"{k}\n(n={len(v)})" for k, v in by_class.items()])
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_ylabel("Dice")
+    ax.set_title("Dice per class (box: quartiles, triangle: mean)")
+    ax.grid(alpha=0.3, axis="y")
+    _save_figure(fig, Path(path))
+    return True
+
+
+def plot_case_grid(path: str | os.PathLike, pictures: Sequence[tuple[np.ndarray, str]], columns: int = 5) -> None:
+    """Case pictures side by side, each under its title."""
+    n = len(pictures)
+    cols = min(columns, n)
+    rows_n = math.ceil(n / cols)
+    fig = _figure(2.6 * cols, 2.9 * rows_n)
+    axes = fig.subplots(rows_n, cols, squeeze=False).ravel()
+    for ax, (picture, title) in zip(axes, pictures):
+        ax.imshow(picture, interpolation="nearest")
+        ax.set_title(title, fontsize=8)
+        ax.set_axis_off()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    _save_figure(fig, Path(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML
+
+
+_MD_IMAGE = re.compile(r"^!\[([^\]]*)\]\(([^)]+)\)$")
+
+
+def _inline(text: str) -> str:
+    """Escape text, then render the inline Markdown the report uses: `code` and **bold**."""
+    parts = re.split(r"(`[^`]*`)", text)
+    out = []
+    for part in parts:
+        if len(part) >= 2 and part.startswith("`") and part.endswith("`"):
+            out.append(f"<code>{html.escape(part[1:-1])}</code>")
+        else:
+            out.append(re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", html.escape(part)))
+    return "".join(out)
+
+
+def _data_uri(path: Path) -> str:
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def markdown_to_html(markdown: str, base: str | os.PathLike, title: str = "SegDINO report") -> str:
+    """The report's Markdown as one self-contained HTML page: every image embedded as a data URI.
+
+    Understands what :func:`write_report` writes: headings, paragraphs, tables, bullet lists and
+    images on their own line (paths relative to ``base``).
+    """
+    base = Path(base)
+    body: list[str] = []
+    lines = markdown.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i].rstrip()
+        if not line:
+            i += 1
+            continue
+        if line.startswith("#"):
+            level = min(6, len(line) - len(line.lstrip("#")))
+            body.append(f"<h{level}>{_inline(line[level:].strip())}</h{level}>")
+            i += 1
+        elif line.startswith("|"):
+            block = []
+            while i < len(lines) and lines[i].startswith("|"):
+                block.append([c.strip() for c in lines[i].strip().strip("|").split("|")])
+                i += 1
+            head, rest = block[0], [r for r in block[1:] if not all(set(c) <= set("-: ") for c in r)]
+            body.append('<table class="summary">' if not body or "Summary" in body[-1] else "<table>")
+            body.append("<tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head) + "</tr>")
+            body += ["<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in rest]
+            body.append("</table>")
+        elif line.startswith("- "):
+            body.append("<ul>")
+            while i < len(lines) and lines[i].startswith("- "):
+                body.append(f"<li>{_inline(lines[i][2:])}</li>")
+                i += 1
+            body.append("</ul>")
+        elif (m := _MD_IMAGE.match(line)) is not None:
+            alt, src = m.groups()
+            body.append(f'<p><img alt="{html.escape(alt)}" src="{_data_uri(base / src)}"></p>')
+            i += 1
+        else:
+            para = []
+            while i < len(lines) and lines[i].strip() and not lines[i].startswith(("#", "|", "- ", "![")):
+                para.append(lines[i].strip())
+                i += 1
+            body.append(f"<p>{_inline(' '.join(para))}</p>")
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #bbb;padding:3px 8px;"
+             "text-align:left;font-size:90%}th{background:#eee}img{max-width:100%}code{background:#f3f3f3}")
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(title)}</title><style>{style}</style></head><body>\n"
+            + "\n".join(body) + "\n</body></html>\n")
+
+
 # ---------------------------------------------------------------------------------------------
 # What was evaluated
 
@@ -517,6 +683,12 @@ def write_report(
     if rows:
         plot_dice_histogram(fig_dir / "dice_histogram.png", rows)
         lines += ["## Dice per case", "", f"![Dice histogram]({FIGURES}/dice_histogram.png)", ""]
+        if plot_class_boxes(fig_dir / "dice_per_class.png", rows):
+            lines += [f"![Dice per class]({FIGURES}/dice_per_class.png)", ""]
+        if plot_dice_vs_size(fig_dir / "dice_vs_size.png", rows):
+            lines += ["## Dice against lesion size", "",
+                      "Each point is a case and class with a non-empty ground truth.", "",
+                      f"![Dice against lesion size]({FIGURES}/dice_vs_size.png)", ""]
 
     if log_csv is not None:
         lines += ["## Learning curves", ""]
@@ -524,6 +696,12 @@ def write_report(
             lines += [f"![Learning curves]({FIGURES}/learning_curves.png)", ""]
         else:
             lines += [f"`{log_csv}` has no numeric columns to plot.", ""]
+
+    def case_data(name: str):
+        try:
+            return cases(name) if callable(cases) else cases[name]
+        except KeyError:
+            raise DataError(f"report: no image data for case {name!r}") from None
 
     if cases is not None and scores:
         n = len(scores)
@@ -535,11 +713,7 @@ def write_report(
             picks.append(("worst", scores[-1]))
         lines += ["## Cases", "", f"Contours: {LEGEND}.", ""]
         for label, (name, dice) in picks:
-            try:
-                data = cases(name) if callable(cases) else cases[name]
-            except KeyError:
-                raise DataError(f"report: no image data for case {name!r}") from None
-            picture, note = _case_picture(data)
+            picture, note = _case_picture(case_data(name))
             fname = f"case_{label}.png"
             atomic_write_bytes(fig_dir / fname, _encode_png(picture))
             lines += [
@@ -567,10 +741,21 @@ def write_report(
     lines.append("")
 
     if scores:
+        lowest = sorted(scores, key=lambda t: (t[1], t[0]))[:10]
         lines += ["## Lowest Dice", "", "| case | mean Dice |", "|---|---|"]
-        lines += [f"| {c} | {d:.3f} |" for c, d in sorted(scores, key=lambda t: (t[1], t[0]))[:10]]
+        lines += [f"| {c} | {d:.3f} |" for c, d in lowest]
         lines.append("")
+        if cases is not None and len(scores) > 3:
+            pictures = []
+            for name, dice in lowest:
+                picture, note = _case_picture(case_data(name))
+                pictures.append((picture, f"{name}: Dice {dice:.3f}{note.replace(' (', chr(10) + '(')}"))
+            plot_case_grid(fig_dir / "lowest_cases.png", pictures)
+            lines += [f"The {len(lowest)} lowest cases. Contours: {LEGEND}.", "",
+                      f"![The lowest cases]({FIGURES}/lowest_cases.png)", ""]
 
+    text = "\n".join(lines)
     path = out / "report.md"
-    atomic_write_text(path, "\n".join(lines))
+    atomic_write_text(path, text)
+    atomic_write_text(out / "report.html", markdown_to_html(text, out, title))
     return path

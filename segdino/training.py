@@ -668,7 +668,7 @@ def _trim_log(path: Path, last_epoch: int) -> None:
 
 def _progress(total: int, desc: str, quiet: bool, enabled: bool) -> Progress:
     # The epoch's own line (end_epoch) closes each epoch, so a plain-text bar writes no last line.
-    return Progress(total, desc, "step", quiet=quiet, enabled=enabled, final_line=False)
+    return Progress(total, desc, "step", quiet=quiet, enabled=enabled, final_line=False, tenths=False)
 
 
 def _progress_write(text: str) -> None:

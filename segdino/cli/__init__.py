@@ -13,8 +13,9 @@ import importlib
 import logging
 import pkgutil
 import sys
+from typing import Any, Mapping, Sequence
 
-from ..errors import SegDINOError
+from ..errors import ConfigError, SegDINOError
 
 log = logging.getLogger("segdino")
 
@@ -56,6 +57,47 @@ def build_parser() -> argparse.ArgumentParser:
         if register is not None:
             register(sub)
     return parser
+
+
+def command_parser(command: Sequence[str]) -> argparse.ArgumentParser:
+    """The parser of one command (``["train"]``, ``["data", "check"]``)."""
+    parser = build_parser()
+    for name in command:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[name]
+    return parser
+
+
+def options_namespace(command: Sequence[str], options: Mapping[str, Any], caller: str) -> argparse.Namespace:
+    """The arguments a command would receive, from Python keyword options named like its flags.
+
+    ``options`` use the flags' names (``image_size`` or ``image-size``); what is not given takes
+    the command's default, so the Python API and the command line cannot drift apart. Values are
+    taken as given (no string parsing); choices and required options are checked as the command
+    line checks them. ``caller`` names the function in error messages.
+    """
+    parser = command_parser(command)
+    ns = argparse.Namespace(**parser._defaults)
+    actions = {a.dest: a for a in parser._actions if a.dest != "help" and not isinstance(a, argparse._VersionAction)}
+    for dest, action in actions.items():
+        setattr(ns, dest, action.default)
+    for key, value in options.items():
+        dest = key.replace("-", "_")
+        action = actions.get(dest)
+        if action is None:
+            known = ", ".join(sorted(actions))
+            raise ConfigError(f"{caller}: unknown option {key!r}; the options are {known}")
+        if value is not None and action.choices is not None:
+            values = value if isinstance(value, (list, tuple)) and action.nargs not in (None, "?") else [value]
+            bad = [v for v in values if str(v) not in {str(c) for c in action.choices}]
+            if bad:
+                raise ConfigError(f"{caller}: {key} must be one of {', '.join(map(str, action.choices))}, got {bad[0]!r}")
+        setattr(ns, dest, value)
+    for dest, action in actions.items():
+        if action.required and getattr(ns, dest) is None:
+            raise ConfigError(f"{caller}: {dest} is required")
+    ns.command, ns.argv = command[0], []
+    return ns
 
 
 def main(argv: list[str] | None = None) -> int:

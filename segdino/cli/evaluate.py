@@ -15,7 +15,8 @@ def register(subparsers) -> None:
         "evaluate", help="score a model or prediction masks on a dataset split, with a report",
         description="Score a model, or prediction masks from any tool, on a dataset split at each image's own "
                     "resolution. Writes cases.csv (per case and class), summary.json (mean, std, median, count "
-                    "per metric and class; HD95/ASD failures counted), report.md and figures/ into --out. "
+                    "per metric and class; HD95/ASD failures counted), report.md with figures/, and report.html (one "
+                    "self-contained page to open in a browser) into --out. "
                     "Volume datasets (NIfTI/DICOM) are scored per volume.",
     )
     parser.add_argument("--model", metavar="CKPT|RUN_DIR|FILE.onnx",
@@ -62,7 +63,17 @@ def _out_folder(args: argparse.Namespace, run_dir: Path | None) -> Path:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from ..evaluation import evaluate_model, evaluate_predictions, find_run_dir, format_summary
+    from ..evaluation import format_summary
+
+    summary = evaluate_from_args(args)
+    print(format_summary(summary, summary["outputs"]["distance_unit"]))
+    print(f"report: {summary['outputs']['report']} (in a browser: {summary['outputs']['report_html']})")
+    return 0
+
+
+def evaluate_from_args(args: argparse.Namespace) -> dict:
+    """Score as the command does; returns the summary (as in summary.json) with ``outputs``: the files written."""
+    from ..evaluation import evaluate_model, evaluate_predictions, find_run_dir
 
     if (args.model is None) == (args.predictions is None):
         raise ConfigError("give either --model CKPT (to predict and score) or --predictions DIR (to score masks)")
@@ -97,9 +108,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 batch_size=args.batch_size, keep_size=args.keep_size, device=args.device, run_dir=run_dir,
                 workers=max(0, args.workers), progress=progress_mode(args),
             )
-    print(format_summary(summary, unit))
-    print(f"report: {os.path.join(str(out), 'report.md')}")
-    return 0
+    outputs = dict(summary.get("outputs") or {})
+    outputs.update(cases_csv=str(out / "cases.csv"), summary_json=str(out / "summary.json"),
+                   report=os.path.join(str(out), "report.md"), report_html=os.path.join(str(out), "report.html"),
+                   distance_unit=unit)
+    if (out / "lesions.csv").is_file():
+        outputs["lesions_csv"] = str(out / "lesions.csv")
+    summary["outputs"] = outputs
+    return summary
 
 
 def _evaluate_volumes(args: argparse.Namespace, out: Path, run_dir: Path | None) -> dict:

@@ -335,40 +335,68 @@ def predict_files(model, images: Sequence[ImageInput], out: Path, *, batch_size:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from ..inference import load_inference_model
+    def report(message: str) -> None:
+        print(f"segdino predict: {message}", file=sys.stderr)
+
+    result = predict_from_args(args, on_error=report)
+    errors = result["errors"]
+    print(f"{len(result['masks'])} mask(s) written under {result['out']}"
+          + (f"; {len(errors)} input(s) failed (named above)" if errors else ""))
+    return 1 if errors else 0
+
+
+def predict_from_args(args: argparse.Namespace, on_error: Callable[[str], None] | None = None) -> dict:
+    """Predict as the command does; returns ``{"out", "masks": [paths], "errors": [messages]}``.
+
+    ``args.model`` may also be a loaded model (the Python API). Inputs that cannot be read are
+    errors passed to ``on_error`` as they happen; the others are still predicted.
+    """
+    from ..inference import _prepare_model, load_inference_model
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
-    images, volumes, problems = collect_inputs(args.inputs)
+    inputs = [args.inputs] if isinstance(args.inputs, (str, os.PathLike)) else list(args.inputs)
+    images, volumes, problems = collect_inputs(inputs)
     if not images and not volumes:
         raise DataError("nothing to predict: " + "; ".join(problems) if problems else "nothing to predict")
+    if images and args.channel is not None:
+        raise ConfigError("--channel applies to volume inputs; these are 2D images")
+    if volumes:
+        refuse_volume_options(args)
     for p in problems:
-        print(f"segdino predict: {p}", file=sys.stderr)
-    model = load_inference_model(args.model, args.device)
+        if on_error is not None:
+            on_error(p)
+    if isinstance(args.model, (str, os.PathLike)):
+        model = load_inference_model(args.model, args.device)
+    else:
+        model, _ = _prepare_model(args.model, args.device)
     out = Path(args.out)
 
-    def report(message: str) -> None:
-        print(f"segdino predict: skipped {message}", file=sys.stderr)
+    def skipped(message: str) -> None:
+        if on_error is not None:
+            on_error(f"skipped {message}")
 
     written, errors = [], list(problems)
     if images:
-        if args.channel is not None:
-            raise ConfigError("--channel applies to volume inputs; these are 2D images")
         w, e = predict_files(model, images, out, batch_size=args.batch_size, keep_size=args.keep_size,
                              probabilities=args.probabilities, probability_format=args.probability_format,
                              overlays=args.overlays, workers=max(0, args.workers), progress=progress_mode(args),
-                             on_error=report)
+                             on_error=skipped)
         written += w
         errors += e
     if volumes:
         w, e = _predict_volumes(model, volumes, out, args)
         for message in e:
-            report(message)
+            skipped(message)
         written += w
         errors += e
-    print(f"{len(written)} mask(s) written under {out}"
-          + (f"; {len(errors)} input(s) failed (named above)" if errors else ""))
-    return 1 if errors else 0
+    return {"out": str(out), "masks": [str(p) for p in written], "errors": errors}
+
+
+def refuse_volume_options(args: argparse.Namespace) -> None:
+    """Options of 2D images given with volume inputs: refused before any model is loaded, each by its name."""
+    if args.keep_size:
+        raise ConfigError("--keep-size applies to 2D images; volumes are predicted slice by slice on their own grid")
 
 
 def _predict_volumes(model, volumes: list[Path], out: Path, args: argparse.Namespace) -> tuple[list[Path], list[str]]:
@@ -376,8 +404,8 @@ def _predict_volumes(model, volumes: list[Path], out: Path, args: argparse.Names
         from ..volumes.predict import predict_volume_files
     except ImportError as e:
         return [], [f"{v}: volume prediction is unavailable ({e})" for v in volumes]
-    if args.keep_size or args.overlays:
-        raise ConfigError("--keep-size and --overlays apply to 2D images; volumes are written on their own grid")
+    if args.overlays:
+        raise ConfigError("--overlays applies to 2D images; volume predictions are written as NIfTI")
     results = predict_volume_files(model, volumes, out, probabilities=args.probabilities,
                                    largest_component=args.largest_component, batch_size=args.batch_size,
                                    device=None, channel=_channel(args.channel), progress=progress_mode(args))

@@ -135,20 +135,35 @@ def _without_gpus(argv: list[str]) -> list[str]:
     return out
 
 
+def resolved_config_text(args) -> str:
+    """``--print-config``: the configuration the options resolve to, as YAML readable by ``--config``."""
+    from ..inference import resolve_device
+    from ..train_config import dump_yaml, resolve_config
+    from ..training import resolve_runtime
+
+    cfg = resolve_config(_explicit(args), args.config)
+    resolve_runtime(cfg, resolve_device(cfg.device))
+    return dump_yaml(cfg)
+
+
+def _explicit(args) -> dict:
+    return {k: getattr(args, k) for k in OPTION_NAMES if getattr(args, k, None) is not None}
+
+
+def train_from_args(args) -> dict:
+    """Train as the command does (one process); returns the run's summary and file paths."""
+    from ..train_config import resolve_config
+    from ..training import run_training
+
+    return run_training(resolve_config(_explicit(args), args.config))
+
+
 def main(args) -> int:
     from ..errors import ConfigError
-    from ..train_config import resolve_config
-    from ..training import launch_local, run_training
+    from ..training import launch_local
 
-    explicit = {k: getattr(args, k) for k in OPTION_NAMES if getattr(args, k, None) is not None}
-    cfg = resolve_config(explicit, args.config)
     if args.print_config:
-        from ..inference import resolve_device
-        from ..train_config import dump_yaml
-        from ..training import resolve_runtime
-
-        resolve_runtime(cfg, resolve_device(cfg.device))
-        print(dump_yaml(cfg), end="")
+        print(resolved_config_text(args), end="")
         return 0
     if args.gpus is not None:
         if args.gpus < 1:
@@ -157,7 +172,7 @@ def main(args) -> int:
             argv = list(args.argv)
             argv = argv[argv.index("train") + 1 :]
             return launch_local(args.gpus, _without_gpus(argv))
-    summary = run_training(cfg)
+    summary = train_from_args(args)
     if summary["has_validation"]:
         print(f"best validation Dice {summary['best_score']:.4f} at epoch {summary['best_epoch']}; "
               f"model: {summary['out']}/best.safetensors")
