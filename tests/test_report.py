@@ -160,15 +160,19 @@ def test_report_2d(tmp_path, cases_2d):
     links = linked_images(text)
     assert links == [
         "figures/dice_histogram.png",
+        "figures/dice_vs_size.png",
         "figures/learning_curves.png",
         "figures/case_best.png",
         "figures/case_median.png",
         "figures/case_worst.png",
+        "figures/lowest_cases.png",
     ]
     for link in links:
         assert_png(path.parent / link)
-    # Only the three pictured cases are loaded; best/median/worst by Dice.
-    assert requested == ["perfect", "half", "missed"]
+    # Best/median/worst by Dice, then the lowest cases (all four here) from the lowest up.
+    assert requested[:3] == ["perfect", "half", "missed"]
+    assert requested[3] == "missed" and sorted(requested[3:]) == sorted(cases_2d)
+    assert (path.parent / "report.html").is_file()
     assert "Best: perfect" in text and "Worst: missed" in text
     # The summary table shows the failure and both HD95 figures.
     table = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in text.splitlines() if line.startswith("| ")}
@@ -199,7 +203,8 @@ def test_report_3d_with_lesions(tmp_path):
     assert "HD95 (mm)" in text and "slice 4" in text
     assert "## Lesion-wise detection" in text and "| tumour | 1 | 1 | 0 | 0 |" in text
     links = linked_images(text)
-    assert links == ["figures/dice_histogram.png", "figures/case_best.png"]  # one case: shown once
+    assert links == ["figures/dice_histogram.png", "figures/dice_per_class.png", "figures/dice_vs_size.png",
+                     "figures/case_best.png"]  # two classes: a box each; one case: shown once
     for link in links:
         assert_png(path.parent / link)
     with pytest.raises(DataError, match="no image data"):
@@ -210,7 +215,7 @@ def test_report_without_optional_parts(tmp_path, cases_2d):
     rows = rows_of(cases_2d)
     path = write_report(tmp_path, rows, summarize(rows))
     links = linked_images(path.read_text())
-    assert links == ["figures/dice_histogram.png"]
+    assert links == ["figures/dice_histogram.png", "figures/dice_vs_size.png"]  # from the rows alone
     assert not (tmp_path / "figures" / "learning_curves.png").exists()
 
 
@@ -218,5 +223,6 @@ def test_two_cases_show_best_and_worst(tmp_path, cases_2d):
     two = {k: cases_2d[k] for k in ("shifted", "half")}
     rows = rows_of(two)
     text = write_report(tmp_path, rows, summarize(rows), cases=two).read_text()
-    assert linked_images(text) == ["figures/dice_histogram.png", "figures/case_best.png", "figures/case_worst.png"]
+    assert linked_images(text) == ["figures/dice_histogram.png", "figures/dice_vs_size.png", "figures/case_best.png",
+                                   "figures/case_worst.png"]
     assert "Best: shifted" in text and "Worst: half" in text and "Median" not in text
