@@ -70,6 +70,37 @@ def find_run_dir(model_path: str | os.PathLike | None) -> Path | None:
     return folder if any((folder / f).is_file() for f in RUN_FILES) else None
 
 
+def run_dataset(run_dir: str | os.PathLike | None) -> Path | None:
+    """The dataset folder a training run was given (``data`` in its ``config.yaml``), or None."""
+    if run_dir is None or not (Path(run_dir) / "config.yaml").is_file():
+        return None
+    import yaml
+
+    try:
+        saved = yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    data = saved.get("data") if isinstance(saved, dict) else None
+    return Path(data) if isinstance(data, str) else None
+
+
+def is_run_dataset(run_dir: str | os.PathLike | None, data: str | os.PathLike) -> bool:
+    """Whether ``data`` is the folder the run trained on (True when the run does not say).
+
+    A run's ``data`` may be relative to where it was started; when it cannot be found from
+    here, the folder names are compared.
+    """
+    trained = run_dataset(run_dir)
+    if trained is None:
+        return True
+    try:
+        if trained.exists():
+            return os.path.samefile(trained, data)
+        return trained.resolve().name == Path(data).resolve().name
+    except OSError:
+        return False
+
+
 def _run_splits(run_dir: Path | None) -> dict[str, list[str]] | None:
     """The split a run trained with (``RUN/splits.json``), or None."""
     if run_dir is None or not (run_dir / SPLITS_FILE).is_file():
@@ -134,8 +165,8 @@ def load_split(
                              image_size=image_size, mask_threshold=mask_threshold, splits=splits)
     ds.root = root
     if len(ds) == 0:
-        raise DataError(f"{root}: the {split} split is empty (split from {source}); "
-                        "choose another --split, or add a splits.json")
+        raise DataError(f"{root}: the {split} split is empty (split from {source}); pass --split all to score "
+                        "every case, or add a splits.json")
     return ds, source
 
 
@@ -395,7 +426,7 @@ def evaluate_model(
         DataError: unreadable files, image/mask size mismatches, masks that do not fit the
             model's class count, an empty split. CheckpointError: a bad model file.
     """
-    from .inference import load_inference_model, model_device, predict_arrays, _prepare_model
+    from .inference import _prepare_model, load_inference_model, model_device, predict_arrays, refuse_volume_model
 
     model_path = None
     if isinstance(model, (str, os.PathLike)):
@@ -408,6 +439,7 @@ def evaluate_model(
         model, dev = _prepare_model(model, device)
     if hasattr(model, "eval"):
         model.eval()
+    refuse_volume_model(model, str(data))
     config = model.config
     num_classes = int(config.num_classes)
     ds, source = load_split(data, split, num_classes=num_classes, image_size=tuple(config.image_size), fold=fold,

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from .backbone import PATCH_SIZE
 from .config import ModelConfig
 from .data.imageio import as_rgb_array
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -241,6 +241,24 @@ def _check_any_size(model) -> None:
                           f"{h}x{w} inputs only; drop --keep-size, or use the .safetensors checkpoint")
 
 
+def refuse_volume_model(model, inputs: str) -> None:
+    """A model trained on CT/MRI volume slices cannot segment 2D images: say so, naming ``inputs``.
+
+    Its input channels are neighbouring slices of one windowed scan (2.5D), so a photograph or a
+    single slice exported as an image would be segmented as nonsense without any error.
+    """
+    volume = getattr(getattr(model, "config", None), "volume", None)
+    if not volume:
+        return
+    k = int(volume.get("context", 0))
+    spec = volume.get("intensity", {})
+    window = (f"CT window {spec.get('low', 0):g}..{spec.get('high', 0):g} HU" if spec.get("kind") == "ct"
+              else "MRI percentile scaling")
+    raise DataError(f"{inputs}: 2D images, but the model was trained on volume slices ({window}, {2 * k + 1} "
+                    "neighbouring slices per input); give it volumes (NIfTI files, DICOM series folders) or a "
+                    "volume dataset")
+
+
 def predict_arrays(model, images: Sequence[np.ndarray], device: torch.device, batch_size: int = 8,
                    keep_size: bool = False, probabilities: bool = False) -> list:
     """Segment (H, W, 3) uint8 images with a model already on ``device`` (see :func:`predict`)."""
@@ -305,6 +323,8 @@ def predict(
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     model, dev = _prepare_model(model, device)
+    refuse_volume_model(model, str(images[0]) if images and isinstance(images[0], (str, os.PathLike))
+                        else "the images given")
     was_training = bool(getattr(model, "training", False))
     if hasattr(model, "eval"):
         model.eval()

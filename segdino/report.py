@@ -310,23 +310,49 @@ def read_log(path: str | os.PathLike) -> tuple[str, dict[str, tuple[list[float],
 
 
 def plot_learning_curves(path: str | os.PathLike, log_csv: str | os.PathLike) -> bool:
-    """Plot every numeric column of ``log_csv`` against epoch, one panel each; False if none."""
-    xname, curves = read_log(log_csv)
-    if not curves:
+    """Plot a training log's loss and validation metrics against the epoch; False if it has none.
+
+    Two panels: training loss, and every ``val_*`` column (mean Dice and Dice per class) on one
+    axis from 0 to 1. Epochs are whole numbers on the x axis.
+    """
+    fig = learning_curves_figure(log_csv)
+    if fig is None:
         return False
-    n = len(curves)
-    cols = min(n, 3)
-    fig = _figure(4.2 * cols, 2.9 * math.ceil(n / cols))
-    axes = fig.subplots(math.ceil(n / cols), cols, squeeze=False).ravel()
-    for ax, (name, (xs, ys)) in zip(axes, curves.items()):
-        ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, color="#aa3377")
-        ax.set_title(name)
-        ax.set_xlabel(xname)
-        ax.grid(alpha=0.3)
-    for ax in axes[n:]:
-        ax.set_visible(False)
     _save_figure(fig, Path(path))
     return True
+
+
+def learning_curve_panels(log_csv: str | os.PathLike) -> tuple[str, list[tuple[str, dict]]]:
+    """(x name, [(panel title, {column: (x, y)})]): the loss columns, and the ``val_*`` columns."""
+    xname, curves = read_log(log_csv)
+    loss = {k: v for k, v in curves.items() if "loss" in k}
+    val = {k: v for k, v in curves.items() if k.startswith("val") and k not in loss}
+    return xname, [(name, c) for name, c in (("training loss", loss), ("validation", val)) if c]
+
+
+def learning_curves_figure(log_csv: str | os.PathLike):
+    """The matplotlib figure of :func:`plot_learning_curves`, or None when there is nothing to plot."""
+    from matplotlib.ticker import MaxNLocator
+
+    xname, panels = learning_curve_panels(log_csv)
+    if not panels:
+        return None
+    fig = _figure(4.6 * len(panels), 3.2)
+    axes = fig.subplots(1, len(panels), squeeze=False).ravel()
+    for ax, (title, group) in zip(axes, panels):
+        for name, (xs, ys) in group.items():
+            label = name.replace("val_dice_", "Dice ").replace("val_dice", "mean Dice").replace("train_loss", "loss")
+            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=label)
+        ax.set_title(title)
+        ax.set_xlabel(xname)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if title == "validation":
+            ax.set_ylim(0, 1)
+            ax.set_ylabel("Dice")
+        if len(group) > 1 or title == "validation":
+            ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    return fig
 
 
 def _case_size(row: Mapping[str, Any]) -> tuple[float, str] | None:
@@ -695,7 +721,7 @@ def write_report(
         if plot_learning_curves(fig_dir / "learning_curves.png", log_csv):
             lines += [f"![Learning curves]({FIGURES}/learning_curves.png)", ""]
         else:
-            lines += [f"`{log_csv}` has no numeric columns to plot.", ""]
+            lines += [f"`{log_csv}` has no loss or validation columns to plot.", ""]
 
     def case_data(name: str):
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -27,8 +28,8 @@ def register(subparsers) -> None:
     parser.add_argument("--data", required=True, metavar="DIR", help="dataset folder with the ground truth")
     parser.add_argument("--out", metavar="DIR",
                         help="report folder (default: RUN_DIR/report when --model or --run is a run folder)")
-    parser.add_argument("--split", default="test", choices=["train", "val", "test", "all"],
-                        help="cases to score (default test)")
+    parser.add_argument("--split", default=None, choices=["train", "val", "test", "all"],
+                        help="cases to score (default: test; all on a dataset other than the run's)")
     parser.add_argument("--fold", type=int, default=0, help="fold, for split files with folds (default 0)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the seeded split rules (default 0)")
     parser.add_argument("--run", metavar="RUN_DIR",
@@ -48,6 +49,17 @@ def register(subparsers) -> None:
     add_quiet_argument(parser)
     add_device_argument(parser)
     parser.set_defaults(func=run_evaluate)
+
+
+def default_split(run_dir: Path | None, data: str) -> str:
+    """``test``; ``all`` when ``data`` is not the dataset the run trained on (its split is meaningless there)."""
+    from ..evaluation import is_run_dataset, run_dataset
+
+    if run_dir is None or is_run_dataset(run_dir, data):
+        return "test"
+    print(f"segdino evaluate: {data} is not the dataset {run_dir} trained on ({run_dataset(run_dir)}): scoring "
+          "every labelled case (--split all); pass --split test for its own test split", file=sys.stderr)
+    return "all"
 
 
 def _channel(value: str | None) -> int | str | None:
@@ -85,6 +97,8 @@ def evaluate_from_args(args: argparse.Namespace) -> dict:
         raise ConfigError(f"--run {args.run}: no such run folder")
     run_dir = Path(args.run) if args.run else find_run_dir(args.model)
     out = _out_folder(args, run_dir)
+    if args.split is None:
+        args.split = default_split(run_dir, args.data)
 
     from ..volumes import is_volume_dataset
 

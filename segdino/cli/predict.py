@@ -351,7 +351,7 @@ def predict_from_args(args: argparse.Namespace, on_error: Callable[[str], None] 
     ``args.model`` may also be a loaded model (the Python API). Inputs that cannot be read are
     errors passed to ``on_error`` as they happen; the others are still predicted.
     """
-    from ..inference import _prepare_model, load_inference_model
+    from ..inference import _prepare_model, load_inference_model, refuse_volume_model
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -370,6 +370,9 @@ def predict_from_args(args: argparse.Namespace, on_error: Callable[[str], None] 
         model = load_inference_model(args.model, args.device)
     else:
         model, _ = _prepare_model(args.model, args.device)
+    if images:
+        refuse_volume_model(model, str(images[0].path) + (f" and {len(images) - 1} other input(s)" if len(images) > 1
+                                                          else ""))
     out = Path(args.out)
 
     def skipped(message: str) -> None:

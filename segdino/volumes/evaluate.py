@@ -303,7 +303,8 @@ def _run_split(run_dir: Path, split: str, found: VolumeCases) -> tuple[list[str]
     unknown = [i for i in ids if i not in labelled]
     if unknown:
         raise DataError(f"{path}: the {split} split lists {len(unknown)} case(s) without a label in "
-                        f"{found.root}: {', '.join(unknown[:MAX_LISTED])}")
+                        f"{found.root}: {', '.join(unknown[:MAX_LISTED])}; on another dataset than the run's, "
+                        "pass --split all to score every labelled case")
     return ids, str(path)
 
 
@@ -391,7 +392,8 @@ def evaluate_volumes(
             raise ConfigError(f"unknown split {split!r}; expected all or one of {', '.join(found.splits)}")
         case_ids, split_source = list(found.splits[split]), found.split_source
     if not case_ids:
-        raise DataError(f"{found.root}: the {split} split has no labelled cases (split from {split_source})")
+        raise DataError(f"{found.root}: the {split} split has no labelled cases (split from {split_source}); "
+                        "pass --split all to score every labelled case")
     by_id = {c.case_id: c for c in found.cases}
     cases = [by_id[i] for i in case_ids]
 
