@@ -210,3 +210,4 @@ def test_fused_model_equals_model(monkeypatch):
             assert rel(p.grad, ref_grads[key].grad) < 1e-7, name
     with pytest.raises(ValueError, match="resize"):
         fuse_model(model, resize="nearest")
+
