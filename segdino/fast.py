@@ -1,7 +1,7 @@
 """The fast inference path: the same function as the model, only faster.
 
-On CUDA: the decoder rebuilt on fused kernels (:func:`segdino.fused.fuse_model`: TPA folded, SAD's
-depthwise + pointwise + GroupNorm statistics in one kernel, one-pass resizes, RoPE tables cached),
+On CUDA: the decoder rebuilt on fused pieces (:func:`segdino.fused.fuse_model`: TPA folded in
+channels-last order, resizes as matrix products or one-pass kernels, RoPE tables cached),
 bf16 weights and activations, channels-last memory layout, cuDNN autotuning for the fixed shapes,
 and ``torch.compile`` (Inductor fuses what is left: normalisation, GELU, gain, residual adds), with
 CUDA graphs (``reduce-overhead``) that remove launch gaps at small batches. Everything falls back
