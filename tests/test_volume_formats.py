@@ -1,0 +1,181 @@
+"""MetaImage, NRRD and compressed DICOM: geometry round trips and damaged files."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("nibabel")
+pytest.importorskip("pydicom")
+sitk = pytest.importorskip("SimpleITK")
+
+from test_volumes import (  # noqa: E402
+    DIRECTION,
+    MARKERS,
+    ORIGIN,
+    SHAPE,
+    SPACING,
+    expected_world,
+    synthetic_affine,
+    synthetic_volume,
+    write_dicom_series,
+)
+
+from segdino import DataError  # noqa: E402
+from segdino.volumes.io import prediction_ending, read_volume, strip_volume_suffix, write_volume  # noqa: E402
+
+
+@pytest.mark.parametrize("name", ["label.mha", "label.mhd", "label.nrrd", "label.nii.gz"])
+def test_label_sits_at_the_same_world_coordinates(tmp_path, name):
+    labels = synthetic_volume()
+    back = read_volume(write_volume(tmp_path / name, labels, synthetic_affine()))
+    assert back.shape == SHAPE and back.array.dtype == labels.dtype
+    for idx, v in MARKERS.items():
+        found = np.argwhere(back.array == v)
+        assert len(found) == 1
+        np.testing.assert_allclose(back.world(found[0]), expected_world(idx), atol=1e-3)
+    np.testing.assert_allclose(back.spacing, SPACING, atol=1e-5)
+    np.testing.assert_allclose(back.direction, DIRECTION, atol=1e-5)
+    np.testing.assert_allclose(back.origin, ORIGIN, atol=1e-4)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+def test_itk_geometry_is_lps_as_itk_writes_it(tmp_path):
+    """A file written by SimpleITK itself (not by us) lands where ITK says, converted to RAS."""
+    arr = np.zeros((5, 4, 3), np.uint8)  # SimpleITK's (z, y, x)
+    arr[4, 1, 2] = 7
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((0.5, 2.0, 3.0))
+    img.SetOrigin((10.0, -5.0, 2.0))
+    img.SetDirection((0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+    for name in ("ext.nrrd", "ext.mha"):
+        sitk.WriteImage(img, str(tmp_path / name))
+        vol = read_volume(tmp_path / name)
+        assert vol.shape == (3, 4, 5)
+        idx = np.argwhere(vol.array == 7)[0]
+        lps = img.TransformIndexToPhysicalPoint([int(i) for i in idx])
+        np.testing.assert_allclose(vol.world(idx), np.array(lps) * [-1, -1, 1], atol=1e-6)
+
+
+def test_vector_image_channels(tmp_path):
+    arr = np.stack([np.full((3, 4, 5), c, np.float32) for c in range(3)], axis=-1)
+    sitk.WriteImage(sitk.GetImageFromArray(arr, isVector=True), str(tmp_path / "rgb.mha"))
+    with pytest.raises(DataError, match=r"rgb\.mha: 4D file with 3 channels"):
+        read_volume(tmp_path / "rgb.mha")
+    vol = read_volume(tmp_path / "rgb.mha", channel=2)
+    assert vol.shape == (5, 4, 3) and np.all(vol.array == 2)
+
+
+def test_names_and_prediction_endings(tmp_path):
+    assert strip_volume_suffix("CASE_0000.nrrd") == "CASE_0000"
+    assert strip_volume_suffix("x.MHA") == "x"
+    assert prediction_ending("a/CASE_0000.mha") == ".mha"
+    assert prediction_ending("a/CASE_0000.mhd") == ".mha"
+    assert prediction_ending("a/CASE.nhdr") == ".nrrd"
+    assert prediction_ending("a/CASE.nii") == ".nii"
+    (tmp_path / "series").mkdir()
+    assert prediction_ending(tmp_path / "series") == ".nii.gz"
+
+
+def _one_error(path, pattern):
+    with pytest.raises(DataError, match=pattern) as info:
+        read_volume(path)
+    assert "\n" not in str(info.value)
+
+
+def test_damaged_itk_files_give_one_error(tmp_path, capfd):
+    img = sitk.GetImageFromArray(np.ones((4, 5, 6), np.int16))
+    raw = tmp_path / "raw.mha"
+    sitk.WriteImage(img, str(raw))
+    data = raw.read_bytes()
+    (tmp_path / "cut.mha").write_bytes(data[:-10])
+    _one_error(tmp_path / "cut.mha", r"cut\.mha: truncated: the header cut\.mha claims 240 bytes.*holds 230")
+    # A header claiming 240 GB of voxels in a file of a few hundred bytes: refused before allocation.
+    (tmp_path / "bomb.mha").write_bytes(data.replace(b"DimSize = 6 5 4", b"DimSize = 6000 5000 4000"))
+    _one_error(tmp_path / "bomb.mha", r"bomb\.mha: truncated: .*240,000,000,000 bytes")
+    sitk.WriteImage(img, str(tmp_path / "packed.mha"), True)
+    packed = (tmp_path / "packed.mha").read_bytes()
+    (tmp_path / "zbomb.mha").write_bytes(packed.replace(b"DimSize = 6 5 4", b"DimSize = 6000 5000 4000"))
+    _one_error(tmp_path / "zbomb.mha", r"zbomb\.mha: .*more than \d+ compressed bytes can hold")
+    (tmp_path / "zcut.mha").write_bytes(packed[:-5])
+    _one_error(tmp_path / "zcut.mha", r"zcut\.mha: truncated")
+    # .nrrd with a detached data file (.nhdr): missing, then truncated.
+    sitk.WriteImage(img, str(tmp_path / "det.nhdr"))
+    data_file = tmp_path / "det.raw"
+    assert data_file.is_file()
+    body = data_file.read_bytes()
+    data_file.unlink()
+    _one_error(tmp_path / "det.nhdr", r"det\.nhdr: the header names the data file det\.raw, which is missing")
+    data_file.write_bytes(body[:100])
+    _one_error(tmp_path / "det.nhdr", r"det\.raw: truncated: the header det\.nhdr claims 240 bytes.*holds 100")
+    sitk.WriteImage(img, str(tmp_path / "g.nrrd"), True)
+    (tmp_path / "gcut.nrrd").write_bytes((tmp_path / "g.nrrd").read_bytes()[:-12])
+    _one_error(tmp_path / "gcut.nrrd", r"gcut\.nrrd: cannot read the voxel data \(truncated")
+    (tmp_path / "junk.nrrd").write_bytes(b"hello")
+    _one_error(tmp_path / "junk.nrrd", r"junk\.nrrd: not a NRRD file")
+    sitk.WriteImage(img, str(tmp_path / "m.mhd"))
+    (tmp_path / "m.raw").unlink()
+    _one_error(tmp_path / "m.mhd", r"m\.mhd: the header names the data file m\.raw, which is missing")
+    capfd.readouterr()
+
+
+def _transcode(src: Path, dst: Path, syntax) -> None:
+    import gdcm
+
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(src))
+    assert reader.Read()
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(syntax))
+    change.SetInput(reader.GetImage())
+    assert change.Change()
+    writer = gdcm.ImageWriter()
+    writer.SetFile(reader.GetFile())
+    writer.SetImage(change.GetOutput())
+    writer.SetFileName(str(dst))
+    assert writer.Write()
+
+
+def test_compressed_dicom_series_read_like_uncompressed(tmp_path):
+    gdcm = pytest.importorskip("gdcm")
+    import pydicom
+    from pydicom.uid import RLELossless
+
+    write_dicom_series(tmp_path / "plain")
+    ref = read_volume(tmp_path / "plain")
+    files = sorted((tmp_path / "plain").iterdir())
+    for name, syntax in (("jpeg-lossless", gdcm.TransferSyntax.JPEGLosslessProcess14_1),
+                         ("jpeg-ls", gdcm.TransferSyntax.JPEGLSLossless)):
+        (tmp_path / name).mkdir()
+        for f in files:
+            _transcode(f, tmp_path / name / f.name, syntax)
+        vol = read_volume(tmp_path / name)
+        np.testing.assert_array_equal(vol.array, ref.array)
+        np.testing.assert_allclose(vol.affine, ref.affine)
+    (tmp_path / "rle").mkdir()
+    for f in files:
+        ds = pydicom.dcmread(str(f))
+        ds.compress(RLELossless)
+        ds.save_as(str(tmp_path / "rle" / f.name))
+    np.testing.assert_array_equal(read_volume(tmp_path / "rle").array, ref.array)
+
+    # One slice stored otherwise: refused from the headers, naming that file.
+    mixed = tmp_path / "mixed"
+    shutil.copytree(tmp_path / "plain", mixed)
+    shutil.copy(tmp_path / "jpeg-lossless" / files[1].name, mixed / files[1].name)
+    _one_error(mixed, rf"{files[1].name}: DICOM transfer syntax JPEG Lossless.* differs from .*Explicit VR Little Endian")
+
+
+def test_dicom_series_mixing_sizes(tmp_path):
+    write_dicom_series(tmp_path / "a", n=4)
+    write_dicom_series(tmp_path / "b", n=4, rows=7)
+    import pydicom
+
+    odd = sorted((tmp_path / "b").iterdir())[0]
+    ds = pydicom.dcmread(str(odd))
+    ds.SeriesInstanceUID = pydicom.dcmread(str(sorted((tmp_path / "a").iterdir())[0])).SeriesInstanceUID
+    ds.save_as(str(tmp_path / "a" / "zz_odd.dcm"))
+    _one_error(tmp_path / "a", r"zz_odd\.dcm: DICOM size \(rows x columns\) \(7, 6\) differs from img\d+\.dcm's \(5, 6\)")
