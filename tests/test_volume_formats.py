@@ -179,3 +179,45 @@ def test_dicom_series_mixing_sizes(tmp_path):
     ds.SeriesInstanceUID = pydicom.dcmread(str(sorted((tmp_path / "a").iterdir())[0])).SeriesInstanceUID
     ds.save_as(str(tmp_path / "a" / "zz_odd.dcm"))
     _one_error(tmp_path / "a", r"zz_odd\.dcm: DICOM size \(rows x columns\) \(7, 6\) differs from img\d+\.dcm's \(5, 6\)")
+
+
+@pytest.mark.parametrize("ending", [".nrrd", ".mha"])
+def test_nnunet_dataset_in_itk_format_is_checked_predicted_and_scored(tmp_path, ending, capsys):
+    import json
+
+    from test_volume_eval import ThresholdModel
+
+    from segdino.cli import main
+    from segdino.data.synthetic import write_volume_dataset
+    from segdino.volumes import check_volume_dataset, ct_window, find_volume_cases
+    from segdino.volumes.evaluate import evaluate_volumes
+    from segdino.volumes.predict import predict_volume_files
+
+    src = write_volume_dataset(tmp_path / "nii", 2, 1, 2, shape=(6, 32, 32), seed=4)
+    root = tmp_path / "itk"
+    for p in sorted(src.rglob("*.nii.gz")):
+        vol = read_volume(p)
+        write_volume(root / p.parent.name / (strip_volume_suffix(p.name) + ending), vol.array, vol.affine)
+    meta = json.loads((src / "dataset.json").read_text())
+    meta["file_ending"] = ending
+    (root / "dataset.json").write_text(json.dumps(meta))
+    report = check_volume_dataset(root)
+    assert report.ok, report.problems
+    found = find_volume_cases(root)
+    assert found.layout == "nnunet" and all(c.image.name.endswith(ending) for c in found.cases)
+
+    window = ct_window(hu_range=(-160.0, 240.0))
+    model = ThresholdModel(thresholds=((20.5 + 160) / 400, (80.5 + 160) / 400), intensity=window, image_size=(32, 32))
+    from_model = evaluate_volumes(root, tmp_path / "from_model", model=model)
+    for case in from_model["cases"]:
+        written = read_volume(tmp_path / "from_model" / "predictions" / f"{case}{ending}")
+        hu = read_volume(root / "imagesTs" / f"{case}_0000{ending}")
+        np.testing.assert_allclose(written.affine, hu.affine, atol=1e-5)
+        np.testing.assert_array_equal(written.array, (hu.array > 20).astype(np.uint8) + (hu.array > 80))
+    results = predict_volume_files(model, root / "imagesTs", tmp_path / "pred")
+    assert [Path(w).name for _, w, _ in results] == [f"{c}{ending}" for c in from_model["cases"]]
+    code = main(["evaluate", "--predictions", str(tmp_path / "pred"), "--data", str(root),
+                 "--out", str(tmp_path / "from_files")])
+    assert code == 0, capsys.readouterr().err
+    from_files = json.loads((tmp_path / "from_files" / "summary.json").read_text())
+    assert from_files["per_class"] == from_model["per_class"]

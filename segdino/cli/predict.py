@@ -90,7 +90,7 @@ def _volume_checker() -> Callable[[Path], bool]:
         from ..volumes.predict import is_volume_input
     except ImportError:
         # Without the volume predictor, NIfTI files are still recognised so as not to be read as images.
-        return lambda p: p.name.lower().endswith((".nii", ".nii.gz"))
+        return lambda p: p.name.lower().endswith((".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr"))
     return lambda p: bool(is_volume_input(p))
 
 
