@@ -560,7 +560,8 @@ def _num(x: Any, digits: int = 3) -> str:
 
 
 def format_summary(summary: dict[str, Any], unit: str = "px") -> str:
-    """A few lines for the console: per class mean Dice, IoU, HD95 (with failures) and ASD.
+    """A few lines for the console: per class mean Dice, IoU, HD95 (with failures), ASD and,
+    when scored, NSD.
 
     ``unit``: of the surface distances (``px`` for images, ``mm`` for volumes with spacing).
     """
@@ -576,6 +577,8 @@ def format_summary(summary: dict[str, Any], unit: str = "px") -> str:
             line += (f" ({hd['failures']} undefined: one mask empty; "
                      f"{_num(hd.get('with_failures_as_diagonal', {}).get('mean'), 2)} with them as the diagonal)")
         line += f", ASD {_num(asd.get('mean'), 2)} {unit}"
+        if "nsd" in e and "nsd_tolerance" in summary:
+            line += f", NSD at {summary['nsd_tolerance']:g} {unit} {_num(e['nsd'].get('mean'))}"
         lines.append(line)
     warning = summary.get("evaluation", {}).get("warning")
     if warning:

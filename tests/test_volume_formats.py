@@ -208,7 +208,7 @@ def test_nnunet_dataset_in_itk_format_is_checked_predicted_and_scored(tmp_path, 
 
     window = ct_window(hu_range=(-160.0, 240.0))
     model = ThresholdModel(thresholds=((20.5 + 160) / 400, (80.5 + 160) / 400), intensity=window, image_size=(32, 32))
-    from_model = evaluate_volumes(root, tmp_path / "from_model", model=model)
+    from_model = evaluate_volumes(root, tmp_path / "from_model", model=model, nsd_tolerance=2.0)
     for case in from_model["cases"]:
         written = read_volume(tmp_path / "from_model" / "predictions" / f"{case}{ending}")
         hu = read_volume(root / "imagesTs" / f"{case}_0000{ending}")
@@ -217,7 +217,11 @@ def test_nnunet_dataset_in_itk_format_is_checked_predicted_and_scored(tmp_path, 
     results = predict_volume_files(model, root / "imagesTs", tmp_path / "pred")
     assert [Path(w).name for _, w, _ in results] == [f"{c}{ending}" for c in from_model["cases"]]
     code = main(["evaluate", "--predictions", str(tmp_path / "pred"), "--data", str(root),
-                 "--out", str(tmp_path / "from_files")])
-    assert code == 0, capsys.readouterr().err
+                 "--out", str(tmp_path / "from_files"), "--nsd-tolerance", "2"])
+    cap = capsys.readouterr()
+    assert code == 0, cap.err
     from_files = json.loads((tmp_path / "from_files" / "summary.json").read_text())
     assert from_files["per_class"] == from_model["per_class"]
+    assert from_files["nsd_tolerance"] == 2.0 and "NSD at 2 mm" in cap.out
+    assert "| NSD at 2 mm |" in (tmp_path / "from_files" / "report.md").read_text()
+    assert all(0.0 <= e["nsd"]["mean"] <= 1.0 for e in from_files["per_class"].values())

@@ -2,8 +2,8 @@
 
 :func:`evaluate_volumes` scores either a folder of predicted volumes (any tool's, named as nnU-Net
 names predictions: ``CASE.nii.gz``, or ``CASE.mha``, ``CASE.nrrd`` ...) or a model, which first segments each case. Per volume and
-per foreground class it reports Dice, IoU, HD95 and ASD in mm (from the label volume's voxel
-spacing), precision and recall, and lesion-wise detection (connected components of the label
+per foreground class it reports Dice, IoU, normalised surface Dice (NSD) at a tolerance in mm
+(default 1 mm), HD95 and ASD in mm (from the label volume's voxel spacing), precision and recall, and lesion-wise detection (connected components of the label
 matched to predicted components by overlap: found, missed, false positives, and each lesion's
 Dice and size); definitions in :mod:`segdino.metrics`.
 
@@ -30,7 +30,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from ..metrics import case_rows, lesion_metrics, summarize, summarize_lesions
+from ..metrics import NSD_TOLERANCE, case_rows, lesion_metrics, summarize, summarize_lesions
 from .io import Volume, is_volume_path, prediction_ending, read_volume, strip_volume_suffix, write_volume
 from .layouts import _CHANNEL_RE, VolumeCase, VolumeCases, find_volume_cases
 from .postprocess import largest_component_classes, postprocess_labels
@@ -328,6 +328,7 @@ def evaluate_volumes(
     largest_component: bool | Iterable[int] = False,
     run_dir: str | os.PathLike | None = None,
     seed: int = 0,
+    nsd_tolerance: float = NSD_TOLERANCE,
 ) -> dict[str, Any]:
     """Score a split of a volume dataset, from predicted volumes or from a model.
 
@@ -349,13 +350,15 @@ def evaluate_volumes(
             scoring.
         run_dir: a training run folder: its ``splits.json`` and ``log.csv`` (learning curves).
         seed: the seed of the seeded split rules (as given to training).
+        nsd_tolerance: the distance in mm within which a boundary voxel counts as right for NSD.
 
     Returns:
         the summary written to ``summary.json``: :func:`segdino.metrics.summarize` of the rows
         (per class: mean, std, median, count of every metric; HD95/ASD in mm with failures
         counted), ``lesions`` (per class name: :func:`segdino.metrics.summarize_lesions`), and
         where the numbers come from (``data``, ``split``, ``split_source``, ``predictions`` or
-        ``model``, ``num_classes``, ``class_names``, ``reoriented``, ``ignored_predictions``).
+        ``model``, ``num_classes``, ``class_names``, ``nsd_tolerance``, ``reoriented``,
+        ``ignored_predictions``).
 
     Raises:
         ConfigError for bad options (neither or both of predictions/model, unknown split);
@@ -363,6 +366,8 @@ def evaluate_volumes(
     """
     if (predictions is None) == (model is None):
         raise ConfigError("evaluating volumes needs exactly one of a folder of predictions and a model")
+    if not (isinstance(nsd_tolerance, (int, float)) and math.isfinite(nsd_tolerance) and nsd_tolerance >= 0):
+        raise ConfigError(f"--nsd-tolerance must be a distance in mm >= 0, got {nsd_tolerance!r}")
     out = Path(out)
     run_dir = Path(run_dir) if run_dir is not None else None
     model_file = str(model) if isinstance(model, (str, os.PathLike)) else None
@@ -429,7 +434,7 @@ def evaluate_volumes(
             reoriented.append(case.case_id)
         spacing = label.spacing
         try:
-            case_r = case_rows(case.case_id, pred, label.array, num_classes, spacing, names)
+            case_r = case_rows(case.case_id, pred, label.array, num_classes, spacing, names, nsd_tolerance)
         except DataError as e:
             raise DataError(f"{pred_path} / {case.label}: {e}") from None
         for row in case_r:
@@ -458,6 +463,7 @@ def evaluate_volumes(
         num_classes=num_classes,
         class_names={str(c): n for c, n in names.items()},
         distance_unit="mm",
+        nsd_tolerance=float(nsd_tolerance),
         largest_component_classes=cleaned,
         reoriented=reoriented,
         ignored_predictions=ignored,
