@@ -36,12 +36,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..data.layouts import NNUNET_CHANNEL_RE
 from ..errors import ConfigError, DataError
 from .io import VOLUME_SUFFIXES, is_volume_path, strip_volume_suffix
 
 IMAGE_2D_ENDINGS = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg")
 LABEL_SUFFIXES = ("", "_seg", "_label", "_labels", "_mask", "_segmentation", "_gt")
-_CHANNEL_RE = re.compile(r"^(.+)_(\d{4})$")
+_CHANNEL_RE = NNUNET_CHANNEL_RE
 
 
 @dataclass(frozen=True)
