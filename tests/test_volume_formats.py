@@ -225,3 +225,28 @@ def test_nnunet_dataset_in_itk_format_is_checked_predicted_and_scored(tmp_path, 
     assert from_files["nsd_tolerance"] == 2.0 and "NSD at 2 mm" in cap.out
     assert "| NSD at 2 mm |" in (tmp_path / "from_files" / "report.md").read_text()
     assert all(0.0 <= e["nsd"]["mean"] <= 1.0 for e in from_files["per_class"].values())
+
+
+def test_region_labels_are_refused_with_the_regions_named(tmp_path, capsys):
+    import json
+
+    from segdino.cli import main
+    from segdino.data.synthetic import write_volume_dataset
+    from segdino.volumes import find_volume_cases
+
+    root = write_volume_dataset(tmp_path / "Dataset030", 2, 1, 1, shape=(4, 32, 32), seed=1)
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["labels"] = {"background": 0, "whole": [1, 2], "core": [2]}
+    meta["regions_class_order"] = [1, 2]
+    (root / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=r"dataset\.json: 'labels' defines 2 region\(s\).*whole = \[1, 2\]; "
+                                        r"core = \[2\].*one class per label value"):
+        find_volume_cases(root)
+    for args in (["data", "check", "--data", str(root)],
+                 ["train", "--data", str(root), "--out", str(tmp_path / "run"), "--epochs", "1",
+                  "--backbone", "vitt16"]):
+        code = main(args)
+        cap = capsys.readouterr()
+        assert code != 0
+        assert "whole = [1, 2]; core = [2]" in cap.out + cap.err and "Traceback" not in cap.err
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())

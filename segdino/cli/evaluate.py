@@ -16,7 +16,7 @@ def register(subparsers) -> None:
         description="Score a model, or prediction masks from any tool, on a dataset split at each image's own "
                     "resolution. Writes cases.csv (per case and class), summary.json (mean, std, median, count "
                     "per metric and class; HD95/ASD failures counted), report.md and figures/ into --out. "
-                    "Volume datasets (NIfTI/DICOM) are scored per volume.",
+                    "Volume datasets (NIfTI, MetaImage, NRRD, DICOM) are scored per volume, with NSD at --nsd-tolerance.",
     )
     parser.add_argument("--model", metavar="CKPT|RUN_DIR|FILE.onnx",
                         help="checkpoint (ours or the authors'), run folder (its best.safetensors) or ONNX file")

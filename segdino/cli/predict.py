@@ -20,7 +20,8 @@ raw folder (``imagesTs/CASE_0000.png`` beside a ``dataset.json``) is named after
 ``CASE``, as nnU-Net names predictions and labels.
 
 An image that cannot be read is named on stderr and the others are still predicted; the exit
-status is then 1. Volume inputs (NIfTI files, DICOM series folders) go to the volume predictor.
+status is then 1. Volume inputs (NIfTI, MetaImage and NRRD files, DICOM series folders) go to the
+volume predictor.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def register(subparsers) -> None:
                     "and overlays/, into --out. Unreadable images are named and skipped (exit status 1).",
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="image files or folders; volumes too (NIfTI files, DICOM series folders)")
+                        help="image files or folders; volumes too (.nii[.gz], .mha, .mhd, .nrrd files, DICOM series folders)")
     parser.add_argument("--model", required=True, metavar="CKPT|RUN_DIR|FILE.onnx",
                         help="checkpoint (ours or the authors'), run folder (its best.safetensors) or ONNX file")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
@@ -100,7 +101,7 @@ def _volume_checker() -> Callable[[Path], bool]:
     try:
         from ..volumes.predict import is_volume_input
     except ImportError:
-        # Without the volume predictor, NIfTI files are still recognised so as not to be read as images.
+        # Without the volume predictor, volume files are still recognised so as not to be read as images.
         return lambda p: p.name.lower().endswith((".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr"))
     return lambda p: bool(is_volume_input(p))
 

@@ -231,19 +231,27 @@ def _label_names(meta: dict, path: Path) -> dict[int, str] | None:
         if all(str(k).lstrip("-").isdigit() for k in labels):  # Decathlon / nnU-Net v1: {"0": "background"}
             for k, v in labels.items():
                 out[int(k)] = str(v)
-        else:  # nnU-Net v2: {"background": 0, "pancreas": 1}; regions map to lists of values
-            regions = []
+        else:  # nnU-Net v2: {"background": 0, "pancreas": 1}
+            regions = {str(name): v for name, v in labels.items() if isinstance(v, (list, tuple))}
+            if regions:
+                raise _regions_error(path, regions)
             for name, v in labels.items():
-                if isinstance(v, (list, tuple)):
-                    regions.append((name, [int(x) for x in v]))
-                else:
-                    out[int(v)] = str(name)
-            for name, values in regions:
-                for x in values:
-                    out.setdefault(x, str(name))
+                out[int(v)] = str(name)
     except (TypeError, ValueError):
         raise DataError(f"{path}: 'labels' must map names to integer values, found {labels!r}") from None
     return dict(sorted(out.items()))
+
+
+def _regions_error(path: Path, regions: dict[str, Any]) -> DataError:
+    """nnU-Net's region-based labels (overlapping unions of label values, e.g. BraTS) are refused:
+    collapsing a region to one of its values would silently train another task."""
+    listed = "; ".join(f"{name} = {list(v)}" for name, v in regions.items())
+    return DataError(
+        f"{path}: 'labels' defines {len(regions)} region(s), nnU-Net's region-based labels ({listed}); "
+        "SegDINO trains one class per label value (binary, or classes 0..K-1 with a softmax), not "
+        "overlapping regions: list each label value once under its own name "
+        '(e.g. {"background": 0, "edema": 1, "necrosis": 2, "enhancing": 3}) and drop regions_class_order'
+    )
 
 
 def _channel_names(meta: dict) -> list[str] | None:
