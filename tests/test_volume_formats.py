@@ -60,6 +60,21 @@ def test_itk_geometry_is_lps_as_itk_writes_it(tmp_path):
         np.testing.assert_allclose(vol.world(idx), np.array(lps) * [-1, -1, 1], atol=1e-6)
 
 
+def test_crlf_nrrd_header_and_2d_images(tmp_path):
+    img = sitk.GetImageFromArray(np.arange(120, dtype=np.int16).reshape(4, 5, 6))
+    sitk.WriteImage(img, str(tmp_path / "unix.nrrd"))
+    data = (tmp_path / "unix.nrrd").read_bytes()
+    end = data.index(b"\n\n")
+    (tmp_path / "dos.nrrd").write_bytes(data[:end].replace(b"\n", b"\r\n") + b"\r\n\r\n" + data[end + 2:])
+    np.testing.assert_array_equal(read_volume(tmp_path / "dos.nrrd").array, read_volume(tmp_path / "unix.nrrd").array)
+    flat = sitk.GetImageFromArray(np.arange(6, dtype=np.uint8).reshape(2, 3))  # (y, x)
+    flat.SetSpacing((0.5, 2.0))
+    sitk.WriteImage(flat, str(tmp_path / "flat.mha"))
+    vol = read_volume(tmp_path / "flat.mha")
+    assert vol.shape == (3, 2, 1) and vol.array[2, 1, 0] == 5
+    np.testing.assert_allclose(vol.spacing[:2], [0.5, 2.0])
+
+
 def test_vector_image_channels(tmp_path):
     arr = np.stack([np.full((3, 4, 5), c, np.float32) for c in range(3)], axis=-1)
     sitk.WriteImage(sitk.GetImageFromArray(arr, isVector=True), str(tmp_path / "rgb.mha"))

@@ -291,17 +291,18 @@ class _Payload:
     compressed_size: int | None = None  # MetaImage's CompressedDataSize
 
 
-def _text_header(path: Path, lines_end: bytes) -> tuple[list[str], int]:
-    """The header lines of a text-headed file and the byte offset just after the header."""
+def _nrrd_header(path: Path) -> tuple[list[str], int]:
+    """The header lines of a NRRD file and the byte offset just after the blank line ending them
+    (written with Unix or Windows line ends)."""
     with open(path, "rb") as f:
         head = f.read(_HEADER_LIMIT)
-    end = head.find(lines_end)
-    if end < 0:
+    ends = [(i, len(sep)) for sep in (b"\n\n", b"\r\n\r\n") if (i := head.find(sep)) >= 0]
+    if not ends:
         if len(head) == _HEADER_LIMIT:
             raise DataError(f"{path}: no end of header in the first {_HEADER_LIMIT:,} bytes; the file is corrupt")
-        end = len(head)
-    text = head[:end].decode("latin-1")
-    return text.splitlines(), min(end + len(lines_end), len(head))
+        ends = [(len(head), 0)]
+    end, n = min(ends)
+    return head[:end].decode("latin-1").splitlines(), end + n
 
 
 def _meta_payload(path: Path) -> _Payload:
@@ -330,7 +331,7 @@ def _meta_payload(path: Path) -> _Payload:
         raise DataError(f"{path}: CompressedDataSize {fields['compresseddatasize']!r} is not a number") from None
     if name.upper() == "LOCAL":
         return _Payload(path, pos, encoding, packed)
-    if name.upper() == "LIST" or "%" in name or " " in name:
+    if name.upper().startswith("LIST") or "%" in name:
         raise DataError(f"{path}: MetaImage data split over several files ({name!r}) is not supported; "
                         "save the volume as one .mha file")
     offset = int(fields.get("headersize", "0") or 0)
@@ -343,7 +344,7 @@ def _nrrd_payload(path: Path) -> _Payload:
         magic = f.read(4)
     if magic != b"NRRD":
         raise DataError(f"{path}: not a NRRD file (it does not start with NRRD)")
-    lines, end = _text_header(path, b"\n\n")
+    lines, end = _nrrd_header(path)
     fields: dict[str, str] = {}
     for line in lines[1:]:
         if line.startswith("#") or ":=" in line:
@@ -358,7 +359,7 @@ def _nrrd_payload(path: Path) -> _Payload:
     name = fields.get("data file", fields.get("datafile"))
     if name is None:
         return _Payload(path, end + max(skip, 0) if skip >= 0 else -1, encoding)
-    if name.upper().startswith("LIST") or len(name.split()) > 1:
+    if name.upper().startswith("LIST") or "%" in name:
         raise DataError(f"{path}: NRRD data split over several files ({name!r}) is not supported; "
                         "save the volume as one .nrrd file")
     return _Payload(path.parent / name, skip if skip >= 0 else -1, encoding)
