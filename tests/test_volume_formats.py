@@ -265,3 +265,34 @@ def test_region_labels_are_refused_with_the_regions_named(tmp_path, capsys):
         assert code != 0
         assert "whole = [1, 2]; core = [2]" in cap.out + cap.err and "Traceback" not in cap.err
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+def test_nnunet_dataset_of_detached_headers(tmp_path):
+    """CASE_0000.mhd + CASE_0000.zraw: the data files are read through their headers, not listed as strays;
+    predictions come out as one-file .mha."""
+    import json
+
+    from test_volume_eval import ThresholdModel
+
+    from segdino.data.synthetic import write_volume_dataset
+    from segdino.volumes import check_volume_dataset, ct_window, find_volume_cases
+    from segdino.volumes.predict import predict_volume_files
+
+    src = write_volume_dataset(tmp_path / "nii", 2, 0, 1, shape=(4, 32, 32), seed=5)
+    root = tmp_path / "mhd"
+    for p in sorted(src.rglob("*.nii.gz")):
+        vol = read_volume(p)
+        write_volume(root / p.parent.name / (strip_volume_suffix(p.name) + ".mhd"), vol.array, vol.affine)
+    assert any(p.suffix == ".zraw" for p in (root / "imagesTr").iterdir())
+    meta = json.loads((src / "dataset.json").read_text())
+    meta["file_ending"] = ".mhd"
+    (root / "dataset.json").write_text(json.dumps(meta))
+    found = find_volume_cases(root)
+    assert not found.issues and len(found.cases) == 3
+    assert check_volume_dataset(root).ok
+    model = ThresholdModel(intensity=ct_window(hu_range=(-160.0, 240.0)), image_size=(32, 32))
+    results = predict_volume_files(model, root / "imagesTs", tmp_path / "pred")
+    (case,) = [c.case_id for c in found.cases if c.subset == "test"]
+    assert [(Path(w).name, e) for _, w, e in results] == [(f"{case}.mha", None)]
+    np.testing.assert_allclose(read_volume(tmp_path / "pred" / "masks" / f"{case}.mha").affine,
+                               read_volume(root / "imagesTs" / f"{case}_0000.mhd").affine, atol=1e-5)
