@@ -129,6 +129,11 @@ def test_damaged_itk_files_give_one_error(tmp_path, capfd):
     sitk.WriteImage(img, str(tmp_path / "g.nrrd"), True)
     (tmp_path / "gcut.nrrd").write_bytes((tmp_path / "g.nrrd").read_bytes()[:-12])
     _one_error(tmp_path / "gcut.nrrd", r"gcut\.nrrd: cannot read the voxel data \(truncated")
+    header = b"NRRD0004\ntype: short\ndimension: 3\nsizes: 6 5 4\nendian: little\nencoding: bzip2\n\n"
+    (tmp_path / "b.nrrd").write_bytes(header + bytes(240))
+    _one_error(tmp_path / "b.nrrd", r"b\.nrrd: NRRD encoding 'bzip2' is not supported")
+    (tmp_path / "s.nrrd").write_bytes(header.replace(b"bzip2", b"raw\nbyte skip: x") + bytes(240))
+    _one_error(tmp_path / "s.nrrd", r"s\.nrrd: header field byte skip = 'x' is not a whole number")
     (tmp_path / "junk.nrrd").write_bytes(b"hello")
     _one_error(tmp_path / "junk.nrrd", r"junk\.nrrd: not a NRRD file")
     sitk.WriteImage(img, str(tmp_path / "m.mhd"))
