@@ -172,6 +172,7 @@ def test_compressed_dicom_series_read_like_uncompressed(tmp_path):
         (tmp_path / name).mkdir()
         for f in files:
             _transcode(f, tmp_path / name / f.name, syntax)
+        assert pydicom.dcmread(str(tmp_path / name / files[0].name)).file_meta.TransferSyntaxUID.is_compressed
         vol = read_volume(tmp_path / name)
         np.testing.assert_array_equal(vol.array, ref.array)
         np.testing.assert_allclose(vol.affine, ref.affine)
@@ -181,6 +182,13 @@ def test_compressed_dicom_series_read_like_uncompressed(tmp_path):
         ds.compress(RLELossless)
         ds.save_as(str(tmp_path / "rle" / f.name))
     np.testing.assert_array_equal(read_volume(tmp_path / "rle").array, ref.array)
+    # JPEG 2000 (GDCM's encoder needs slices larger than a few pixels).
+    write_dicom_series(tmp_path / "plain32", rows=32, cols=32)
+    (tmp_path / "j2k").mkdir()
+    for f in sorted((tmp_path / "plain32").iterdir()):
+        _transcode(f, tmp_path / "j2k" / f.name, gdcm.TransferSyntax.JPEG2000Lossless)
+    assert pydicom.dcmread(str(next((tmp_path / "j2k").iterdir()))).file_meta.TransferSyntaxUID.name.startswith("JPEG 2000")
+    np.testing.assert_array_equal(read_volume(tmp_path / "j2k").array, read_volume(tmp_path / "plain32").array)
 
     # One slice stored otherwise: refused from the headers, naming that file.
     mixed = tmp_path / "mixed"
