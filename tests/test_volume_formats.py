@@ -309,3 +309,24 @@ def test_nnunet_dataset_of_detached_headers(tmp_path):
     assert [(Path(w).name, e) for _, w, e in results] == [(f"{case}.mha", None)]
     np.testing.assert_allclose(read_volume(tmp_path / "pred" / "masks" / f"{case}.mha").affine,
                                read_volume(root / "imagesTs" / f"{case}_0000.mhd").affine, atol=1e-5)
+
+
+def test_undecodable_dicom_names_the_file_and_the_syntax(tmp_path, monkeypatch):
+    gdcm = pytest.importorskip("gdcm")
+    import pydicom
+
+    from segdino.volumes import io
+
+    write_dicom_series(tmp_path / "plain", n=2)
+    (tmp_path / "jpeg").mkdir()
+    for f in sorted((tmp_path / "plain").iterdir()):
+        _transcode(f, tmp_path / "jpeg" / f.name, gdcm.TransferSyntax.JPEGLosslessProcess14_1)
+
+    def no_decoder(self):
+        raise RuntimeError("Unable to decode the pixel data: no plugin is available")
+
+    # As on a machine without GDCM: pydicom cannot decode, and the message says what to install.
+    monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(no_decoder))
+    monkeypatch.setattr(io, "_has_gdcm", lambda: False)
+    _one_error(tmp_path / "jpeg", r"img\d+\.dcm: cannot decode pixel data, transfer syntax JPEG Lossless.*"
+                                  r"1\.2\.840\.10008\.1\.2\.4\.70.*segdino\[volumes\]")
