@@ -1,9 +1,9 @@
 """Scoring predicted label volumes against a dataset's labels, in millimetres.
 
 :func:`evaluate_volumes` scores either a folder of predicted volumes (any tool's, named as nnU-Net
-names predictions: ``CASE.nii.gz``) or a model, which first segments each case. Per volume and
-per foreground class it reports Dice, IoU, HD95 and ASD in mm (from the label volume's voxel
-spacing), precision and recall, and lesion-wise detection (connected components of the label
+names predictions: ``CASE.nii.gz``, or ``CASE.mha``, ``CASE.nrrd`` ...) or a model, which first segments each case. Per volume and
+per foreground class it reports Dice, IoU, normalised surface Dice (NSD) at a tolerance in mm
+(default 1 mm), HD95 and ASD in mm (from the label volume's voxel spacing), precision and recall, and lesion-wise detection (connected components of the label
 matched to predicted components by overlap: found, missed, false positives, and each lesion's
 Dice and size); definitions in :mod:`segdino.metrics`.
 
@@ -14,8 +14,10 @@ resampling; any other grid is an error.
 
 Files written into ``out``: ``cases.csv`` (one row per case and class), ``lesions.csv`` (one row
 per ground-truth lesion and per false-positive component), ``summary.json``, ``report.md`` and
-``figures/`` (per-case overlays show the slice with the most wrongly labelled voxels); with a
-model, also ``predictions/CASE.nii.gz``.
+``figures/`` (per class, the slices through the largest lesion, the largest missed lesion and the
+largest false positive; every slice holding ground truth or prediction of the lowest cases;
+best/median/worst cases on their most wrongly labelled slice); with a
+model, also ``predictions/CASE.<ending>`` (the dataset's file format; ``.nii.gz`` for DICOM).
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from ..metrics import case_rows, lesion_metrics, summarize, summarize_lesions
+from ..metrics import NSD_TOLERANCE, case_rows, lesion_metrics, summarize, summarize_lesions
 from ..progress import track
 from ..report import pretrained_of
-from .io import Volume, is_nifti_path, read_volume, strip_volume_suffix
+from . import figures as _figures
+from .io import Volume, is_volume_path, prediction_ending, read_volume, strip_volume_suffix, write_volume
 from .layouts import _CHANNEL_RE, VolumeCase, VolumeCases, find_volume_cases
 from .postprocess import largest_component_classes, postprocess_labels
 from .slicing import array_axes_of_world, resolve_axis
@@ -134,7 +137,7 @@ def on_label_grid(pred: Volume, label: Volume, what: str = "prediction") -> tupl
 
 
 def match_predictions(folder: str | os.PathLike, found: VolumeCases, case_ids: list[str]) -> tuple[dict[str, Path], list[str]]:
-    """Predicted volumes of a folder matched to cases by name (``CASE.nii.gz`` / ``CASE.nii``).
+    """Predicted volumes of a folder matched to cases by name (``CASE.nii.gz``, ``CASE.mha``, ...).
 
     A ``segdino predict`` output folder is read from its ``masks/`` sub-folder.
 
@@ -151,14 +154,14 @@ def match_predictions(folder: str | os.PathLike, found: VolumeCases, case_ids: l
         raise DataError(f"{folder}: no such folder of predictions")
 
     def volumes_in(d: Path) -> list[Path]:
-        return sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith(".") and is_nifti_path(p))
+        return sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith(".") and is_volume_path(p))
 
     files = volumes_in(folder)
     if not files and (folder / "masks").is_dir():  # a `segdino predict` output folder
         folder = folder / "masks"
         files = volumes_in(folder)
     if not files:
-        raise DataError(f"{folder}: no predicted volumes (.nii/.nii.gz files named CASE.nii.gz)")
+        raise DataError(f"{folder}: no predicted volumes (files named CASE.nii.gz, CASE.mha, CASE.nrrd, ...)")
     by_name: dict[str, Path] = {}
     for p in files:
         stem = strip_volume_suffix(p.name)
@@ -174,7 +177,8 @@ def match_predictions(folder: str | os.PathLike, found: VolumeCases, case_ids: l
         hint = ""
         m = _CHANNEL_RE.match(unknown[0])
         if m and m.group(1) in known:
-            hint = f" (predictions are named after the case, e.g. {m.group(1)}.nii.gz, not {unknown[0]}.nii.gz)"
+            ending = prediction_ending(by_name[unknown[0]].name)
+            hint = f" (predictions are named after the case, e.g. {m.group(1)}{ending}, not {unknown[0]}{ending})"
         problems.append(f"{len(unknown)} prediction(s) name no case of {found.root}: "
                         f"{', '.join(by_name[n].name for n in unknown[:MAX_LISTED])}"
                         f"{' ...' if len(unknown) > MAX_LISTED else ''}{hint}")
@@ -223,41 +227,9 @@ def _class_names(num_classes: int, found: VolumeCases, model) -> dict[int, str]:
 # Pictures
 
 
-def display_volume(array: np.ndarray, affine: np.ndarray, axis: int) -> np.ndarray:
-    """``array`` (I, J, K) as a stack of slices along array ``axis`` in radiological view.
-
-    Returns (S, H, W): slice s is ``array.take(s, axis)`` turned so that, as on a radiology
-    workstation, the patient's right is on the picture's left and anterior (axial) or superior
-    (coronal, sagittal) is at the top; sagittal slices have anterior on the left.
-    """
-    world_axes = array_axes_of_world(affine)  # world x, y, z -> array axis
-    slice_world = world_axes.index(axis)
-    row_world = 1 if slice_world == 2 else 2
-    col_world = 1 if slice_world == 0 else 0
-    row_axis, col_axis = world_axes[row_world], world_axes[col_world]
-    out = np.transpose(array, (axis, row_axis, col_axis))
-    direction = affine[:3, :3]
-    # Rows run towards posterior/inferior and columns towards the patient's left: both decreasing in RAS.
-    if direction[row_world, row_axis] > 0:
-        out = out[:, ::-1, :]
-    if direction[col_world, col_axis] > 0:
-        out = out[:, :, ::-1]
-    return np.ascontiguousarray(out)
-
-
-def _display_image(volume: Volume, spec: Mapping[str, Any] | None, modality: str | None) -> np.ndarray:
-    """(I, J, K) uint8 picture of a volume: the model's intensity window, else a soft-tissue
-    window for CT (named so in dataset.json, or holding air at about -1000 HU), else the 0.5 and
-    99.5 percentiles."""
-    from .intensity import ct_window, normalize_intensity, percentile_window
-
-    if spec is None:
-        arr = volume.array
-        is_ct = (modality or "").strip().lower() == "ct" or (
-            modality is None and arr.size > 0 and float(np.min(arr)) <= -900.0)
-        spec = ct_window("abdomen") if is_ct else percentile_window(0.5, 99.5)
-    norm = normalize_intensity(volume.array, spec)
-    return np.round(norm * 255).astype(np.uint8)
+# Kept importable from here: pictures of volumes live in .figures.
+display_volume = _figures.display_volume
+_display_image = _figures.display_image
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,6 +302,7 @@ def evaluate_volumes(
     largest_component: bool | Iterable[int] = False,
     run_dir: str | os.PathLike | None = None,
     seed: int = 0,
+    nsd_tolerance: float = NSD_TOLERANCE,
     progress: bool | str = False,
 ) -> dict[str, Any]:
     """Score a split of a volume dataset, from predicted volumes or from a model.
@@ -337,7 +310,7 @@ def evaluate_volumes(
     Args:
         data: the dataset folder (nnU-Net raw, Decathlon, or ``images/`` + ``labels/``).
         out: folder for the outputs (module docstring).
-        predictions: folder of predicted label volumes ``CASE.nii.gz`` (or ``.nii``), or a
+        predictions: folder of predicted label volumes ``CASE.nii.gz`` (or ``.nii``, ``.mha``, ``.nrrd`` ...), or a
             ``segdino predict`` output folder (its ``masks/``). Exactly one of ``predictions``
             and ``model``.
         model: a model with volume settings (or a checkpoint path), run on each case's image.
@@ -352,6 +325,7 @@ def evaluate_volumes(
             scoring.
         run_dir: a training run folder: its ``splits.json`` and ``log.csv`` (learning curves).
         seed: the seed of the seeded split rules (as given to training).
+        nsd_tolerance: the distance in mm within which a boundary voxel counts as right for NSD.
         progress: show progress per volume: True a bar on a terminal (plain lines elsewhere),
             ``"quiet"`` plain lines only.
 
@@ -360,7 +334,8 @@ def evaluate_volumes(
         (per class: mean, std, median, count of every metric; HD95/ASD in mm with failures
         counted), ``lesions`` (per class name: :func:`segdino.metrics.summarize_lesions`), and
         where the numbers come from (``data``, ``split``, ``split_source``, ``predictions`` or
-        ``model``, ``num_classes``, ``class_names``, ``reoriented``, ``ignored_predictions``).
+        ``model``, ``num_classes``, ``class_names``, ``nsd_tolerance``, ``reoriented``,
+        ``ignored_predictions``).
 
     Raises:
         ConfigError for bad options (neither or both of predictions/model, unknown split);
@@ -368,6 +343,8 @@ def evaluate_volumes(
     """
     if (predictions is None) == (model is None):
         raise ConfigError("evaluating volumes needs exactly one of a folder of predictions and a model")
+    if not (isinstance(nsd_tolerance, (int, float)) and math.isfinite(nsd_tolerance) and nsd_tolerance >= 0):
+        raise ConfigError(f"--nsd-tolerance must be a distance in mm >= 0, got {nsd_tolerance!r}")
     out = Path(out)
     run_dir = Path(run_dir) if run_dir is not None else None
     model_file = str(model) if isinstance(model, (str, os.PathLike)) else None
@@ -423,7 +400,7 @@ def evaluate_volumes(
     for case in track(cases, len(cases), "evaluate", "volume", show=progress):
         label = read_volume(case.label)
         if model is not None:
-            pred_path = pred_dir / f"{case.case_id}.nii.gz"
+            pred_path = _prediction_path(pred_dir, case)
             pred_vol = _predict_case(model, case, label, pred_path, batch_size, device, largest_component)
         else:
             pred_path = pred_files[case.case_id]
@@ -435,7 +412,7 @@ def evaluate_volumes(
             reoriented.append(case.case_id)
         spacing = label.spacing
         try:
-            case_r = case_rows(case.case_id, pred, label.array, num_classes, spacing, names)
+            case_r = case_rows(case.case_id, pred, label.array, num_classes, spacing, names, nsd_tolerance)
         except DataError as e:
             raise DataError(f"{pred_path} / {case.label}: {e}") from None
         for row in case_r:
@@ -464,6 +441,7 @@ def evaluate_volumes(
         num_classes=num_classes,
         class_names={str(c): n for c, n in names.items()},
         distance_unit="mm",
+        nsd_tolerance=float(nsd_tolerance),
         largest_component_classes=cleaned,
         reoriented=reoriented,
         ignored_predictions=ignored,
@@ -483,9 +461,13 @@ def _model_name(model, path: str | None) -> str | None:
     return f"{path} ({what})" if path else what
 
 
+def _prediction_path(pred_dir: Path, case: VolumeCase) -> Path:
+    """Where a model's prediction of ``case`` is written: named after the case, in its image's format."""
+    return pred_dir / f"{case.case_id}{prediction_ending(case.image)}"
+
+
 def _predict_case(model, case: VolumeCase, label: Volume, pred_path: Path, batch_size: int, device,
                   largest_component) -> Volume:
-    from .io import write_nifti
     from .predict import predict_volume
 
     image = read_volume(case.image, case.channel)
@@ -493,7 +475,7 @@ def _predict_case(model, case: VolumeCase, label: Volume, pred_path: Path, batch
     on_label_grid(image, label, what="image")
     labels = predict_volume(model, image, batch_size=batch_size, device=device)
     labels = postprocess_labels(labels, largest_component, int(model.config.num_classes))
-    write_nifti(pred_path, labels, image.affine)
+    write_volume(pred_path, labels, image.affine)
     return Volume(labels, image.affine, pred_path)
 
 
@@ -514,10 +496,10 @@ def _write_outputs(out: Path, rows, lesion_rows, summary, found: VolumeCases, pr
     if found.channel_names:
         modality = found.channel_names[found.channel or 0] if (found.channel or 0) < len(found.channel_names) else None
 
-    def picture(case_id: str):
+    def view(case_id: str) -> _figures.CaseView:
         case = found.case(case_id)
         label = read_volume(case.label)
-        pred_path = pred_files.get(case_id) or pred_dir / f"{case_id}.nii.gz"
+        pred_path = pred_files.get(case_id) or _prediction_path(pred_dir, case)
         pred, _ = on_label_grid(read_volume(pred_path), label)
         if model is None:
             pred = postprocess_labels(pred, largest_component, summary["num_classes"])
@@ -528,15 +510,59 @@ def _write_outputs(out: Path, rows, lesion_rows, summary, found: VolumeCases, pr
             image = Volume(np.zeros(label.shape, dtype=np.float32), label.affine)
         axis = resolve_axis(settings["axis"] if settings else "axial", label.affine)
         spec = settings["intensity"] if settings else None
-        return tuple(display_volume(a, label.affine, axis)
-                     for a in (_display_image(image, spec, modality), label.array, pred))
+        return _figures.CaseView(_display_image(image, spec, modality), label.array, pred, label.affine, axis,
+                                 tuple(float(v) for v in label.spacing))
+
+    def picture(case_id: str):
+        v = view(case_id)
+        return tuple(display_volume(a, v.affine, v.axis) for a in (v.image, v.gt, v.pred))
 
     log_csv = run_dir / "log.csv" if run_dir is not None and (run_dir / "log.csv").is_file() else None
     source = f"predictions in {summary['predictions']}" if model is None else f"model {summary['model']}"
+    sections = _lesion_sections(out, rows, lesion_rows, view, summary["num_classes"])
     header = header_lines(model=summary["model"], predictions=summary["predictions"], data=summary["data"],
                           split=summary["split"], split_source=summary["split_source"],
                           pretrained=summary.get("pretrained"))
-    write_report(out, rows, summary, cases=picture, log_csv=log_csv,
+    write_report(out, rows, summary, cases=picture, log_csv=log_csv, sections=sections,
                  title=f"SegDINO volume evaluation: {summary['split']} split of {Path(summary['data']).name}, "
                        f"{source}",
                  distance_unit="mm", header=header)
+
+
+#: Per-case strips are drawn for this many of the lowest-Dice cases.
+STRIP_CASES = 3
+
+
+def _lesion_sections(out: Path, rows, lesion_rows, view, num_classes: int) -> list[str]:
+    """The report's lesion-centred figures and per-case strips (Markdown lines; PNGs in figures/)."""
+    from ..report import FIGURES, LEGEND
+
+    fig_dir = out / FIGURES
+    lines: list[str] = []
+    figures = _figures.lesion_figures(fig_dir, lesion_rows, rows, view, num_classes)
+    if figures:
+        lines += ["## Lesions", "",
+                  "For each class: the slice through the largest ground-truth lesion, the largest missed lesion "
+                  "and the largest false positive (connected components, as in the lesion-wise table), in the "
+                  f"radiological view, windowed as the model sees it; the whole slice beside an enlarged crop. "
+                  f"Contours: {LEGEND}.", ""]
+        for f in figures:
+            lines += [f"### {f.class_name}: {f.kind}", "", f.title, "", f"![{f.title}]({FIGURES}/{f.path.name})", ""]
+    per_case: dict[str, list[float]] = {}
+    for r in rows:
+        if r.get("dice") is not None and math.isfinite(float(r["dice"])):
+            per_case.setdefault(str(r["case"]), []).append(float(r["dice"]))
+    worst = sorted(per_case, key=lambda c: (float(np.mean(per_case[c])), c))[:STRIP_CASES]
+    strips = []
+    for case in worst:
+        name = f"strip_{len(strips) + 1}.png"
+        title = _figures.case_strip(fig_dir / name, case, view(case), float(np.mean(per_case[case])))
+        if title is not None:
+            strips.append((title, name))
+    if strips:
+        lines += ["## Slices of the lowest cases", "",
+                  "Every slice holding ground truth or prediction of the lowest-Dice cases, cropped to where "
+                  "they are.", ""]
+        for title, name in strips:
+            lines += [title, "", f"![{title}]({FIGURES}/{name})", ""]
+    return lines
