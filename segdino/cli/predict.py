@@ -12,7 +12,8 @@ Output layout in ``--out``::
     probabilities/<name>.npy    with --probability-format npy: float32, (H, W) foreground
                                 probability for a binary model, (K, H, W) softmax otherwise
     overlays/<name>.png         with --overlays: the image with each predicted class tinted and
-                                outlined
+                                outlined; volumes: overlays/CASE/slice_SSS.png for every slice holding a
+                                prediction and a montage overlays/CASE.png
 
 ``<name>`` is the file's stem, or its path relative to the folder given (sub-folders kept), so
 files of the same stem in different folders never overwrite each other. An image of an nnU-Net
@@ -58,15 +59,18 @@ def register(subparsers) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--probabilities", action="store_true", help="also write probability maps")
     parser.add_argument("--probability-format", default="png", choices=["png", "npy"],
-                        help="png: 8-bit grey per foreground class (default); npy: float32 arrays")
-    parser.add_argument("--overlays", action="store_true", help="also write the images with the prediction drawn on")
+                        help="2D images: png: 8-bit grey per foreground class (default); npy: float32 arrays "
+                             "(volumes write probabilities as volumes)")
+    parser.add_argument("--overlays", action="store_true", help="also write the images with the prediction drawn on; volumes: a PNG per slice "
+                             "holding a prediction and a montage per case")
     parser.add_argument("--label-values", default="255", choices=["255", "index"],
-                        help="binary 2D masks: 255 writes 0/255 (viewable, default); index writes the class "
+                        help="2D images, binary masks: 255 writes 0/255 (viewable, default); index writes the class "
                              "index 0/1, as nnU-Net's 2D labels")
     parser.add_argument("--keep-size", action="store_true",
-                        help="run at each image's native size padded to a multiple of 16 instead of resizing")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
-    parser.add_argument("--workers", type=int, default=2, help="threads decoding images ahead (default 2)")
+                        help="2D images: run at each image's native size padded to a multiple of 16 instead of "
+                             "resizing (volumes always keep their grid)")
+    parser.add_argument("--batch-size", type=int, default=8, help="images (or volume slices) per forward pass (default 8)")
+    parser.add_argument("--workers", type=int, default=2, help="2D images: threads decoding images ahead (default 2)")
     parser.add_argument("--channel", default=None, metavar="C",
                         help="volumes: the channel of multi-channel volumes (index or name)")
     parser.add_argument("--largest-component", action="store_true",
@@ -365,7 +369,7 @@ def predict_from_args(args: argparse.Namespace, on_error: Callable[[str], None] 
     if images and args.channel is not None:
         raise ConfigError("--channel applies to volume inputs; these are 2D images")
     if volumes:
-        refuse_volume_options(args)
+        refuse_2d_options(args)
     for p in problems:
         if on_error is not None:
             on_error(p)
@@ -399,10 +403,16 @@ def predict_from_args(args: argparse.Namespace, on_error: Callable[[str], None] 
     return {"out": str(out), "masks": [str(p) for p in written], "errors": errors}
 
 
-def refuse_volume_options(args: argparse.Namespace) -> None:
-    """Options of 2D images given with volume inputs: refused before any model is loaded, each by its name."""
+def refuse_2d_options(args: argparse.Namespace) -> None:
+    """Options of 2D images given with volume inputs: refused before the model loads, each by its name."""
     if args.keep_size:
         raise ConfigError("--keep-size applies to 2D images; volumes are predicted slice by slice on their own grid")
+    if args.probability_format != "png":
+        raise ConfigError(f"--probability-format {args.probability_format} applies to 2D images; volume "
+                          "probabilities are written as volumes in the input's format")
+    if args.label_values != "255":
+        raise ConfigError(f"--label-values {args.label_values} applies to 2D images; volume labels are always "
+                          "written as class indices 0..K-1")
 
 
 def _predict_volumes(model, volumes: list[Path], out: Path, args: argparse.Namespace) -> tuple[list[Path], list[str]]:
@@ -410,11 +420,10 @@ def _predict_volumes(model, volumes: list[Path], out: Path, args: argparse.Names
         from ..volumes.predict import predict_volume_files
     except ImportError as e:
         return [], [f"{v}: volume prediction is unavailable ({e})" for v in volumes]
-    if args.overlays:
-        raise ConfigError("--overlays applies to 2D images; volume predictions are written as label volumes")
     results = predict_volume_files(model, volumes, out, probabilities=args.probabilities,
                                    largest_component=args.largest_component, batch_size=args.batch_size,
-                                   device=None, channel=_channel(args.channel), progress=progress_mode(args))
+                                   device=None, channel=_channel(args.channel), overlays=args.overlays,
+                                   progress=progress_mode(args))
     written = [Path(path) for _, path, err in results if path is not None and err is None]
     errors = [f"{src}: {err}" if str(src) not in str(err) else str(err) for src, _, err in results if err is not None]
     return written, errors
