@@ -31,6 +31,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from ..metrics import case_rows, lesion_metrics, summarize, summarize_lesions
+from ..resample import resample_to_grid
 from .io import Volume, is_nifti_path, read_volume, strip_volume_suffix
 from .layouts import _CHANNEL_RE, VolumeCase, VolumeCases, find_volume_cases
 from .postprocess import largest_component_classes, postprocess_labels
@@ -125,6 +126,19 @@ def on_label_grid(pred: Volume, label: Volume, what: str = "prediction") -> tupl
         detail += f"; voxel centres up to {off:.3g} mm apart (tolerance {_tolerance(label):.3g} mm)"
     raise DataError(f"{where}: the {what}'s geometry (affine) differs from the label's: {detail}; "
                     f"a {what} must be on its label's voxel grid (resample it onto the label first)")
+
+
+def prediction_on_label_grid(pred: Volume, label: Volume, resample: bool = False) -> tuple[np.ndarray, bool, bool]:
+    """:func:`on_label_grid`, or with ``resample`` a prediction on another grid sampled onto the
+    label's (nearest neighbour through the two affines). Returns ``(array, moved, resampled)``."""
+    try:
+        arr, moved = on_label_grid(pred, label)
+        return arr, moved, False
+    except DataError:
+        if not resample:
+            raise
+    arr = resample_to_grid(pred.array, pred.affine, label.affine, label.shape, order=0)
+    return arr.astype(np.asarray(pred.array).dtype, copy=False), True, True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,6 +341,8 @@ def evaluate_volumes(
     largest_component: bool | Iterable[int] = False,
     run_dir: str | os.PathLike | None = None,
     seed: int = 0,
+    resample: bool = False,
+    tile_overlap: float | None = None,
 ) -> dict[str, Any]:
     """Score a split of a volume dataset, from predicted volumes or from a model.
 
@@ -348,6 +364,9 @@ def evaluate_volumes(
             scoring.
         run_dir: a training run folder: its ``splits.json`` and ``log.csv`` (learning curves).
         seed: the seed of the seeded split rules (as given to training).
+        resample: predictions on another grid than their label's are resampled onto it
+            (nearest neighbour, through the two affines) instead of refused.
+        tile_overlap: sliding-window overlap for the model (see :func:`segdino.volumes.predict.predict_volume`).
 
     Returns:
         the summary written to ``summary.json``: :func:`segdino.metrics.summarize` of the rows
@@ -412,16 +431,20 @@ def evaluate_volumes(
     lesion_rows: list[dict[str, Any]] = []
     lesion_results: dict[int, list[Mapping[str, Any]]] = {c: [] for c in names}
     reoriented: list[str] = []
+    resampled: list[str] = []
     pred_dir = out / "predictions"
     for case in cases:
         label = read_volume(case.label)
         if model is not None:
             pred_path = pred_dir / f"{case.case_id}.nii.gz"
-            pred_vol = _predict_case(model, case, label, pred_path, batch_size, device, largest_component)
+            pred_vol = _predict_case(model, case, label, pred_path, batch_size, device, largest_component,
+                                     tile_overlap)
         else:
             pred_path = pred_files[case.case_id]
             pred_vol = read_volume(pred_path)
-        pred, moved = on_label_grid(pred_vol, label)
+        pred, moved, was_resampled = prediction_on_label_grid(pred_vol, label, resample)
+        if was_resampled:
+            resampled.append(case.case_id)
         if model is None:
             pred = postprocess_labels(pred, largest_component, num_classes)
         if moved:
@@ -459,6 +482,7 @@ def evaluate_volumes(
         distance_unit="mm",
         largest_component_classes=cleaned,
         reoriented=reoriented,
+        resampled=resampled,
         ignored_predictions=ignored,
         dataset_issues=list(found.issues),
     )
@@ -476,14 +500,14 @@ def _model_name(model, path: str | None) -> str | None:
 
 
 def _predict_case(model, case: VolumeCase, label: Volume, pred_path: Path, batch_size: int, device,
-                  largest_component) -> Volume:
+                  largest_component, tile_overlap: float | None = None) -> Volume:
     from .io import write_nifti
     from .predict import predict_volume
 
     image = read_volume(case.image, case.channel)
     # A label off its image's grid is a dataset problem: say so before predicting, naming the image.
     on_label_grid(image, label, what="image")
-    labels = predict_volume(model, image, batch_size=batch_size, device=device)
+    labels = predict_volume(model, image, batch_size=batch_size, device=device, tile_overlap=tile_overlap)
     labels = postprocess_labels(labels, largest_component, int(model.config.num_classes))
     write_nifti(pred_path, labels, image.affine)
     return Volume(labels, image.affine, pred_path)
@@ -510,7 +534,7 @@ def _write_outputs(out: Path, rows, lesion_rows, summary, found: VolumeCases, pr
         case = found.case(case_id)
         label = read_volume(case.label)
         pred_path = pred_files.get(case_id) or pred_dir / f"{case_id}.nii.gz"
-        pred, _ = on_label_grid(read_volume(pred_path), label)
+        pred, _, _ = prediction_on_label_grid(read_volume(pred_path), label, case_id in summary.get("resampled", ()))
         if model is None:
             pred = postprocess_labels(pred, largest_component, summary["num_classes"])
         try:  # the picture only: an unreadable or misplaced image leaves a blank background
