@@ -324,3 +324,58 @@ def test_evaluate_resamples_predictions_from_another_grid_when_asked(scans, tmp_
     s = evaluate_volumes(scans, tmp_path / "r2", predictions=tmp_path / "pred", split="test", resample=True)
     assert s["resampled"] == [label_path.name.split(".")[0]]
     assert s["mean_over_classes"]["dice"]["mean"] > 0.6
+
+
+def _cli(*args, cwd=None):
+    import subprocess
+    import sys
+
+    import os
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # one thread: a shared small CPU thrashes with more
+    return subprocess.run([sys.executable, "-m", "segdino", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=600, env=env)
+
+
+def test_patch_training_records_its_plan_and_predicts_by_tiles_on_the_source_grid(scans, tmp_path):
+    import yaml
+
+    from segdino.volumes import read_volume
+
+    run = tmp_path / "run"
+    r = _cli("train", "--data", scans, "--out", run, "--backbone", "vitt16", "--decoder-dim", "16", "--epochs", "1",
+             "--steps-per-epoch", "2", "--batch-size", "4", "--num-workers", "0", "--intensity", "ct:-200,250",
+             "--spacing", "auto", "--patch-size", "32", "--device", "cpu", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "plan: spacing 1 x 1 mm (median of 4 training cases), patch 32x32" in r.stdout
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["spacing"] == "1,1" and cfg["patch_size"] == [32, 32] and cfg["image_size"] == [32, 32]
+    assert cfg["augment"] == "segdino-intensity"
+    plan = json.loads((run / "plan.json").read_text())
+    assert plan["patch_size"] == [32, 32] and plan["median_shape"] == [80, 64]
+    image = sorted((scans / "imagesTs").glob("*.nii.gz"))[0]
+    r = _cli("predict", "--model", run, "--model", run / "best.safetensors", image, "--out", tmp_path / "pred",
+             "--tta", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    pred = read_volume(tmp_path / "pred" / "masks" / image.name.replace("_0000", ""))
+    src = read_volume(image)
+    assert pred.shape == src.shape and np.allclose(pred.affine, src.affine)
+
+
+def test_bad_fold_and_patch_requests_are_one_line_naming_the_file(scans, tmp_path):
+    common = ("--out", tmp_path / "r", "--backbone", "vitt16", "--decoder-dim", "16", "--epochs", "1",
+              "--intensity", "ct:-200,250", "--device", "cpu", "--quiet")
+    import shutil
+
+    data = tmp_path / "nofolds"
+    shutil.copytree(scans, data)
+    (data / "splits_final.json").unlink()
+    r = _cli("train", "--data", data, "--folds", "7", "--fold", "0", *common)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert str(data) in r.stderr and "7 folds" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (data / "splits_final.json").exists()
+    r = _cli("train", "--data", scans, "--folds", "3", *common)
+    assert r.returncode != 0 and "splits_final.json: holds 1 fold(s)" in r.stderr
+    r = _cli("train", "--data", scans, "--spacing", "auto", "--patch-size", "256", *common)
+    assert r.returncode != 0 and "Traceback" not in r.stderr and "_0000.nii.gz" in r.stderr
+    assert not (tmp_path / "r" / "config.yaml").exists()

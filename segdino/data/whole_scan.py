@@ -107,14 +107,23 @@ def make_whole_scan(rng: np.random.Generator, shape=WHOLE_SCAN_SHAPE, spacing=WH
     return hu, labels
 
 
+def _write_case(job) -> None:
+    path_img, path_lab, seed, i, shape, spacing, lesions, diameters = job
+    vol, lab = make_whole_scan(np.random.default_rng([seed, i]), shape, spacing, lesions, diameters)
+    affine = volume_affine(shape, spacing)
+    atomic_write_bytes(path_img, _nifti_bytes(np.clip(np.rint(vol), -1024, 3071), affine, np.int16))
+    atomic_write_bytes(path_lab, _nifti_bytes(lab, affine, np.uint8))
+
+
 def write_whole_scan_dataset(root, n_train: int, n_val: int, n_test: int, shape=WHOLE_SCAN_SHAPE,
                              spacing=WHOLE_SCAN_SPACING, seed: int = 0, lesions=(2, 5),
-                             diameters=(3.0, 20.0)) -> Path:
+                             diameters=(3.0, 20.0), workers: int = 1) -> Path:
     """Write whole scans from :func:`make_whole_scan` in nnU-Net's raw layout (needs nibabel).
 
     ``imagesTr``/``labelsTr`` hold the train and val cases, ``imagesTs``/``labelsTs`` the test
     cases; ``dataset.json`` (channel CT, labels background 0, lesion 1) and ``splits_final.json``
-    with one fold. Case ``i`` depends only on ``(seed, i)``. Returns ``root``.
+    with one fold. Case ``i`` depends only on ``(seed, i)``; ``workers`` processes write cases
+    side by side. Returns ``root``.
     """
     try:
         import nibabel  # noqa: F401
@@ -130,13 +139,19 @@ def write_whole_scan_dataset(root, n_train: int, n_val: int, n_test: int, shape=
     names = {"imagesTr": {f"{c}_0000.nii.gz" for c in tr}, "labelsTr": {f"{c}.nii.gz" for c in tr},
              "imagesTs": {f"{c}_0000.nii.gz" for c in ts}, "labelsTs": {f"{c}.nii.gz" for c in ts}}
     _prepare_root(root, tuple(names), names)
-    affine = volume_affine(shape, spacing)
+    jobs = []
     for i, case in enumerate(cases):
-        vol, lab = make_whole_scan(np.random.default_rng([seed, i]), shape, spacing, lesions, diameters)
         img_dir, lab_dir = ("imagesTr", "labelsTr") if i < len(tr) else ("imagesTs", "labelsTs")
-        hu = np.clip(np.rint(vol), -1024, 3071)
-        atomic_write_bytes(root / img_dir / f"{case}_0000.nii.gz", _nifti_bytes(hu, affine, np.int16))
-        atomic_write_bytes(root / lab_dir / f"{case}.nii.gz", _nifti_bytes(lab, affine, np.uint8))
+        jobs.append((root / img_dir / f"{case}_0000.nii.gz", root / lab_dir / f"{case}.nii.gz", seed, i,
+                     tuple(shape), tuple(spacing), tuple(lesions), tuple(diameters)))
+    if workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=int(workers)) as pool:
+            list(pool.map(_write_case, jobs))
+    else:
+        for job in jobs:
+            _write_case(job)
     dataset = {"name": "SyntheticWholeScan",
                "description": "Generated whole CT sections with a few small lesions darker than their surroundings",
                "channel_names": {"0": "CT"}, "labels": dict(WHOLE_SCAN_LABELS), "numTraining": len(tr),

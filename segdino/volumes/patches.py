@@ -14,7 +14,6 @@ patches that hold foreground is at least ``--foreground-ratio``.
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Sequence
 
 import numpy as np
@@ -28,7 +27,6 @@ from .dataset import VolumeSliceDataset
 from .layouts import VolumeCase
 from .slicing import context_slice, label_slice
 
-log = logging.getLogger("segdino.volumes")
 
 
 class VolumePatchDataset(VolumeSliceDataset):
@@ -172,9 +170,7 @@ def patch_datasets(cfg, found, settings: dict):
     spacing = None if cfg.spacing in (None, "auto") else parse_spacing(cfg.spacing)
     train_cases = found.split_cases("train")
     plan = plan_volumes(train_cases, settings["axis"], spacing, cfg.patch_size, max_patch=max(cfg.image_size))
-    log.info("%s", plan.describe())
-    if not cfg.quiet:
-        print(plan.describe())
+    print(plan.describe())  # what the run will do, even with --quiet (which silences progress bars)
     cfg.spacing = ",".join(f"{v:.6g}" for v in plan.spacing)
     cfg.patch_size = plan.patch_size
     cfg.image_size = plan.patch_size
