@@ -98,9 +98,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
         summary = _evaluate_volumes(args, out, run_dir)
         unit = "mm"
     else:
-        if args.channel is not None or args.largest_component or args.nsd_tolerance is not None:
-            raise ConfigError(f"--channel, --largest-component and --nsd-tolerance apply to volume datasets; "
-                              f"{args.data} holds 2D images")
+        if args.channel is not None or args.largest_component or args.nsd_tolerance is not None \
+                or args.resample or args.tile_overlap is not None:
+            raise ConfigError(f"--channel, --largest-component, --nsd-tolerance, --resample and --tile-overlap apply "
+                              f"to volume datasets; {args.data} holds 2D images")
         if args.predictions is not None:
             summary = evaluate_predictions(
                 args.predictions, args.data, out, num_classes=args.num_classes or 1, split=args.split,
