@@ -29,7 +29,7 @@ VOLUMES = dict(n_train=8, n_val=1, n_test=3, shape=(16, 128, 128), spacing=(2.5,
                diameters=(4.0, 16.0))
 VOLUME_TRAINING = dict(backbone="vitt16", decoder_dim=32, batch_size=8, lr=1e-3, epochs=10, steps_per_epoch=16,
                        augment="segdino", warmup_epochs=0.5, num_workers=0, context=1, foreground_ratio=0.5,
-                       intensity="ct:-200,250", spacing="auto", patch_size=(64, 64))
+                       intensity="ct:-200,250", spacing="auto", patch_size=(64, 64), quiet=True)
 
 
 def register(sub) -> None:
