@@ -40,10 +40,8 @@ from ..errors import ConfigError, DataError
 from ..fileio import atomic_write_bytes
 from . import add_device_argument
 
-#: Tint of each class in overlays (class k uses entry (k - 1) mod len).
-CLASS_COLOURS = ((255, 0, 255), (0, 255, 255), (255, 255, 0), (255, 128, 0), (0, 128, 255), (128, 255, 0),
-                 (255, 0, 0), (0, 0, 255))
-OVERLAY_ALPHA = 0.35
+# Overlays are drawn as volume overlays and report figures draw them: one home, in segdino.report.
+from ..report import CLASS_COLOURS, OVERLAY_ALPHA, overlay_prediction  # noqa: E402,F401
 
 
 def register(subparsers) -> None:
@@ -238,22 +236,6 @@ def mask_for_file(mask: np.ndarray, num_classes: int, label_values: str = "255")
     if num_classes != 1:
         return mask.astype(np.uint8)
     return (mask > 0).astype(np.uint8) * np.uint8(255 if label_values == "255" else 1)
-
-
-def overlay_prediction(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 image with each class of ``mask`` (H, W) tinted and outlined in its colour."""
-    from ..report import contour
-
-    out = image.astype(np.float32)
-    edge = contour(mask)
-    for k in np.unique(mask):
-        if k == 0:
-            continue
-        colour = np.asarray(CLASS_COLOURS[(int(k) - 1) % len(CLASS_COLOURS)], dtype=np.float32)
-        region = mask == k
-        out[region] = (1 - OVERLAY_ALPHA) * out[region] + OVERLAY_ALPHA * colour
-        out[region & edge] = colour
-    return np.round(out).clip(0, 255).astype(np.uint8)
 
 
 def write_outputs(out: Path, name: str, image: np.ndarray, prediction, num_classes: int, probabilities: bool,
