@@ -53,7 +53,8 @@ def evaluate(model=None, data: str | os.PathLike | None = None, out: str | os.Pa
     """Score a model (or ``predictions=DIR``) on a dataset split, as ``segdino evaluate`` does.
 
     Args:
-        model: a model file, run folder or ONNX file (``None`` with ``predictions``).
+        model: a model file, run folder or ONNX file, or a list of them (an ensemble); ``None``
+            with ``predictions``.
         data: the dataset folder with the ground truth (2D images or volumes).
         out: the report folder (default: ``RUN_DIR/report`` for a run folder).
         **options: any option of ``segdino evaluate`` by name (``split="all"``,
@@ -66,8 +67,8 @@ def evaluate(model=None, data: str | os.PathLike | None = None, out: str | os.Pa
     """
     from .cli.evaluate import evaluate_from_args
 
-    opts = dict(options, model=None if model is None else str(model), data=None if data is None else str(data),
-                out=None if out is None else str(out))
+    models = None if model is None else [str(m) for m in (model if isinstance(model, (list, tuple)) else [model])]
+    opts = dict(options, model=models, data=None if data is None else str(data), out=None if out is None else str(out))
     return evaluate_from_args(_namespace(["evaluate"], opts, "segdino.evaluate"))
 
 

@@ -76,7 +76,8 @@ def register(sub) -> None:
     a("--warmup-epochs", type=float, help="epochs of linear learning-rate warm-up")
     a("--loss", choices=["bce", "bce_dice", "ce", "ce_dice"],
       help="training loss (bce and ce name the same choice for binary and multi-class tasks)")
-    a("--augment", choices=["segdino", "paper", "none"], help="training augmentation")
+    a("--augment", choices=["segdino", "segdino-intensity", "paper", "none"],
+      help="training augmentation (volumes: segdino-intensity, without colour jitter)")
     a("--precision", choices=["auto", "bf16", "fp32"], help="auto: bf16 autocast on GPU, fp32 elsewhere")
     a("--compile", action="store_true", default=None,
       help="torch.compile the training graph (CUDA with Triton only; off elsewhere, and config.yaml says so)")
@@ -104,6 +105,12 @@ def register(sub) -> None:
     av("--context", type=int, help="2.5D: neighbour slices i-k and i+k as the other channels")
     av("--foreground-ratio", type=float, help="share of each batch drawn from slices with the rarest class")
     av("--volume-cache", type=int, help="decoded volumes kept in memory per worker")
+    av("--spacing", help="patch training at this in-plane spacing: auto (the training median) or X,Y mm")
+    av("--patch-size", type=_size, help="patch training: N or HxW px at the target spacing "
+                                        "(unset: planned from the data); the model's input size")
+    av("--folds", type=int, help="make (once, seeded, by patient) and use K cross-validation folds "
+                                 "in DATA/splits_final.json; --fold picks one")
+    av("--tile-overlap", type=float, help="sliding-window overlap in validation")
     p.add_argument("--gpus", type=int, help="start this many training processes on this machine (torchrun)")
     a("--quiet", action="store_true", default=None,
       help="no progress bars: plain lines (one per epoch, or per minute), as when output is not a terminal")
@@ -117,6 +124,7 @@ OPTION_NAMES = [
     "schedule", "warmup_epochs", "loss", "augment", "precision", "compile", "num_workers", "seed", "fold",
     "val_every", "channel", "resume", "overwrite", "on_nan", "on_bad_data", "steps_per_epoch", "device",
     "intensity", "slice_axis", "context", "foreground_ratio", "volume_cache", "quiet", "save_every",
+    "spacing", "patch_size", "folds", "tile_overlap",
 ]
 
 
