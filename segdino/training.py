@@ -974,13 +974,14 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         out = prepare_run_folder(cfg, write=rank == 0)
         if cfg.resume:
             check_resumed_config(cfg, out)
-        if rank == 0 and not is_pretrained(cfg):
-            log.warning("%s", NO_PRETRAINED_WARNING)
         train_set, val_set, foreground = build_datasets(cfg)
         if len(train_set) == 0:
             raise DataError(f"{cfg.data}: the training split is empty")
         cfg.match_loss_to_classes()
         resolve_runtime(cfg, device)
+        if rank == 0 and not is_pretrained(cfg):
+            # Said once the data is known to be usable, so that a user's mistake stays a one-line error.
+            log.warning("%s", NO_PRETRAINED_WARNING)
         if world > 1:
             torch.distributed.barrier()
         trainer = Trainer(cfg, train_set, val_set, make_transform(cfg), out=out, foreground=foreground)
