@@ -22,7 +22,6 @@ are index images; ``.npy`` files hold integer label arrays.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -36,7 +35,9 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from .data.splits import validate_split_lists
 from .errors import ConfigError, DataError
+from .fileio import read_json
 from .metrics import case_rows, summarize
 
 log = logging.getLogger("segdino.evaluation")
@@ -73,13 +74,8 @@ def _run_splits(run_dir: Path | None) -> dict[str, list[str]] | None:
     if run_dir is None or not (run_dir / SPLITS_FILE).is_file():
         return None
     path = run_dir / SPLITS_FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: cannot read the run's split ({e})") from None
-    if not isinstance(data, dict) or not all(isinstance(data.get(k, []), list) for k in ("train", "val", "test")):
-        raise DataError(f"{path}: expected {{\"train\": [...], \"val\": [...], \"test\": [...]}}")
-    return {k: [str(c) for c in data.get(k, [])] for k in ("train", "val", "test")}
+    # Cases are matched against the dataset afterwards; the file's form is checked by the one rule.
+    return validate_split_lists(path, read_json(path, DataError, "split file"), lambda c: c, required=())
 
 
 def load_split(
@@ -107,6 +103,7 @@ def load_split(
     """
     from .data.dataset import SegmentationDataset
     from .data.layouts import find_pairs
+    from .data.masks import require_foreground
     from .data.splits import resolve_splits
 
     if split not in SPLIT_CHOICES:
@@ -115,6 +112,9 @@ def load_split(
     if not root.is_dir():
         raise DataError(f"{root}: no such dataset folder")
     pairs = find_pairs(root)
+    if num_classes == 1:
+        # Empty masks score a perfect Dice against an empty prediction: refuse what data check refuses.
+        require_foreground((p.masks for p in pairs), root, mask_threshold)
     source = "every case of the dataset"
     splits = None
     if split != "all":

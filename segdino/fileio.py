@@ -8,6 +8,7 @@ already at that path, if any, was left as it was.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -117,3 +118,27 @@ def atomic_write_with(path: str | os.PathLike, writer: Callable[[Path], None],
     """Call ``writer(tmp_path)`` and move the result to ``path`` atomically."""
     with atomic_path(path, error) as tmp:
         writer(tmp)
+
+
+def read_json(path: str | os.PathLike, error: type[SegDINOError] = SegDINOError, what: str = "JSON file"):
+    """Parse a JSON file that a user or another program wrote; every failure is one ``error``.
+
+    A missing or unreadable file, bytes that are not UTF-8, invalid JSON and nesting too deep
+    for the parser (a few thousand levels: no file we read needs more than five) all raise
+    ``error`` naming ``path``.
+    """
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except OSError as e:
+        raise error(f"{path}: cannot read ({_reason(e)})") from None
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not a {what}: byte {e.start} is not UTF-8 text") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise error(f"{path}: not a {what}: its values are nested too deeply to be one") from None

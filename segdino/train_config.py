@@ -153,11 +153,20 @@ FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"extra"}
 def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_bytes().decode("utf-8-sig"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: a folder, not a config file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a YAML config: byte {e.start} is not UTF-8 text") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())[:300]})") from None
+    except RecursionError:
+        # PyYAML composes nested values recursively; no option needs more than a few levels.
+        raise ConfigError(f"{path}: not a YAML config: its values are nested too deeply") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -772,11 +772,15 @@ def build_datasets(cfg: TrainConfig):
     if is_volume_data(cfg.data):
         return build_volume_datasets(cfg)
     from .data.dataset import SegmentationDataset
+    from .data.masks import require_foreground
 
     common = dict(num_classes=cfg.num_classes, image_size=cfg.image_size, seed=cfg.seed, fold=cfg.fold,
                   mask_threshold=cfg.mask_threshold, cache=cfg.cache_images)
     train = SegmentationDataset(cfg.data, split="train", **common)
     val = SegmentationDataset(cfg.data, split="val", splits=train.splits, **common)
+    if cfg.num_classes == 1:
+        # All-empty masks would train to predict nothing and validate at Dice 1: data check refuses them.
+        require_foreground((p.masks for p in train.pairs + val.pairs), cfg.data, cfg.mask_threshold)
     if cfg.cache_images and cfg.on_bad_data == "stop":
         # Decode everything once, up front; with --on-bad-data skip the cache fills as samples
         # are read, so that a bad file is skipped and listed rather than stopping the preload.

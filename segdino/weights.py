@@ -20,7 +20,6 @@ refused, never run.
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import re
@@ -34,6 +33,7 @@ import torch
 from .backbone import BACKBONES, DINOv3Backbone
 from .config import ModelConfig
 from .errors import CheckpointError, ConfigError
+from .fileio import read_json
 
 if TYPE_CHECKING:
     from .model import SegDINO
@@ -42,6 +42,7 @@ __all__ = [
     "FORMAT_DESCRIPTIONS",
     "safe_torch_load",
     "read_state_dict",
+    "read_shard_index",
     "detect_format",
     "detect_backbone_format",
     "meta_to_timm",
@@ -181,11 +182,8 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 def _read_folder(folder: Path) -> dict[str, torch.Tensor]:
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-            shards = sorted(set(weight_map.values()))
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-            raise CheckpointError(f"{index}: not a valid shard index ({e})") from None
+        weight_map = read_shard_index(index)
+        shards = sorted(set(weight_map.values()))
         state: dict[str, torch.Tensor] = {}
         for shard in shards:
             state.update(_read_safetensors_checked(folder / shard))
@@ -204,6 +202,34 @@ def _read_folder(folder: Path) -> dict[str, torch.Tensor]:
         f"{folder} is a folder; expected model.safetensors, model.safetensors.index.json, pytorch_model.bin "
         f"or exactly one weights file in it, found {found}; pass the file itself"
     )
+
+
+def read_shard_index(index: str | os.PathLike) -> dict[str, str]:
+    """The ``weight_map`` (tensor name -> shard file name) of a ``model.safetensors.index.json``.
+
+    Every shard must be a plain file name in the index's own folder: an index names no file
+    elsewhere (no absolute path, no ``..``, no subfolder), so a downloaded folder reads only
+    itself.
+
+    Raises:
+        CheckpointError: unreadable, not UTF-8 JSON, nested too deeply, no ``weight_map`` object
+            of strings, or a shard name that leaves the folder; the message names the index.
+    """
+    index = Path(index)
+    data = read_json(index, CheckpointError, "shard index")
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index}: not a valid shard index; expected an object with a non-empty "
+                              '"weight_map": {"tensor name": "shard file name", ...}')
+    for key, shard in weight_map.items():
+        if not isinstance(shard, str):
+            raise CheckpointError(f"{index}: not a valid shard index; the shard of {str(key)[:80]!r} is "
+                                  f"{type(shard).__name__} {str(shard)[:40]}, expected a file name")
+        if (not shard or shard in (".", "..") or "/" in shard or "\\" in shard or "\0" in shard
+                or Path(shard).is_absolute()):
+            raise CheckpointError(f"{index}: shard {shard[:120]!r} is not a file name in the index's folder; "
+                                  "an index may name only files beside it")
+    return weight_map
 
 
 def _read_safetensors_checked(path: Path) -> dict[str, torch.Tensor]:

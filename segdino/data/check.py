@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import SegDINOError
 from .imageio import image_info
 from .layouts import LayoutScan, Pair, detect_layout
-from .masks import DEFAULT_THRESHOLD, index_like, read_mask_file
+from .masks import DEFAULT_THRESHOLD, foreground_rule, index_like, no_foreground_message, read_mask_file
 from .splits import SPLIT_NAMES, resolve_splits
 
 # A mask pixel of an 8-bit binary mask in this open range is neither clearly 0 nor clearly 255.
@@ -261,19 +261,12 @@ def _inspect(pair: Pair) -> _PairInfo:
 
 
 def _foreground_pixels(mi: _MaskInfo, threshold: int) -> int:
-    """Foreground pixels of one mask under the binary rule of :func:`segdino.data.masks.binarize`."""
+    """Foreground pixels of one mask under :func:`segdino.data.masks.foreground_rule`."""
     v, c = mi.values, mi.counts
     if not v.size:
         return 0
-    vmax = float(v.max())
-    if np.issubdtype(v.dtype, np.floating) and vmax <= 1.0:
-        return int(c[v > threshold / 255.0].sum())
-    if vmax <= 1 and not mi.lossy:
-        return int(c[v == 1].sum())
-    if vmax <= 255:
-        return int(c[v > threshold].sum())
-    scale = 65535.0 / 255.0 if vmax <= 65535 else vmax / 255.0
-    return int(c[v > threshold * scale].sum())
+    op, cut = foreground_rule(float(v.max()), bool(np.issubdtype(v.dtype, np.floating)), threshold, mi.lossy)
+    return int(c[v == cut].sum()) if op == "==" else int(c[v > cut].sum())
 
 
 def _infer_num_classes(infos: list[_PairInfo]) -> int:
@@ -398,8 +391,7 @@ def check_pairs_2d(scan: LayoutScan, report: CheckReport, opts: CheckOptions) ->
                 report.empty_masks.append(pair.case_id)
 
     if num_classes == 1 and report.empty_masks and len(report.empty_masks) == report.pairs:
-        report.problems.append(f"every mask is empty under the binary rule (foreground = value > "
-                               f"{opts.mask_threshold}, 0/1 masks as such): a wrong --mask-threshold?")
+        report.problems.append(no_foreground_message(opts.mask_threshold))
     elif report.empty_masks:
         report.notes.append(f"{len(report.empty_masks)} empty mask(s) (no foreground): they train as all-background")
     if num_classes > 1:

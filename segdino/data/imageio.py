@@ -117,7 +117,7 @@ def _reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
-def _bit_depth_scale(vmax: float) -> float:
+def bit_depth_scale(vmax: float) -> float:
     """The full-scale value of the smallest common bit depth (8, 10, 12, 14, 16, 32) holding ``vmax``."""
     for bits in (8, 10, 12, 14, 16):
         if vmax <= 2**bits - 1:
@@ -151,7 +151,7 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
     if lo < 0.0:
         scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
     else:
-        scaled = arr / _bit_depth_scale(hi) * 255.0
+        scaled = arr / bit_depth_scale(hi) * 255.0
     return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
 
 

@@ -20,7 +20,6 @@ model, also ``predictions/CASE.nii.gz``.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -29,7 +28,9 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from ..data.splits import validate_split_lists
 from ..errors import ConfigError, DataError
+from ..fileio import read_json
 from ..metrics import case_rows, lesion_metrics, summarize, summarize_lesions
 from .io import Volume, is_nifti_path, read_volume, strip_volume_suffix
 from .layouts import _CHANNEL_RE, VolumeCase, VolumeCases, find_volume_cases
@@ -197,7 +198,7 @@ def _dataset_classes(found: VolumeCases, cases: list[VolumeCase]) -> int:
         return 1 if len(values) <= 2 else max(values) + 1
     top = 0
     for c in cases:
-        arr = read_volume(c.label).array
+        arr = read_volume(c.label, label=True).array
         if arr.size:
             top = max(top, int(np.max(arr)))
     return 1 if top <= 1 else top + 1
@@ -290,13 +291,10 @@ def _run_split(run_dir: Path, split: str, found: VolumeCases) -> tuple[list[str]
     path = run_dir / "splits.json"
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: cannot read the run's split ({e})") from None
-    if not isinstance(data, dict) or split not in data:
+    data = validate_split_lists(path, read_json(path, DataError, "split file"), lambda c: c, required=())
+    if not data.get(split):
         return None
-    ids = [str(i) for i in data[split]]
+    ids = data[split]
     labelled = {c.case_id for c in found.cases if c.label is not None}
     unknown = [i for i in ids if i not in labelled]
     if unknown:
@@ -414,13 +412,13 @@ def evaluate_volumes(
     reoriented: list[str] = []
     pred_dir = out / "predictions"
     for case in cases:
-        label = read_volume(case.label)
+        label = read_volume(case.label, label=True)
         if model is not None:
             pred_path = pred_dir / f"{case.case_id}.nii.gz"
             pred_vol = _predict_case(model, case, label, pred_path, batch_size, device, largest_component)
         else:
             pred_path = pred_files[case.case_id]
-            pred_vol = read_volume(pred_path)
+            pred_vol = read_volume(pred_path, label=True)
         pred, moved = on_label_grid(pred_vol, label)
         if model is None:
             pred = postprocess_labels(pred, largest_component, num_classes)
@@ -508,9 +506,9 @@ def _write_outputs(out: Path, rows, lesion_rows, summary, found: VolumeCases, pr
 
     def picture(case_id: str):
         case = found.case(case_id)
-        label = read_volume(case.label)
+        label = read_volume(case.label, label=True)
         pred_path = pred_files.get(case_id) or pred_dir / f"{case_id}.nii.gz"
-        pred, _ = on_label_grid(read_volume(pred_path), label)
+        pred, _ = on_label_grid(read_volume(pred_path, label=True), label)
         if model is None:
             pred = postprocess_labels(pred, largest_component, summary["num_classes"])
         try:  # the picture only: an unreadable or misplaced image leaves a blank background
