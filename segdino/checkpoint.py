@@ -23,9 +23,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .config import ModelConfig
+from .config import MAX_ABS_MEAN, STD_RANGE, ModelConfig
 from .errors import CheckpointError, ConfigError
 from .fileio import atomic_path
+from .memory import check_memory, forward_bytes
 from .model import SegDINO
 
 FORMAT_KEY = "format"
@@ -116,6 +117,7 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         from .weights import load_foreign_model
 
         model = load_foreign_model(p)
+    model.source = p  # named in messages about the model's outputs
     return model.to(map_location).eval()
 
 
@@ -144,8 +146,10 @@ _FIELDS: dict[str, tuple[Any, str]] = {
     "norm": (lambda v: isinstance(v, str), "a normalisation name"),
     "image_size": (lambda v: _list_of(lambda s: _is_int(s) and 16 <= s <= MAX_INPUT_SIDE)(v) and len(v) == 2,
                    f"[height, width], each 16..{MAX_INPUT_SIDE}"),
-    "mean": (_list_of(_is_number, 3), "three finite numbers"),
-    "std": (_list_of(lambda s: _is_number(s) and s > 0, 3), "three finite numbers > 0"),
+    "mean": (_list_of(lambda m: _is_number(m) and abs(m) <= MAX_ABS_MEAN, 3),
+             f"three numbers in -{MAX_ABS_MEAN:g}..{MAX_ABS_MEAN:g}"),
+    "std": (_list_of(lambda s: _is_number(s) and STD_RANGE[0] <= s <= STD_RANGE[1], 3),
+            f"three numbers in {STD_RANGE[0]:g}..{STD_RANGE[1]:g}"),
     "mask_threshold": (lambda v: _is_int(v) and 0 <= v <= 255, "an integer in 0..255"),
     "class_names": (lambda v: v is None or _list_of(lambda s: isinstance(s, str))(v), "null or a list of names"),
     "no_tpa": (lambda v: isinstance(v, bool), "true or false"),
@@ -254,6 +258,9 @@ def _load_ours(path: Path, meta: dict[str, str]) -> SegDINO:
         if dtype != want:
             raise CheckpointError(f"{path}: {k} has dtype {dtype} in the file, the model expects {want} ({ref.dtype})")
     del skeleton, expected
+    h, w = config.image_size
+    check_memory(forward_bytes(config), f"{path}: the model its metadata config describes ({_describe_config(config)}, "
+                 f"input {h}x{w})", CheckpointError)
     model = SegDINO(config)
     from safetensors.torch import load_file
 

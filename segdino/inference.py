@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from .backbone import PATCH_SIZE
 from .config import ModelConfig
 from .data.imageio import as_rgb_array
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError, DataError
+from .memory import check_memory, forward_bytes, memory_limit
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -101,7 +102,7 @@ def model_logits_at_size(
     keep_size: bool = False,
 ) -> list[torch.Tensor]:
     """Run ``model`` on a normalised batch and return each image's (K, H, W) float logits at its size."""
-    logits = model(batch).float()
+    logits = check_finite_logits(model(batch).float(), model)
     out = []
     for i, (h, w) in enumerate(sizes):
         li = logits[i : i + 1]
@@ -185,6 +186,7 @@ def load_inference_model(path: str | os.PathLike, device: str | torch.device | N
         from .fast import fast_model
 
         model = fast_model(model, dev)
+    model.source = Path(path)  # named in messages about the model's outputs
     return model.eval()
 
 
@@ -212,12 +214,33 @@ def _compiled(model) -> bool:
     return getattr(model, "compiled", None) is not None
 
 
+def model_source(model) -> str:
+    """The file a model came from (``path`` of ONNX models, ``source`` set on loading), for messages."""
+    where = getattr(model, "path", None) or getattr(model, "source", None)
+    return str(where) if where is not None else "the model"
+
+
+def check_finite_logits(logits: torch.Tensor, model) -> torch.Tensor:
+    """``logits`` unchanged when every value is finite; else :class:`CheckpointError` naming the model.
+
+    NaN logits threshold to background and argmax to class 0, so a model that overflows (a
+    forged or damaged file, a normalisation that divides by almost nothing) would otherwise give
+    empty masks and a successful exit.
+    """
+    if not bool(torch.isfinite(logits).all()):
+        bad = int((~torch.isfinite(logits)).sum())
+        raise CheckpointError(f"{model_source(model)}: the model's outputs hold {bad:,} NaN or infinite value(s) of "
+                              f"{logits.numel():,}; its weights or its config (mean, std) are damaged, so no "
+                              "mask was written from them")
+    return logits
+
+
 def _run(model, x: torch.Tensor, dev: torch.device, batch_size: int) -> torch.Tensor:
     """Logits of a normalised batch; compiled models always see ``batch_size`` images."""
     n = x.shape[0]
     if _compiled(model) and n < batch_size:
         x = torch.cat([x, x.new_zeros((batch_size - n, *x.shape[1:]))])
-    return model(x.to(dev, non_blocking=True))[:n].float()
+    return check_finite_logits(model(x.to(dev, non_blocking=True))[:n].float(), model)
 
 
 def _finish(logits: torch.Tensor, probabilities: bool) -> np.ndarray | Prediction:
@@ -241,6 +264,18 @@ def _check_any_size(model) -> None:
                           f"{h}x{w} inputs only; drop --keep-size, or use the .safetensors checkpoint")
 
 
+def _keep_size_batch(config: ModelConfig, padded: tuple[int, int], size: tuple[int, int], batch_size: int) -> int:
+    """How many images of one padded size share a forward pass at their own size, within the memory limit.
+
+    Raises:
+        DataError: one such image alone is estimated to need more than the limit.
+    """
+    per_image = forward_bytes(config, padded, batch=1)
+    check_memory(per_image, f"an image of {size[1]}x{size[0]} pixels run at its own size (--keep-size)"
+                 f" by {config.backbone}", DataError)
+    return max(1, min(batch_size, memory_limit() // per_image))
+
+
 def predict_arrays(model, images: Sequence[np.ndarray], device: torch.device, batch_size: int = 8,
                    keep_size: bool = False, probabilities: bool = False) -> list:
     """Segment (H, W, 3) uint8 images with a model already on ``device`` (see :func:`predict`)."""
@@ -254,7 +289,10 @@ def predict_arrays(model, images: Sequence[np.ndarray], device: torch.device, ba
         groups: dict[tuple[int, int], list[int]] = {}
         for i, (h, w) in enumerate(sizes):
             groups.setdefault(padded_size(h, w), []).append(i)
-        batches = [idx[k : k + batch_size] for idx in groups.values() for k in range(0, len(idx), batch_size)]
+        batches = []
+        for padded, idx in groups.items():
+            step = _keep_size_batch(config, padded, sizes[idx[0]], batch_size)
+            batches += [idx[k : k + step] for k in range(0, len(idx), step)]
     else:
         batches = [list(range(k, min(k + batch_size, len(images)))) for k in range(0, len(images), batch_size)]
     for idx in batches:

@@ -34,6 +34,7 @@ from .backbone import BACKBONES, DINOv3Backbone
 from .config import ModelConfig
 from .errors import CheckpointError, ConfigError
 from .fileio import read_json
+from .memory import check_memory, forward_bytes
 
 if TYPE_CHECKING:
     from .model import SegDINO
@@ -751,10 +752,17 @@ def load_foreign_model(path: str | os.PathLike) -> "SegDINO":
         )
     ours = authors_to_segdino(state, source=path) if fmt == "segdino_v2" else dict(state)
     config = infer_model_config(ours, path)
-    model = SegDINO(config)
     what = f"a SegDINO model with backbone {config.backbone}, decoder width {config.decoder_dim}, " \
            f"{config.num_classes} class{'es' if config.num_classes > 1 else ''}"
-    fitted = _fit(path, ours, model.state_dict(), what, file_name=_authors_name if fmt == "segdino_v2" else str)
+    # Shapes first, on a skeleton without storage: a file with one oversized tensor must not make us
+    # allocate the (much larger) model that tensor's shape implies.
+    with torch.device("meta"):
+        skeleton = SegDINO(config)
+    fitted = _fit(path, ours, skeleton.state_dict(), what, file_name=_authors_name if fmt == "segdino_v2" else str)
+    del skeleton
+    check_memory(forward_bytes(config), f"{path}: {what} at {config.image_size[0]}x{config.image_size[1]}",
+                 CheckpointError)
+    model = SegDINO(config)
     model.load_state_dict(fitted, strict=True)
     return model
 

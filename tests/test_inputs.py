@@ -307,3 +307,173 @@ def test_misregistered_label_is_refused_by_training_and_data_check(tmp_path, cap
     msg = _one_line(capsys, code)
     assert "label geometry differs from image" in msg and "origin (30" in msg
     assert not (tmp_path / "run" / "best.safetensors").exists()
+
+
+# --- sizes checked before allocation: a small file cannot exhaust memory --------------------------
+
+def _tiny_file(tmp_path: Path, name: str = "m.safetensors", **config) -> tuple[Path, dict, dict]:
+    from safetensors import safe_open
+
+    model = randomize_(segdino.build_model("vitt16", decoder_dim=16, image_size=(32, 32)))
+    path = segdino.save_model(model, tmp_path / name)
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if config:
+        cfg = json.loads(meta["segdino_config"])
+        cfg.update(config)
+        meta = dict(meta, segdino_config=json.dumps(cfg))
+        save_file(tensors, str(path), metadata=meta)
+    return path, tensors, meta
+
+
+def test_state_dict_with_an_oversized_projection_is_refused_before_the_model_is_built(tmp_path):
+    """35 MB of state dict whose projection is 16384 wide implied a 9.6 GB model; now its shapes are
+    compared with a storage-less skeleton first. Run under an address-space limit."""
+    import subprocess
+    import sys
+    import textwrap
+
+    _, tensors, _ = _tiny_file(tmp_path)
+    tensors = dict(tensors)
+    tensors["tpa.projections.0.weight"] = torch.zeros(16384, 192, 1, 1)
+    path = tmp_path / "plain_state.safetensors"
+    save_file(tensors, str(path))  # no config: the loader infers one from the shapes
+    code = textwrap.dedent(f"""
+        import resource, sys
+        import timm, torch, safetensors.torch
+        import segdino, segdino.checkpoint, segdino.weights, segdino.model
+        from segdino.errors import CheckpointError
+        # 2 GiB of address space beyond what the imports took: far below the 9.6 GB model.
+        vm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize:")) * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (vm + 2 * 1024**3, vm + 2 * 1024**3))
+        try:
+            segdino.load_model({str(path)!r})
+        except CheckpointError as e:
+            print("REFUSED", e)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "REFUSED" in proc.stdout, proc.stderr[-2000:]
+    assert "plain_state.safetensors" in proc.stdout and "(16384, 192, 1, 1)" not in proc.stderr
+
+
+@pytest.mark.parametrize("side", [2048, 8192])
+def test_config_asking_for_a_huge_input_is_refused_by_its_memory_estimate(tmp_path, monkeypatch, side):
+    monkeypatch.setenv("SEGDINO_MAX_MEMORY_GB", "4")
+    path, _, _ = _tiny_file(tmp_path, image_size=[side, side])
+    with pytest.raises(CheckpointError) as e:
+        segdino.load_model(path)
+    msg = str(e.value)
+    assert str(path) in msg and f"input {side}x{side}" in msg
+    assert "more than the limit of 4.0 GiB (SEGDINO_MAX_MEMORY_GB=4)" in msg and "SEGDINO_MAX_MEMORY_GB" in msg
+    if side == 2048:  # the limit is the user's to raise
+        monkeypatch.setenv("SEGDINO_MAX_MEMORY_GB", "1000")
+        assert segdino.load_model(path).config.image_size == (2048, 2048)
+
+
+def test_memory_limit_defaults_to_half_the_machine(monkeypatch):
+    from segdino import memory
+
+    monkeypatch.delenv("SEGDINO_MAX_MEMORY_GB", raising=False)
+    ram = memory.physical_memory()
+    assert memory.memory_limit() == (ram // 2 if ram else memory.FALLBACK_LIMIT)
+    for bad in ("nan", "-3", "lots"):
+        monkeypatch.setenv("SEGDINO_MAX_MEMORY_GB", bad)
+        assert memory.memory_limit() == (ram // 2 if ram else memory.FALLBACK_LIMIT)
+
+
+def test_keep_size_on_a_huge_image_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SEGDINO_MAX_MEMORY_GB", "4")
+    path, _, _ = _tiny_file(tmp_path)
+    image = tmp_path / "big.png"
+    Image.fromarray(np.zeros((3000, 3000, 3), np.uint8)).save(image)
+    code = cli_main(["predict", "--model", str(path), str(image), "--out", str(tmp_path / "out"),
+                     "--keep-size", "--device", "cpu"])
+    msg = _one_line(capsys, code)
+    assert "3000x3000" in msg and "--keep-size" in msg and "SEGDINO_MAX_MEMORY_GB" in msg
+    assert not list((tmp_path / "out").rglob("*.png")) if (tmp_path / "out").exists() else True
+
+
+def test_keep_size_splits_a_batch_to_fit_the_memory_limit(monkeypatch):
+    from segdino import inference, memory
+
+    config = segdino.build_model("vitt16", decoder_dim=16, image_size=(32, 32)).config
+    per = memory.forward_bytes(config, (512, 512))
+    monkeypatch.setenv("SEGDINO_MAX_MEMORY_GB", str(2.5 * per / memory.GIB))
+    assert inference._keep_size_batch(config, (512, 512), (500, 500), 8) == 2
+
+
+# --- non-finite outputs ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("field,value", [("std", [1e-300, 1e-300, 1e-300]), ("mean", [1e308, 1e308, 1e308]),
+                                         ("std", [1e9, 1.0, 1.0])])
+def test_normalisation_that_overflows_is_refused_at_config_validation(tmp_path, field, value):
+    from segdino.config import ModelConfig
+
+    with pytest.raises(ConfigError, match="mean and std"):
+        ModelConfig(backbone="vitt16", **{field: tuple(value)})
+    path, _, _ = _tiny_file(tmp_path, **{field: value})
+    with pytest.raises(CheckpointError, match=f"field '{field}'"):
+        segdino.load_model(path)
+
+
+def test_non_finite_model_outputs_are_an_error_naming_the_file(tmp_path, capsys):
+    path, _, _ = _tiny_file(tmp_path)
+    model = segdino.load_model(path)
+    with torch.no_grad():
+        model.head.conv.bias.fill_(float("nan"))
+    with pytest.raises(CheckpointError, match="m.safetensors: the model's outputs hold .* NaN or infinite"):
+        segdino.predict(model, np.zeros((20, 20, 3), np.uint8))
+
+
+def _onnx_file(path: Path, nodes, initializers=()) -> Path:
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 32, 32])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1, 32, 32])
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], initializer=list(initializers)),
+                              opset_imports=[helper.make_opsetid("", 13)])
+    config = segdino.build_model("vitt16", decoder_dim=16, image_size=(32, 32)).config.to_dict()
+    model.metadata_props.add(key="format", value="segdino-onnx")
+    model.metadata_props.add(key="segdino_config", value=json.dumps(config))
+    onnx.save(model, str(path))
+    return path
+
+
+def test_onnx_graph_giving_nan_is_an_error_not_empty_masks(tmp_path, capsys):
+    from onnx import helper, numpy_helper
+
+    one = numpy_helper.from_array(np.ones(1, np.float32), "one")
+    path = _onnx_file(tmp_path / "nan.onnx", [
+        helper.make_node("ReduceMean", ["image"], ["m"], axes=[1], keepdims=1),
+        helper.make_node("Abs", ["m"], ["a"]),
+        helper.make_node("Add", ["a", "one"], ["b"]),
+        helper.make_node("Neg", ["b"], ["c"]),
+        helper.make_node("Sqrt", ["c"], ["logits"]),  # sqrt of a negative number: NaN everywhere
+    ], [one])
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(image)
+    code = cli_main(["predict", "--model", str(path), str(image), "--out", str(tmp_path / "out")])
+    msg = _one_line(capsys, code)
+    assert "nan.onnx" in msg and "NaN or infinite" in msg
+    assert not list((tmp_path / "out").rglob("*.png")) if (tmp_path / "out").exists() else True
+
+
+def test_onnx_graph_with_a_64_gib_constant_is_refused_before_it_runs(tmp_path, capsys):
+    from onnx import TensorProto, helper, numpy_helper
+
+    shape = numpy_helper.from_array(np.array([16, 1024, 1024, 1024], np.int64), "shape")
+    path = _onnx_file(tmp_path / "big.onnx", [
+        helper.make_node("ConstantOfShape", ["shape"], ["big"],
+                         value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])),
+        helper.make_node("ReduceMean", ["big"], ["m"], keepdims=0),
+        helper.make_node("ReduceMean", ["image"], ["r"], axes=[1], keepdims=1),
+        helper.make_node("Mul", ["r", "m"], ["logits"]),
+    ], [shape])
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(image)
+    code = cli_main(["predict", "--model", str(path), str(image), "--out", str(tmp_path / "out")])
+    msg = _one_line(capsys, code)
+    assert "big.onnx" in msg and "64.0 GiB" in msg and "SEGDINO_MAX_MEMORY_GB" in msg

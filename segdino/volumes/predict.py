@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, SegDINOError
-from ..inference import logits_to_labels, logits_to_probabilities, normalize, resize_image, resize_logits
+from ..inference import check_finite_logits, logits_to_labels, logits_to_probabilities, normalize, resize_image, resize_logits
 from .intensity import normalize_intensity, read_volume_settings
 from .io import Volume, is_nifti_path, read_volume, strip_volume_suffix, write_nifti
 from .postprocess import largest_component_classes, postprocess_labels
@@ -97,7 +97,7 @@ def _slice_logits(model, volume: Volume, settings: dict, batch_size: int,
                 # A compiled model specialises on the batch shape: the last batch is padded.
                 x = torch.cat([x, x.new_zeros((batch_size - m, *x.shape[1:]))])
             # All slices of a volume share one size: the logits are resized back as one batch.
-            yield from resize_logits(model(x)[:m].float(), size)
+            yield from resize_logits(check_finite_logits(model(x)[:m].float(), model), size)
 
     return axis, run()
 
