@@ -99,10 +99,10 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
             warnings.simplefilter("ignore", UserWarning)
             return torch.load(path, weights_only=True, map_location="cpu", mmap=mmap)
     except pickle.UnpicklingError as e:
-        needs = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        needs = _needed_code(str(e))
         if needs:
             raise CheckpointError(
-                f"{path}: refused to load: the pickle needs code ({needs.group(1)}) to be rebuilt, and "
+                f"{path}: refused to load: the pickle needs code ({needs}) to be rebuilt, and "
                 "running code from a file can do anything, so it was not executed. If you trust the file, "
                 "convert it yourself: in a separate Python session run torch.load(path, weights_only=False), "
                 "take its dict of tensors and save it with safetensors.torch.save_file(tensors, "
@@ -120,6 +120,28 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
             f"{path}: cannot read it as a PyTorch checkpoint; the file is truncated or corrupt "
             f"({type(e).__name__}: {_last_line(e)})"
         ) from None
+
+
+# How torch's restricted unpickler has named a refused class or function: "Unsupported global:
+# GLOBAL os.system was not an allowed global" (torch 2.4-2.13), "Trying to load unsupported GLOBAL
+# posix.system whose module posix is blocked" (2.14). Matched on the GLOBAL opcode's name, which
+# every wording gives, with the words around it left free.
+_GLOBAL_NAME = re.compile(r"\bGLOBAL\s+'?([A-Za-z_][\w.]*)")
+_NEEDS_CODE_WORDS = ("unsupported global", "allowed global", "safe_globals", "is blocked", "not an allowed")
+
+
+def _needed_code(message: str) -> str | None:
+    """The class or function a refused pickle asks for, from torch's message (any version's wording).
+
+    Returns None when the message is about something else (a damaged file).
+    """
+    m = _GLOBAL_NAME.search(message)
+    if m:
+        return m.group(1)
+    low = message.lower()
+    if any(w in low for w in _NEEDS_CODE_WORDS):
+        return "a class or function"
+    return None
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

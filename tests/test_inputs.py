@@ -477,3 +477,118 @@ def test_onnx_graph_with_a_64_gib_constant_is_refused_before_it_runs(tmp_path, c
     code = cli_main(["predict", "--model", str(path), str(image), "--out", str(tmp_path / "out")])
     msg = _one_line(capsys, code)
     assert "big.onnx" in msg and "64.0 GiB" in msg and "SEGDINO_MAX_MEMORY_GB" in msg
+
+
+# --- messages that say what is wrong -------------------------------------------------------------
+
+@pytest.mark.parametrize("message", [
+    "Weights only load failed. In PyTorch 2.6, we changed the default value ...\n\n\nTrying to load unsupported "
+    "GLOBAL posix.system whose module posix is blocked.\n\nCheck the documentation of torch.load",
+    "Weights only load failed. ...\n WeightsUnpickler error: Unsupported global: GLOBAL os.system was not an "
+    "allowed global by default. Please use `torch.serialization.add_safe_globals([system])`",
+])
+def test_refused_pickle_says_it_needs_code_under_every_torch_wording(tmp_path, monkeypatch, message):
+    import pickle
+
+    from segdino import weights
+
+    path = tmp_path / "evil.pth"
+    torch.save({"a": torch.zeros(1)}, path)
+
+    def refuse(*args, **kwargs):
+        raise pickle.UnpicklingError(message)
+
+    monkeypatch.setattr(weights.torch, "load", refuse)
+    with pytest.raises(CheckpointError, match=r"evil.pth: refused to load: the pickle needs code \((posix|os)\.system\)"):
+        weights.safe_torch_load(path)
+
+
+def test_refused_pickle_with_the_installed_torch(tmp_path):
+    import os
+
+    from segdino.weights import safe_torch_load
+
+    class Evil:
+        def __reduce__(self):
+            return (os.getcwd, ())
+
+    path = tmp_path / "evil.pth"
+    torch.save({"a": Evil()}, path)
+    with pytest.raises(CheckpointError, match="the pickle needs code .*getcwd.* so it was not executed"):
+        safe_torch_load(path)
+
+
+def _png_header_only(path: Path, width: int, height: int) -> Path:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+def test_a_20000_pixel_png_is_called_too_large_not_corrupt(tmp_path):
+    from segdino.data.imageio import MAX_PIXELS, image_info, read_image
+
+    path = _png_header_only(tmp_path / "huge.png", 20000, 20000)
+    for read in (read_image, image_info, lambda p: image_info(p, decode=True)):
+        with pytest.raises(DataError) as e:
+            read(path)
+        msg = str(e.value)
+        assert "20000x20000" in msg and f"{MAX_PIXELS:,}" in msg and "SEGDINO_MAX_IMAGE_PIXELS" in msg
+        assert "corrupt" not in msg
+
+
+# --- EXIF orientation ----------------------------------------------------------------------------
+
+def _rotated_jpeg_pair(root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A photo stored sideways with Orientation=6 and the mask drawn on the photo as displayed."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    shown = np.zeros((40, 24, 3), np.uint8)  # displayed: 24 wide, 40 high
+    shown[2:12, 3:9] = 255  # a bright patch near the top left, as the viewer shows it
+    mask = np.zeros((40, 24), np.uint8)
+    mask[2:12, 3:9] = 255
+    # Orientation 6: the viewer turns the stored pixels 90 degrees clockwise, so they are stored
+    # turned the other way.
+    stored = np.rot90(shown, k=1).copy()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(root / "images" / "p.jpg", quality=95, exif=exif)
+    Image.fromarray(mask).save(root / "masks" / "p.png")
+    return shown, mask
+
+
+def test_exif_orientation_is_applied_to_images_and_reported_by_data_check(tmp_path, capsys):
+    from segdino.data.imageio import image_info, read_image
+    from segdino.data.masks import read_mask
+
+    root = tmp_path / "d"
+    shown, mask = _rotated_jpeg_pair(root)
+    image = read_image(root / "images" / "p.jpg")
+    assert image.shape == (40, 24, 3)
+    assert image_info(root / "images" / "p.jpg")[0] == (40, 24)
+    assert np.abs(image.astype(int) - shown.astype(int)).mean() < 8  # JPEG noise only
+    assert read_mask(root / "masks" / "p.png").shape == (40, 24)
+    for i in range(1, 4):  # enough pairs for a split
+        Image.fromarray(shown).save(root / "images" / f"q{i}.png")
+        Image.fromarray(mask).save(root / "masks" / f"q{i}.png")
+    code = cli_main(["data", "check", "--data", str(root)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "1 file(s) carry an EXIF orientation" in out and "p.jpg" in out
+
+
+def test_exif_orientation_is_applied_to_masks_too(tmp_path):
+    from segdino.data.masks import read_mask
+
+    mask = np.zeros((40, 24), np.uint8)
+    mask[2:12, 3:9] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.rot90(mask, k=1).copy()).save(tmp_path / "m.jpg", quality=100, exif=exif)
+    assert np.array_equal(read_mask(tmp_path / "m.jpg"), (mask > 127).astype(np.uint8))

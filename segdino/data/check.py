@@ -22,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import SegDINOError
-from .imageio import image_info
+from .imageio import exif_orientation, image_info
 from .layouts import LayoutScan, Pair, detect_layout
 from .masks import DEFAULT_THRESHOLD, foreground_rule, index_like, no_foreground_message, read_mask_file
 from .splits import SPLIT_NAMES, resolve_splits
@@ -227,6 +227,7 @@ class _PairInfo:
     kind: str = ""
     masks: list[_MaskInfo] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    turned: list[Path] = field(default_factory=list)  # files read turned by their EXIF orientation
 
 
 def _histogram(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -248,6 +249,7 @@ def _inspect(pair: Pair) -> _PairInfo:
         info.size, info.kind = size, f"{fmt} {mode}"
     except SegDINOError as e:
         info.errors.append(str(e))
+    info.turned = [p for p in [pair.image, *pair.masks] if exif_orientation(p)]
     for m in pair.masks:
         try:
             values, fmt, mode = read_mask_file(m)
@@ -328,6 +330,10 @@ def check_pairs_2d(scan: LayoutScan, report: CheckReport, opts: CheckOptions) ->
     report.num_classes = num_classes
     report.mask_values = _value_summary(infos)
 
+    turned = [p for info in infos for p in info.turned]
+    if turned:
+        report.notes.append(f"{len(turned)} file(s) carry an EXIF orientation and are read turned as a viewer "
+                            f"shows them (images and masks alike): {_names([str(p) for p in turned], 5)}")
     for info in infos:
         pair = info.pair
         report.problems.extend(info.errors)
