@@ -172,11 +172,15 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file")
-    if not path.is_file():
-        raise CheckpointError(f"{path}: not a regular file")
-    if path.stat().st_size == 0:
+    try:
+        if not path.exists():
+            raise CheckpointError(f"{path}: no such file")
+        if not path.is_file():
+            raise CheckpointError(f"{path}: not a regular file")
+        empty = path.stat().st_size == 0
+    except OSError as e:  # a name too long for the file system, a folder we may not enter
+        raise CheckpointError(f"{str(path)[:300]}: cannot read ({e.strerror or type(e).__name__})") from None
+    if empty:
         raise CheckpointError(f"{path}: the file is empty")
 
 
