@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError
 from .intensity import normalize_intensity, validate_intensity
-from .io import Volume, is_nifti_path, nifti_header_info, read_volume, require_same_grid
+from .io import Volume, is_volume_path, read_volume, require_same_grid, volume_header_info
 from .layouts import VolumeCase, find_volume_cases
 from .slicing import context_slice, label_slice, resolve_axis, slice_shape, validate_axis
 
@@ -97,8 +97,8 @@ class VolumeSliceDataset(Dataset):
         return ds
 
     def _geometry(self, case: VolumeCase) -> tuple[tuple[int, int, int], np.ndarray]:
-        if case.image.is_file() and is_nifti_path(case.image):
-            shape, affine = nifti_header_info(case.image)
+        if case.image.is_file() and is_volume_path(case.image):
+            shape, affine = volume_header_info(case.image)
             shape = tuple(shape) + (1,) * max(0, 3 - len(shape))
             return tuple(int(s) for s in shape[:3]), affine
         vol = read_volume(case.image, case.channel)  # DICOM: headers and pixels come together
@@ -106,10 +106,10 @@ class VolumeSliceDataset(Dataset):
 
     @staticmethod
     def _check_label_header(case: VolumeCase, shape, affine: np.ndarray) -> None:
-        """A NIfTI label off its image's grid is refused before training starts, from headers."""
-        if not (case.label.is_file() and is_nifti_path(case.label)):
+        """A label off its image's grid is refused before training starts, from headers."""
+        if not (case.label.is_file() and is_volume_path(case.label)):
             return  # checked when the case is read
-        lshape, laffine = nifti_header_info(case.label)
+        lshape, laffine = volume_header_info(case.label)
         lshape = tuple(int(s) for s in (tuple(lshape) + (1,) * max(0, 3 - len(lshape)))[:3])
         # Zero-stride arrays: a Volume of the right shape that costs no memory.
         image = Volume(np.broadcast_to(np.zeros((), np.uint8), shape), affine, case.image)
