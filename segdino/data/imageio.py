@@ -129,7 +129,7 @@ def load_image(path: str | os.PathLike, what: str = "image", reduce: int = 1) ->
                 if reduce > 1 and img.format == "JPEG":
                     img.draft(img.mode, (max(1, w // reduce), max(1, h // reduce)))
                 img.load()
-                turn = _orientation_of(img)
+                turn = _orientation_of(img, loaded=True)
                 if turn:
                     fmt = img.format
                     img = ImageOps.exif_transpose(img)
@@ -152,8 +152,14 @@ def load_image(path: str | os.PathLike, what: str = "image", reduce: int = 1) ->
 # EXIF orientations 2..8 say how a camera's stored pixels must be turned or mirrored to show the
 # picture as taken; masks are drawn on the picture as shown, so images and masks are both read as
 # shown. 5..8 swap width and height.
-def _orientation_of(img: Image.Image) -> int:
-    """The EXIF orientation (2..8) of an open image that must be applied, else 0."""
+def _orientation_of(img: Image.Image, loaded: bool = False) -> int:
+    """The EXIF orientation (2..8) of an open image that must be applied, else 0.
+
+    Header only: Pillow looks for a PNG's EXIF after its pixel data by decoding them, so a PNG
+    whose header holds no EXIF chunk counts as unturned rather than being decoded here.
+    """
+    if img.format == "PNG" and "exif" not in img.info and not loaded:
+        return 0
     try:
         value = img.getexif().get(0x0112)
     except PIL_READ_ERRORS:
@@ -291,7 +297,8 @@ def image_info(path: str | os.PathLike, decode: bool = False) -> tuple[tuple[int
     With ``decode=True`` the pixel data is decoded too, so that a truncated or corrupt file is
     caught; JPEGs are then decoded at 1/8 scale (the whole bitstream is still read, the
     inverse DCT is cheaper), which is what makes checking thousands of photos quick.
-    The size is the one reading gives, after the EXIF orientation (see :func:`load_image`).
+    The size is the one reading gives, after the EXIF orientation (see :func:`load_image`;
+    without ``decode``, a PNG's EXIF is seen only where it precedes the pixel data).
     Oversized images and unknown formats raise :class:`DataError` as :func:`load_image` says.
     """
     path = Path(path)
