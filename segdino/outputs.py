@@ -55,8 +55,13 @@ def _check_apart(out: Path, inputs: Iterable[str | os.PathLike | None], option: 
                               "folder: choose one outside it")
 
 
-def foreign_files(folder: str | os.PathLike) -> list[Path]:
-    """Files below ``folder`` that SegDINO did not write there (sorted).
+class _Enough(Exception):
+    pass
+
+
+def foreign_files(folder: str | os.PathLike, limit: int | None = None) -> list[Path]:
+    """Files below ``folder`` that SegDINO did not write there (in walk order; at most ``limit``, so
+    that a large foreign folder is refused without listing all of it).
 
     A file is ours when the manifest of the nearest folder above it that has one (``folder``
     included) lists it or a folder above it, or it is a temporary of an interrupted write, a
@@ -85,9 +90,12 @@ def foreign_files(folder: str | os.PathLike) -> list[Path]:
             rel = p.relative_to(base).as_posix() if manifest is not None else None
             if manifest is None or not (rel in manifest or _under_listed(rel, manifest)):
                 out.append(p)
+                if limit is not None and len(out) >= limit:
+                    raise _Enough
 
     if folder.is_dir():
-        walk(folder, None, folder)
+        with contextlib.suppress(_Enough):
+            walk(folder, None, folder)
     return out
 
 
@@ -324,10 +332,10 @@ def open_output(path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike |
 
 
 def _refuse_foreign(p: Path, option: str) -> None:
-    foreign = foreign_files(p)
+    foreign = foreign_files(p, limit=4)
     if foreign:
         shown = ", ".join(f.relative_to(p).as_posix() for f in foreign[:3])
-        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        more = " and more" if len(foreign) > 3 else ""
         raise OutputError(f"{option} {p} holds files SegDINO did not write ({shown}{more}); "
                           "choose a new or empty folder")
 

@@ -16,7 +16,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,7 @@ from safetensors.torch import load_file, save_file
 import segdino
 from segdino import training
 from segdino.cli import main as cli_main
-from segdino.errors import CheckpointError, ConfigError
+from segdino.errors import ConfigError
 from segdino.fileio import MANIFEST_NAME, is_temporary_name, stale_temporaries
 from segdino.outputs import LOCK_NAME, OutputError, foreign_files, open_output
 from segdino.train_config import resolve_config
