@@ -80,6 +80,8 @@ def foreign_files(folder: str | os.PathLike, limit: int | None = None) -> list[P
             raise OutputError(f"cannot list {d} ({e.strerror or e})") from None
         for p in entries:
             if p.is_dir() and not p.is_symlink():
+                if is_temporary_name(p.name):
+                    continue  # the staging folder of an interrupted multi-file write of ours
                 rel = p.relative_to(base).as_posix() + "/" if manifest is not None else None
                 if manifest is not None and (rel in manifest or _under_listed(rel, manifest)):
                     continue
@@ -173,6 +175,9 @@ class OutputFolder:
                 _unlock(nested_lock)
                 os.close(nested_lock)
         removed += remove_stale_temporaries(self.path, recursive=True)
+        for d in [p for p in self.path.rglob("*") if p.is_dir() and is_temporary_name(p.name)]:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
         for d in sorted((p for p in self.path.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
             with contextlib.suppress(OSError):
                 d.rmdir()  # only succeeds on a folder left empty
