@@ -14,7 +14,9 @@ resampling; any other grid is an error.
 
 Files written into ``out``: ``cases.csv`` (one row per case and class), ``lesions.csv`` (one row
 per ground-truth lesion and per false-positive component), ``summary.json``, ``report.md`` and
-``figures/`` (per-case overlays show the slice with the most wrongly labelled voxels); with a
+``figures/`` (per class, the slices through the largest lesion, the largest missed lesion and the
+largest false positive; every slice holding ground truth or prediction of the lowest cases;
+best/median/worst cases on their most wrongly labelled slice); with a
 model, also ``predictions/CASE.<ending>`` (the dataset's file format; ``.nii.gz`` for DICOM).
 """
 
@@ -31,6 +33,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from ..metrics import NSD_TOLERANCE, case_rows, lesion_metrics, summarize, summarize_lesions
+from . import figures as _figures
 from .io import Volume, is_volume_path, prediction_ending, read_volume, strip_volume_suffix, write_volume
 from .layouts import _CHANNEL_RE, VolumeCase, VolumeCases, find_volume_cases
 from .postprocess import largest_component_classes, postprocess_labels
@@ -222,41 +225,9 @@ def _class_names(num_classes: int, found: VolumeCases, model) -> dict[int, str]:
 # Pictures
 
 
-def display_volume(array: np.ndarray, affine: np.ndarray, axis: int) -> np.ndarray:
-    """``array`` (I, J, K) as a stack of slices along array ``axis`` in radiological view.
-
-    Returns (S, H, W): slice s is ``array.take(s, axis)`` turned so that, as on a radiology
-    workstation, the patient's right is on the picture's left and anterior (axial) or superior
-    (coronal, sagittal) is at the top; sagittal slices have anterior on the left.
-    """
-    world_axes = array_axes_of_world(affine)  # world x, y, z -> array axis
-    slice_world = world_axes.index(axis)
-    row_world = 1 if slice_world == 2 else 2
-    col_world = 1 if slice_world == 0 else 0
-    row_axis, col_axis = world_axes[row_world], world_axes[col_world]
-    out = np.transpose(array, (axis, row_axis, col_axis))
-    direction = affine[:3, :3]
-    # Rows run towards posterior/inferior and columns towards the patient's left: both decreasing in RAS.
-    if direction[row_world, row_axis] > 0:
-        out = out[:, ::-1, :]
-    if direction[col_world, col_axis] > 0:
-        out = out[:, :, ::-1]
-    return np.ascontiguousarray(out)
-
-
-def _display_image(volume: Volume, spec: Mapping[str, Any] | None, modality: str | None) -> np.ndarray:
-    """(I, J, K) uint8 picture of a volume: the model's intensity window, else a soft-tissue
-    window for CT (named so in dataset.json, or holding air at about -1000 HU), else the 0.5 and
-    99.5 percentiles."""
-    from .intensity import ct_window, normalize_intensity, percentile_window
-
-    if spec is None:
-        arr = volume.array
-        is_ct = (modality or "").strip().lower() == "ct" or (
-            modality is None and arr.size > 0 and float(np.min(arr)) <= -900.0)
-        spec = ct_window("abdomen") if is_ct else percentile_window(0.5, 99.5)
-    norm = normalize_intensity(volume.array, spec)
-    return np.round(norm * 255).astype(np.uint8)
+# Kept importable from here: pictures of volumes live in .figures.
+display_volume = _figures.display_volume
+_display_image = _figures.display_image
 
 
 # ---------------------------------------------------------------------------------------------
@@ -517,7 +488,7 @@ def _write_outputs(out: Path, rows, lesion_rows, summary, found: VolumeCases, pr
     if found.channel_names:
         modality = found.channel_names[found.channel or 0] if (found.channel or 0) < len(found.channel_names) else None
 
-    def picture(case_id: str):
+    def view(case_id: str) -> _figures.CaseView:
         case = found.case(case_id)
         label = read_volume(case.label)
         pred_path = pred_files.get(case_id) or _prediction_path(pred_dir, case)
@@ -531,12 +502,56 @@ def _write_outputs(out: Path, rows, lesion_rows, summary, found: VolumeCases, pr
             image = Volume(np.zeros(label.shape, dtype=np.float32), label.affine)
         axis = resolve_axis(settings["axis"] if settings else "axial", label.affine)
         spec = settings["intensity"] if settings else None
-        return tuple(display_volume(a, label.affine, axis)
-                     for a in (_display_image(image, spec, modality), label.array, pred))
+        return _figures.CaseView(_display_image(image, spec, modality), label.array, pred, label.affine, axis,
+                                 tuple(float(v) for v in label.spacing))
+
+    def picture(case_id: str):
+        v = view(case_id)
+        return tuple(display_volume(a, v.affine, v.axis) for a in (v.image, v.gt, v.pred))
 
     log_csv = run_dir / "log.csv" if run_dir is not None and (run_dir / "log.csv").is_file() else None
     source = f"predictions in {summary['predictions']}" if model is None else f"model {summary['model']}"
-    write_report(out, rows, summary, cases=picture, log_csv=log_csv,
+    sections = _lesion_sections(out, rows, lesion_rows, view, summary["num_classes"])
+    write_report(out, rows, summary, cases=picture, log_csv=log_csv, sections=sections,
                  title=f"SegDINO volume evaluation: {summary['split']} split of {Path(summary['data']).name}, "
                        f"{source}",
                  distance_unit="mm")
+
+
+#: Per-case strips are drawn for this many of the lowest-Dice cases.
+STRIP_CASES = 3
+
+
+def _lesion_sections(out: Path, rows, lesion_rows, view, num_classes: int) -> list[str]:
+    """The report's lesion-centred figures and per-case strips (Markdown lines; PNGs in figures/)."""
+    from ..report import FIGURES, LEGEND
+
+    fig_dir = out / FIGURES
+    lines: list[str] = []
+    figures = _figures.lesion_figures(fig_dir, lesion_rows, rows, view, num_classes)
+    if figures:
+        lines += ["## Lesions", "",
+                  "For each class: the slice through the largest ground-truth lesion, the largest missed lesion "
+                  "and the largest false positive (connected components, as in the lesion-wise table), in the "
+                  f"radiological view, windowed as the model sees it; the whole slice beside an enlarged crop. "
+                  f"Contours: {LEGEND}.", ""]
+        for f in figures:
+            lines += [f"### {f.class_name}: {f.kind}", "", f.title, "", f"![{f.title}]({FIGURES}/{f.path.name})", ""]
+    per_case: dict[str, list[float]] = {}
+    for r in rows:
+        if r.get("dice") is not None and math.isfinite(float(r["dice"])):
+            per_case.setdefault(str(r["case"]), []).append(float(r["dice"]))
+    worst = sorted(per_case, key=lambda c: (float(np.mean(per_case[c])), c))[:STRIP_CASES]
+    strips = []
+    for case in worst:
+        name = f"strip_{len(strips) + 1}.png"
+        title = _figures.case_strip(fig_dir / name, case, view(case), float(np.mean(per_case[case])))
+        if title is not None:
+            strips.append((title, name))
+    if strips:
+        lines += ["## Slices of the lowest cases", "",
+                  "Every slice holding ground truth or prediction of the lowest-Dice cases, cropped to where "
+                  "they are.", ""]
+        for title, name in strips:
+            lines += [title, "", f"![{title}]({FIGURES}/{name})", ""]
+    return lines

@@ -11,6 +11,8 @@ Output layout, as for 2D images (``segdino predict``)::
     masks/CASE.nii.gz                 uint8 labels on the source grid, with the source affine
     probabilities/CASE.nii.gz         with probabilities, binary model: foreground probability
     probabilities/CASE_class<k>.nii.gz  multi-class model: one float32 volume per foreground class k
+    overlays/CASE/slice_SSS.png       with overlays: each slice SSS holding a prediction, tinted
+    overlays/CASE.png                 with overlays: a montage of those slices, titled and with a legend
 
 ``CASE`` is the case name: ``CASE_0000.nii.gz`` (an nnU-Net channel file) gives ``CASE``, as
 nnU-Net itself names predictions; any other ``NAME.nii[.gz]`` gives ``NAME``; a DICOM series
@@ -47,6 +49,7 @@ log = logging.getLogger("segdino.volumes")
 
 MASKS = "masks"
 PROBABILITIES = "probabilities"
+OVERLAYS = "overlays"
 _CHANNEL_RE = re.compile(r"^(.+)_(\d{4})$")
 
 
@@ -312,6 +315,7 @@ def predict_volume_files(
     batch_size: int = 8,
     device: str | torch.device | None = None,
     channel: int | str | None = None,
+    overlays: bool = False,
 ) -> list[tuple[str, str | None, str | None]]:
     """Segment volume files and write each label volume in its source geometry and format.
 
@@ -330,6 +334,10 @@ def predict_volume_files(
             case or the channel of a 4D NIfTI file; a name (``T2``) is looked up in the
             ``dataset.json`` of the nnU-Net folder holding the inputs. Cases with several channels
             need it.
+        overlays: also write ``out/overlays/CASE/slice_SSS.png`` for every slice holding a
+            prediction (radiological view, the model's intensity window, the 2D overlays' class
+            colours) and a montage ``out/overlays/CASE.png``
+            (:func:`segdino.volumes.figures.write_volume_overlays`).
 
     Returns:
         one ``(input, written label path or None, error message or None)`` per volume, in input
@@ -372,6 +380,8 @@ def predict_volume_files(
             write_volume(target, labels.astype(np.uint8, copy=False), volume.affine)
             if prob is not None:
                 _write_probabilities(out / PROBABILITIES, job.case, prob, volume.affine, ending)
+            if overlays:
+                _write_overlays(out / OVERLAYS, job.case, model, volume, labels)
         except SegDINOError as e:  # unreadable, wrong channel, unwritable: this volume only
             results.append((source, None, str(e)))
             log.warning("skipped %s: %s", source, e)
@@ -380,6 +390,24 @@ def predict_volume_files(
         results.append((source, str(target), None))
         log.info("%s -> %s", source, target)
     return results
+
+
+def class_names_of(model) -> dict[int, str]:
+    """Foreground class id -> name, from the model's config (``class k`` where it names none)."""
+    k = int(model.config.num_classes)
+    names = getattr(model.config, "class_names", None) or ()
+    ids = [1] if k == 1 else list(range(1, k))
+    # A binary model's names are (background, foreground) when given.
+    return {c: str(names[c]) if c < len(names) else ("foreground" if k == 1 else f"class {c}") for c in ids}
+
+
+def _write_overlays(folder: Path, case: str, model, volume: Volume, labels: np.ndarray) -> list[Path]:
+    from .figures import display_image, write_volume_overlays
+
+    settings = read_volume_settings(getattr(model.config, "volume", None))
+    axis = resolve_axis(settings["axis"], volume.affine)
+    return write_volume_overlays(folder, case, display_image(volume, settings["intensity"], None), labels,
+                                 volume.affine, axis, volume.spacing, class_names_of(model))
 
 
 def _write_probabilities(folder: Path, case: str, prob: np.ndarray, affine: np.ndarray,
