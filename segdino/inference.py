@@ -25,6 +25,7 @@ from .backbone import PATCH_SIZE
 from .config import ModelConfig
 from .data.imageio import as_rgb_array
 from .errors import ConfigError
+from .sliding_window import sliding_window
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -242,9 +243,17 @@ def _check_any_size(model) -> None:
 
 
 def predict_arrays(model, images: Sequence[np.ndarray], device: torch.device, batch_size: int = 8,
-                   keep_size: bool = False, probabilities: bool = False) -> list:
+                   keep_size: bool = False, probabilities: bool = False, tile_overlap: float | None = None) -> list:
     """Segment (H, W, 3) uint8 images with a model already on ``device`` (see :func:`predict`)."""
     config: ModelConfig = model.config
+    if tile_overlap is not None:
+        # At native resolution, by overlapping tiles of the model's input size (smaller images padded).
+        out = []
+        for im in images:
+            x = normalize(to_tensor(im), config)[None]
+            out.append(_finish(sliding_window(model, x.to(device), config.image_size, tile_overlap, batch_size)[0],
+                               probabilities))
+        return out
     if keep_size:
         _check_any_size(model)
     sizes = [tuple(int(s) for s in im.shape[:2]) for im in images]
@@ -276,6 +285,7 @@ def predict(
     keep_size: bool = False,
     device: str | torch.device | None = None,
     probabilities: bool = False,
+    tile_overlap: float | None = None,
 ) -> list[np.ndarray] | list[Prediction]:
     """Segment raw images at their own sizes.
 
@@ -291,6 +301,9 @@ def predict(
             SegDINO model there (fast and ONNX models must be loaded for their device).
         probabilities: return :class:`Prediction` objects with probability maps too:
             (1, H, W) sigmoid foreground probability for a binary model, (K, H, W) softmax else.
+        tile_overlap: run each image at its own resolution by overlapping tiles of the model's
+            input size, blended with a Gaussian weight (:func:`segdino.sliding_window.sliding_window`);
+            the value is the share of a tile its neighbours overlap, e.g. 0.5.
 
     Returns:
         one (H, W) uint8 label mask per image, at that image's size, in input order
@@ -313,7 +326,7 @@ def predict(
         # Decode one batch at a time so that a long list of paths is never all in memory.
         for start in range(0, len(images), batch_size):
             chunk = [as_rgb_array(im) for im in images[start : start + batch_size]]
-            results += predict_arrays(model, chunk, dev, batch_size, keep_size, probabilities)
+            results += predict_arrays(model, chunk, dev, batch_size, keep_size, probabilities, tile_overlap)
         return results
     finally:
         if was_training:

@@ -54,8 +54,13 @@ def register(subparsers) -> None:
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="image files or folders; volumes too (.nii[.gz], .mha, .mhd, .nrrd files, DICOM series folders)")
-    parser.add_argument("--model", required=True, metavar="CKPT|RUN_DIR|FILE.onnx",
-                        help="checkpoint (ours or the authors'), run folder (its best.safetensors) or ONNX file")
+    parser.add_argument("--model", required=True, action="append", metavar="CKPT|RUN_DIR|FILE.onnx",
+                        help="checkpoint (ours or the authors'), run folder (its best.safetensors) or ONNX file; "
+                             "given several times, or a folder of run folders (folds), their probabilities are averaged")
+    parser.add_argument("--tta", action="store_true", help="average the predictions of flipped inputs (4 flips)")
+    parser.add_argument("--tile-overlap", type=float, default=None, metavar="F",
+                        help="sliding-window prediction at native resolution with tiles overlapping by F (e.g. 0.5); "
+                             "default for models trained on patches: 0.5")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--probabilities", action="store_true", help="also write probability maps")
     parser.add_argument("--probability-format", default="png", choices=["png", "npy"],
@@ -287,7 +292,7 @@ def _read(item: ImageInput) -> tuple[np.ndarray | None, str | None]:
 def predict_files(model, images: Sequence[ImageInput], out: Path, *, batch_size: int = 8, keep_size: bool = False,
                   probabilities: bool = False, probability_format: str = "png", overlays: bool = False,
                   workers: int = 2, progress: bool = False, on_error: Callable[[str], None] | None = None,
-                  label_values: str = "255") -> tuple[list[Path], list[str]]:
+                  label_values: str = "255", tile_overlap: float | None = None) -> tuple[list[Path], list[str]]:
     """Predict image inputs in batches and write their outputs (layout in the module docstring).
 
     Returns:
@@ -315,7 +320,8 @@ def predict_files(model, images: Sequence[ImageInput], out: Path, *, batch_size:
         if not batch:
             return
         with torch.inference_mode():
-            preds = predict_arrays(model, [b[1] for b in batch], dev, batch_size, keep_size, probabilities)
+            preds = predict_arrays(model, [b[1] for b in batch], dev, batch_size, keep_size, probabilities,
+                                   tile_overlap)
         for (name, image), pred in zip(batch, preds):
             written.append(write_outputs(out, name, image, pred, num_classes, probabilities, probability_format,
                                          overlays, label_values))
@@ -359,7 +365,12 @@ def _predict(args: argparse.Namespace, images: list[ImageInput], volumes: list[P
 
     for p in problems:
         print(f"segdino predict: {p}", file=sys.stderr)
-    model = load_inference_model(args.model, args.device)
+    from ..ensemble import load_models
+    from ..sliding_window import check_overlap
+
+    if args.tile_overlap is not None:
+        check_overlap(args.tile_overlap)
+    model = load_models(args.model, args.device, tta=args.tta)
     out = Path(args.out)
 
     def report(message: str) -> None:
@@ -372,7 +383,7 @@ def _predict(args: argparse.Namespace, images: list[ImageInput], volumes: list[P
         w, e = predict_files(model, images, out, batch_size=args.batch_size, keep_size=args.keep_size,
                              probabilities=args.probabilities, probability_format=args.probability_format,
                              overlays=args.overlays, workers=max(0, args.workers), progress=True, on_error=report,
-                             label_values=args.label_values)
+                             label_values=args.label_values, tile_overlap=args.tile_overlap)
         written += w
         errors += e
     if volumes:
@@ -405,7 +416,8 @@ def _predict_volumes(model, volumes: list[Path], out: Path, args: argparse.Names
         return [], [f"{v}: volume prediction is unavailable ({e})" for v in volumes]
     results = predict_volume_files(model, volumes, out, probabilities=args.probabilities,
                                    largest_component=args.largest_component, batch_size=args.batch_size,
-                                   device=None, channel=_channel(args.channel), overlays=args.overlays)
+                                   device=None, channel=_channel(args.channel), overlays=args.overlays,
+                                   tile_overlap=args.tile_overlap)
     written = [Path(path) for _, path, err in results if path is not None and err is None]
     errors = [f"{src}: {err}" if str(src) not in str(err) else str(err) for src, _, err in results if err is not None]
     return written, errors

@@ -40,6 +40,8 @@ import torch
 
 from ..errors import ConfigError, SegDINOError
 from ..inference import logits_to_labels, logits_to_probabilities, normalize, resize_image, resize_logits
+from ..resample import check_spacing
+from ..sliding_window import logits_at_spacing
 from .intensity import normalize_intensity, read_volume_settings
 from .io import Volume, is_volume_path, prediction_ending, read_volume, strip_volume_suffix, write_volume
 from .postprocess import largest_component_classes, postprocess_labels
@@ -79,8 +81,13 @@ def _model_on(model, device: str | torch.device | None = None) -> torch.device:
 
 
 def _slice_logits(model, volume: Volume, settings: dict, batch_size: int,
-                  dev: torch.device) -> tuple[int, Iterator[torch.Tensor]]:
-    """The slicing axis, and each slice's (K, H, W) float logits at the slice's own size."""
+                  dev: torch.device, tile_overlap: float | None = None) -> tuple[int, Iterator[torch.Tensor]]:
+    """The slicing axis, and each slice's (K, H, W) float logits at the slice's own size.
+
+    A model trained on patches at a target spacing (``spacing`` in its volume settings), or any
+    model given ``tile_overlap``, runs by sliding window (:func:`segdino.sliding_window.logits_at_spacing`)
+    on slices resampled to that spacing; the others see each slice resized to their input size.
+    """
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
     norm = normalize_intensity(volume.array, settings["intensity"])
@@ -88,6 +95,20 @@ def _slice_logits(model, volume: Volume, settings: dict, batch_size: int,
     n = norm.shape[axis]
     config = model.config
     compiled = getattr(model, "compiled", None) is not None
+    target = settings.get("spacing")
+    if target is not None or tile_overlap is not None:
+        rest = [a for a in range(3) if a != axis]
+        src = [float(volume.spacing[a]) for a in rest]
+        check_spacing(src, str(volume.path or "volume"))
+        overlap = 0.5 if tile_overlap is None else tile_overlap
+
+        def tiled() -> Iterator[torch.Tensor]:
+            for start in range(0, n, batch_size):
+                x = torch.stack([torch.from_numpy(np.ascontiguousarray(context_slice(norm, axis, i, settings["context"])))
+                                 .permute(2, 0, 1) for i in range(start, min(start + batch_size, n))])
+                yield from logits_at_spacing(model, normalize(x, config), src, target, overlap, batch_size, dev)
+
+        return axis, tiled()
 
     def run() -> Iterator[torch.Tensor]:
         for start in range(0, n, batch_size):
@@ -110,7 +131,7 @@ def _slice_logits(model, volume: Volume, settings: dict, batch_size: int,
 
 @torch.inference_mode()
 def predict_volume(model: torch.nn.Module, volume: Volume, batch_size: int = 8,
-                   device: str | torch.device | None = None) -> np.ndarray:
+                   device: str | torch.device | None = None, tile_overlap: float | None = None) -> np.ndarray:
     """Label every voxel of ``volume`` with a model trained on its slices.
 
     The model's ``config.volume`` gives the intensity spec, slice axis and 2.5D context used in
@@ -123,11 +144,13 @@ def predict_volume(model: torch.nn.Module, volume: Volume, batch_size: int = 8,
             volume settings.
         volume: the source volume (any orientation; the axis name is resolved through its affine).
         device: where to run a plain module (moved there); default where it already is.
+        tile_overlap: share of a tile its neighbours overlap in sliding-window prediction
+            (default 0.5 for models trained on patches; given, any model runs by tiles).
 
     Returns:
         (I, J, K) uint8 labels on the source grid: write them with ``volume.affine``.
     """
-    labels, _ = _predict(model, volume, batch_size, device, probabilities=False)
+    labels, _ = _predict(model, volume, batch_size, device, probabilities=False, tile_overlap=tile_overlap)
     return labels
 
 
@@ -145,11 +168,12 @@ def predict_volume_with_probabilities(model: torch.nn.Module, volume: Volume, ba
     return labels, prob
 
 
-def _predict(model, volume: Volume, batch_size: int, device, probabilities: bool):
+def _predict(model, volume: Volume, batch_size: int, device, probabilities: bool,
+             tile_overlap: float | None = None):
     settings = read_volume_settings(getattr(model.config, "volume", None))
     dev = _model_on(model, device)
     model.eval()
-    axis, logits = _slice_logits(model, volume, settings, batch_size, dev)
+    axis, logits = _slice_logits(model, volume, settings, batch_size, dev, tile_overlap)
     maps: list[np.ndarray] = []
     probs: list[np.ndarray] = []
     for li in logits:
@@ -316,6 +340,7 @@ def predict_volume_files(
     device: str | torch.device | None = None,
     channel: int | str | None = None,
     overlays: bool = False,
+    tile_overlap: float | None = None,
 ) -> list[tuple[str, str | None, str | None]]:
     """Segment volume files and write each label volume in its source geometry and format.
 
@@ -338,6 +363,7 @@ def predict_volume_files(
             prediction (radiological view, the model's intensity window, the 2D overlays' class
             colours) and a montage ``out/overlays/CASE.png``
             (:func:`segdino.volumes.figures.write_volume_overlays`).
+        tile_overlap: see :func:`predict_volume`.
 
     Returns:
         one ``(input, written label path or None, error message or None)`` per volume, in input
@@ -375,7 +401,7 @@ def predict_volume_files(
         try:
             volume = _read(job, ch)
             with torch.inference_mode():
-                labels, prob = _predict(model, volume, batch_size, dev, probabilities)
+                labels, prob = _predict(model, volume, batch_size, dev, probabilities, tile_overlap)
             labels = postprocess_labels(labels, largest_component, num_classes)
             write_volume(target, labels.astype(np.uint8, copy=False), volume.affine)
             if prob is not None:
