@@ -89,3 +89,44 @@ def test_lesion_figures_show_the_slice_of_each_lesion(tmp_path):
 
     with Image.open(figs / "lesion_1_largest_lesion.png") as im:
         assert min(im.size) >= 400
+
+
+def test_volume_overlays_are_the_slices_holding_predictions(tmp_path):
+    from tests.test_volume_eval import ThresholdModel
+
+    from segdino.volumes.predict import predict_volume_files
+
+    vol = np.zeros((32, 32, 10), np.int16)
+    vol[4:12, 4:12, 2:5] = 800  # predicted on axial slices 2, 3, 4
+    vol[20:26, 20:26, 7] = 800  # and 7
+    src = tmp_path / "in" / "scan.nii.gz"
+    _save(src, vol)
+    results = predict_volume_files(ThresholdModel(image_size=(32, 32)), [src], tmp_path / "out", overlays=True)
+    assert results[0][2] is None
+    slices = sorted(p.name for p in (tmp_path / "out" / "overlays" / "scan").iterdir())
+    assert slices == ["slice_002.png", "slice_003.png", "slice_004.png", "slice_007.png"]
+    montage = tmp_path / "out" / "overlays" / "scan.png"
+    assert png_title(montage) == "scan: prediction on 4 of 10 axial slices (2-7)"
+    from PIL import Image
+
+    with Image.open(tmp_path / "out" / "overlays" / "scan" / "slice_003.png") as im:
+        rgb = np.asarray(im.convert("RGB"))
+    assert min(rgb.shape[:2]) >= 256  # enlarged from 32 px
+    # Tinted in the first class colour (magenta) where predicted, grey elsewhere.
+    assert (np.abs(rgb[..., 0].astype(int) - rgb[..., 1]) > 50).any()
+
+
+def test_predict_command_volume_overlays_and_refused_options(tmp_path, capsys):
+    from segdino.cli import main
+
+    vol = np.zeros((32, 32, 6), np.int16)
+    src = tmp_path / "scan.nii.gz"
+    _save(src, vol)
+    ckpt = tmp_path / "m.safetensors"
+    ckpt.write_bytes(b"never read: the options are refused before any model loads")
+    for flag, value in (("--keep-size", None), ("--probability-format", "npy"), ("--label-values", "index")):
+        argv = ["predict", "--model", str(ckpt), str(src), "--out", str(tmp_path / "o"), flag]
+        code = main(argv + ([value] if value else []))
+        err = capsys.readouterr().err
+        assert code != 0 and flag in err and "--overlays" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()

@@ -33,6 +33,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from ..metrics import NSD_TOLERANCE, case_rows, lesion_metrics, summarize, summarize_lesions
+from ..resample import resample_to_grid
 from . import figures as _figures
 from .io import Volume, is_volume_path, prediction_ending, read_volume, strip_volume_suffix, write_volume
 from .layouts import _CHANNEL_RE, VolumeCase, VolumeCases, find_volume_cases
@@ -128,6 +129,19 @@ def on_label_grid(pred: Volume, label: Volume, what: str = "prediction") -> tupl
         detail += f"; voxel centres up to {off:.3g} mm apart (tolerance {_tolerance(label):.3g} mm)"
     raise DataError(f"{where}: the {what}'s geometry (affine) differs from the label's: {detail}; "
                     f"a {what} must be on its label's voxel grid (resample it onto the label first)")
+
+
+def prediction_on_label_grid(pred: Volume, label: Volume, resample: bool = False) -> tuple[np.ndarray, bool, bool]:
+    """:func:`on_label_grid`, or with ``resample`` a prediction on another grid sampled onto the
+    label's (nearest neighbour through the two affines). Returns ``(array, moved, resampled)``."""
+    try:
+        arr, moved = on_label_grid(pred, label)
+        return arr, moved, False
+    except DataError:
+        if not resample:
+            raise
+    arr = resample_to_grid(pred.array, pred.affine, label.affine, label.shape, order=0)
+    return arr.astype(np.asarray(pred.array).dtype, copy=False), True, True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,6 +314,8 @@ def evaluate_volumes(
     run_dir: str | os.PathLike | None = None,
     seed: int = 0,
     nsd_tolerance: float = NSD_TOLERANCE,
+    resample: bool = False,
+    tile_overlap: float | None = None,
 ) -> dict[str, Any]:
     """Score a split of a volume dataset, from predicted volumes or from a model.
 
@@ -322,6 +338,9 @@ def evaluate_volumes(
         run_dir: a training run folder: its ``splits.json`` and ``log.csv`` (learning curves).
         seed: the seed of the seeded split rules (as given to training).
         nsd_tolerance: the distance in mm within which a boundary voxel counts as right for NSD.
+        resample: predictions on another grid than their label's are resampled onto it
+            (nearest neighbour, through the two affines) instead of refused.
+        tile_overlap: sliding-window overlap for the model (see :func:`segdino.volumes.predict.predict_volume`).
 
     Returns:
         the summary written to ``summary.json``: :func:`segdino.metrics.summarize` of the rows
@@ -369,7 +388,10 @@ def evaluate_volumes(
 
     settings = None
     if model is not None:
+        from ..inference import check_input_kind
         from .intensity import read_volume_settings
+
+        check_input_kind(model, "volume", cases[0].image if cases else None)
 
         settings = read_volume_settings(getattr(model.config, "volume", None))
         num_classes = int(model.config.num_classes)
@@ -389,16 +411,20 @@ def evaluate_volumes(
     lesion_rows: list[dict[str, Any]] = []
     lesion_results: dict[int, list[Mapping[str, Any]]] = {c: [] for c in names}
     reoriented: list[str] = []
+    resampled: list[str] = []
     pred_dir = out / "predictions"
     for case in cases:
         label = read_volume(case.label)
         if model is not None:
             pred_path = _prediction_path(pred_dir, case)
-            pred_vol = _predict_case(model, case, label, pred_path, batch_size, device, largest_component)
+            pred_vol = _predict_case(model, case, label, pred_path, batch_size, device, largest_component,
+                                     tile_overlap)
         else:
             pred_path = pred_files[case.case_id]
             pred_vol = read_volume(pred_path)
-        pred, moved = on_label_grid(pred_vol, label)
+        pred, moved, was_resampled = prediction_on_label_grid(pred_vol, label, resample)
+        if was_resampled:
+            resampled.append(case.case_id)
         if model is None:
             pred = postprocess_labels(pred, largest_component, num_classes)
         if moved:
@@ -437,6 +463,7 @@ def evaluate_volumes(
         nsd_tolerance=float(nsd_tolerance),
         largest_component_classes=cleaned,
         reoriented=reoriented,
+        resampled=resampled,
         ignored_predictions=ignored,
         dataset_issues=list(found.issues),
     )
@@ -459,13 +486,13 @@ def _prediction_path(pred_dir: Path, case: VolumeCase) -> Path:
 
 
 def _predict_case(model, case: VolumeCase, label: Volume, pred_path: Path, batch_size: int, device,
-                  largest_component) -> Volume:
+                  largest_component, tile_overlap: float | None = None) -> Volume:
     from .predict import predict_volume
 
     image = read_volume(case.image, case.channel)
     # A label off its image's grid is a dataset problem: say so before predicting, naming the image.
     on_label_grid(image, label, what="image")
-    labels = predict_volume(model, image, batch_size=batch_size, device=device)
+    labels = predict_volume(model, image, batch_size=batch_size, device=device, tile_overlap=tile_overlap)
     labels = postprocess_labels(labels, largest_component, int(model.config.num_classes))
     write_volume(pred_path, labels, image.affine)
     return Volume(labels, image.affine, pred_path)
@@ -492,7 +519,7 @@ def _write_outputs(out: Path, rows, lesion_rows, summary, found: VolumeCases, pr
         case = found.case(case_id)
         label = read_volume(case.label)
         pred_path = pred_files.get(case_id) or _prediction_path(pred_dir, case)
-        pred, _ = on_label_grid(read_volume(pred_path), label)
+        pred, _, _ = prediction_on_label_grid(read_volume(pred_path), label, case_id in summary.get("resampled", ()))
         if model is None:
             pred = postprocess_labels(pred, largest_component, summary["num_classes"])
         try:  # the picture only: an unreadable or misplaced image leaves a blank background
