@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -242,9 +242,41 @@ def _check_any_size(model) -> None:
                           f"{h}x{w} inputs only; drop --keep-size, or use the .safetensors checkpoint")
 
 
+def volume_model_text(volume: Mapping[str, Any]) -> str:
+    """A model's volume settings in words, e.g. ``CT window lung (-1350..150 HU), axial slices, 2.5D
+    context 1``."""
+    spec = volume.get("intensity") or {}
+    if spec.get("kind") == "ct":
+        preset = f" {spec['preset']}" if spec.get("preset") else ""
+        what = f"CT window{preset} ({spec.get('low', 0):g}..{spec.get('high', 0):g} HU)"
+    else:
+        what = f"intensity percentiles {spec.get('low', '?')}..{spec.get('high', '?')}"
+    context = int(volume.get("context") or 0)
+    return f"{what}, {volume.get('axis', 'axial')} slices" + (f", 2.5D context {context}" if context else "")
+
+
+def check_input_kind(model, kind: str, example: str | os.PathLike | None = None) -> None:
+    """Refuse inputs of the other kind than the model was trained on, in one line.
+
+    ``kind`` is ``"2d"`` (images) or ``"volume"``. A volume model was trained on windowed scanner
+    values (Hounsfield units, MRI intensities) and would segment 8-bit or colour pixels it never
+    saw without complaint; a 2D model knows no intensity window or slice axis for a volume.
+    ConfigError naming the model's training and ``example`` (an input), if given.
+    """
+    volume = getattr(getattr(model, "config", None), "volume", None)
+    such = f" such as {example}" if example is not None else ""
+    if kind == "2d" and volume:
+        raise ConfigError(f"this model was trained on volumes ({volume_model_text(volume)}); it cannot segment "
+                          f"2D images{such}: give it volumes (.nii/.nii.gz, .mha, .nrrd files or DICOM series)")
+    if kind == "volume" and not volume:
+        raise ConfigError(f"this model was trained on 2D images (no intensity window or slice axis); it cannot "
+                          f"segment volumes{such}: give it 2D images, or a model trained on volumes")
+
+
 def predict_arrays(model, images: Sequence[np.ndarray], device: torch.device, batch_size: int = 8,
                    keep_size: bool = False, probabilities: bool = False, tile_overlap: float | None = None) -> list:
     """Segment (H, W, 3) uint8 images with a model already on ``device`` (see :func:`predict`)."""
+    check_input_kind(model, "2d")
     config: ModelConfig = model.config
     if tile_overlap is not None:
         # At native resolution, by overlapping tiles of the model's input size (smaller images padded).

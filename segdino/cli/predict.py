@@ -371,6 +371,13 @@ def _predict(args: argparse.Namespace, images: list[ImageInput], volumes: list[P
     if args.tile_overlap is not None:
         check_overlap(args.tile_overlap)
     model = load_models(args.model, args.device, tta=args.tta)
+    from ..inference import check_input_kind
+
+    # Refused before anything is written: one line naming an input of the wrong kind.
+    if images:
+        check_input_kind(model, "2d", images[0].path)
+    if volumes:
+        check_input_kind(model, "volume", volumes[0])
     out = Path(args.out)
 
     def report(message: str) -> None:

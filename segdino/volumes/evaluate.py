@@ -388,7 +388,10 @@ def evaluate_volumes(
 
     settings = None
     if model is not None:
+        from ..inference import check_input_kind
         from .intensity import read_volume_settings
+
+        check_input_kind(model, "volume", cases[0].image if cases else None)
 
         settings = read_volume_settings(getattr(model.config, "volume", None))
         num_classes = int(model.config.num_classes)

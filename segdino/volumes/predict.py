@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, SegDINOError
-from ..inference import logits_to_labels, logits_to_probabilities, normalize, resize_image, resize_logits
+from ..inference import check_input_kind, logits_to_labels, logits_to_probabilities, normalize, resize_image, resize_logits
 from ..resample import check_spacing
 from ..sliding_window import logits_at_spacing
 from .intensity import normalize_intensity, read_volume_settings
@@ -373,9 +373,10 @@ def predict_volume_files(
         ConfigError when the model has no volume settings or an option is invalid: nothing
         could be segmented.
     """
-    read_volume_settings(getattr(model.config, "volume", None))  # fail before any file is read
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
+    check_input_kind(model, "volume", inputs[0] if inputs else None)
+    read_volume_settings(getattr(model.config, "volume", None))  # fail before any file is read
     inputs = [Path(p) for p in inputs]
     ch = _channel_index(channel, inputs)
     num_classes = int(model.config.num_classes)
