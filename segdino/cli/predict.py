@@ -361,8 +361,6 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace, images: list[ImageInput], volumes: list[Path], problems: list[str]) -> int:
-    from ..inference import load_inference_model
-
     for p in problems:
         print(f"segdino predict: {p}", file=sys.stderr)
     from ..ensemble import load_models
