@@ -14,8 +14,19 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .options import COUNT, FRACTION, GREY_LEVEL, NON_NEGATIVE, POSITIVE, POSITIVE_INT, SEED, check_numbers
 
 RECIPES = ("segdino", "paper")
+
+#: Range of every numeric training option (from flags or a config file alike).
+NUMERIC_RULES = {
+    "epochs": POSITIVE_INT, "batch_size": POSITIVE_INT, "decoder_dim": POSITIVE_INT, "num_classes": POSITIVE_INT,
+    "val_every": POSITIVE_INT, "steps_per_epoch": POSITIVE_INT, "volume_cache": POSITIVE_INT,
+    "num_workers": COUNT, "fold": COUNT, "channel": COUNT, "context": COUNT, "seed": SEED,
+    "lr": POSITIVE, "grad_clip": POSITIVE, "backbone_lr_scale": NON_NEGATIVE, "weight_decay": NON_NEGATIVE,
+    "warmup_epochs": NON_NEGATIVE, "save_every": NON_NEGATIVE, "foreground_ratio": FRACTION,
+    "mask_threshold": GREY_LEVEL,
+}
 
 
 @dataclass
@@ -62,6 +73,12 @@ class TrainConfig:
     context: int = 1
     foreground_ratio: float = 0.33
     volume_cache: int = 4
+    # Patch training (volumes): target in-plane spacing (auto = the training median, or "X,Y" mm),
+    # patch size (None = planned), cross-validation folds (made into splits_final.json).
+    spacing: str | None = None
+    patch_size: tuple[int, int] | None = None
+    folds: int | None = None
+    tile_overlap: float = 0.5
     quiet: bool = False
     save_every: float = 60.0  # seconds between writes of last + resume state (always after the last epoch)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -69,20 +86,16 @@ class TrainConfig:
     def validate(self) -> None:
         if self.recipe not in RECIPES:
             raise ConfigError(f"--recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
-        for name in ("epochs", "batch_size", "decoder_dim", "num_classes", "val_every"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
-        if self.num_workers < 0:
-            raise ConfigError(f"--num-workers must be >= 0, got {self.num_workers}")
-        if self.lr <= 0:
-            raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if not 0.0 <= float(self.foreground_ratio) <= 1.0:
+            raise ConfigError(f"--foreground-ratio must be between 0 and 1, got {self.foreground_ratio}")
+        check_numbers(self, NUMERIC_RULES)
         if self.schedule not in ("cosine", "constant"):
             raise ConfigError(f"--schedule must be cosine or constant, got {self.schedule!r}")
         if self.loss not in ("bce", "bce_dice", "ce", "ce_dice"):
             raise ConfigError(f"--loss must be one of bce, bce_dice, ce, ce_dice, got {self.loss!r}")
-        if self.augment not in ("segdino", "paper", "none"):
-            raise ConfigError(f"--augment must be segdino, paper or none, got {self.augment!r}")
+        if self.augment not in ("segdino", "segdino-intensity", "paper", "none"):
+            raise ConfigError(f"--augment must be segdino, segdino-intensity, paper or none, got {self.augment!r}")
+        self._validate_patches()
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"--precision must be auto, bf16 or fp32, got {self.precision!r}")
         if self.on_nan not in ("stop", "skip") or self.on_bad_data not in ("stop", "skip"):
@@ -95,14 +108,6 @@ class TrainConfig:
             )
         if self.init and self.resume:
             raise ConfigError("--init and --resume contradict each other: a resumed run keeps its own weights")
-        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
-            raise ConfigError(f"--steps-per-epoch must be >= 1, got {self.steps_per_epoch}")
-        if not 0.0 <= float(self.foreground_ratio) <= 1.0:
-            raise ConfigError(f"--foreground-ratio must be between 0 and 1, got {self.foreground_ratio}")
-        if not isinstance(self.context, int) or self.context < 0:
-            raise ConfigError(f"--context must be an integer >= 0, got {self.context!r}")
-        if self.volume_cache < 1:
-            raise ConfigError(f"--volume-cache must be >= 1, got {self.volume_cache}")
         if self.freeze_backbone and self.backbone_lr_scale not in (None, 0, 0.0) and "backbone_lr_scale" in self.extra.get("explicit", ()):
             raise ConfigError("--freeze-backbone and --backbone-lr-scale contradict each other: a frozen backbone does not learn")
         if isinstance(self.image_size, int):
@@ -113,6 +118,28 @@ class TrainConfig:
             raise ConfigError(f"--image-size must be N or HxW, got {self.image_size!r}") from None
         if len(self.image_size) != 2 or any(s < 16 or s % 16 for s in self.image_size):
             raise ConfigError(f"--image-size must be a multiple of 16 (or HxW), got {self.image_size}")
+
+    def _validate_patches(self) -> None:
+        from .resample import parse_spacing
+
+        if self.spacing is not None:
+            sp = parse_spacing(self.spacing if isinstance(self.spacing, (str, list, tuple)) else str(self.spacing))
+            self.spacing = sp if sp == "auto" else ",".join(f"{v:g}" for v in sp)
+        if self.patch_size is not None:
+            ps = (self.patch_size, self.patch_size) if isinstance(self.patch_size, int) else self.patch_size
+            try:
+                ps = tuple(int(v) for v in ps)
+            except (TypeError, ValueError):
+                raise ConfigError(f"--patch-size must be N or HxW, got {self.patch_size!r}") from None
+            if len(ps) != 2 or any(v < 16 or v % 16 for v in ps):
+                raise ConfigError(f"--patch-size must be a multiple of 16 (or HxW), got {self.patch_size!r}")
+            self.patch_size = ps
+        if self.folds is not None and (not isinstance(self.folds, int) or self.folds < 2):
+            raise ConfigError(f"--folds must be an integer >= 2, got {self.folds!r}")
+        if self.folds is not None and not 0 <= self.fold < self.folds:
+            raise ConfigError(f"--fold {self.fold} is not one of the {self.folds} folds 0..{self.folds - 1}")
+        if not 0.0 <= float(self.tile_overlap) < 1.0:
+            raise ConfigError(f"--tile-overlap must be in [0, 1), got {self.tile_overlap}")
 
     def match_loss_to_classes(self) -> None:
         """``bce``/``ce`` name the same choice; use the one that fits the class count."""
@@ -125,6 +152,8 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d.pop("extra")
         d["image_size"] = list(self.image_size)
+        if self.patch_size is not None:
+            d["patch_size"] = list(self.patch_size)
         return d
 
 
@@ -208,9 +237,9 @@ def _check_types(values: dict[str, Any], where: str) -> None:
     """Options from a file arrive untyped: refuse a value of the wrong kind, naming the option."""
     kinds = {
         int: ("epochs", "decoder_dim", "num_classes", "batch_size", "num_workers", "seed", "fold", "val_every",
-              "mask_threshold", "context", "volume_cache", "steps_per_epoch", "channel"),
+              "mask_threshold", "context", "volume_cache", "steps_per_epoch", "channel", "folds"),
         float: ("lr", "backbone_lr_scale", "weight_decay", "warmup_epochs", "grad_clip", "foreground_ratio",
-                "save_every"),
+                "save_every", "tile_overlap"),
         bool: ("freeze_backbone", "compile", "channels_last", "cache_images", "resume", "overwrite", "quiet"),
         str: ("data", "out", "recipe", "backbone", "backbone_weights", "init", "schedule", "loss", "augment",
               "precision", "device", "on_nan", "on_bad_data", "intensity", "slice_axis"),
