@@ -1,0 +1,42 @@
+"""The commands the documentation shows are commands the scripts accept."""
+
+import importlib.util
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def _realdata_parser():
+    spec = importlib.util.spec_from_file_location("realdata", ROOT / "benchmarks" / "realdata.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.build_parser()
+
+
+def documented_commands(script: str) -> list[tuple[str, str]]:
+    """(file, arguments) of every ``python <script> ...`` in inline code spans or indented code lines."""
+    found = []
+    name = re.escape(script)
+    for doc in DOCS:
+        text = doc.read_text()
+        for m in re.finditer(rf"`python {name} ([^`]*)`", text):
+            found.append((doc.name, " ".join(m.group(1).split())))
+        for m in re.finditer(rf"^(?: {{4}}|\t)+python {name} (.*)$", text, flags=re.M):
+            found.append((doc.name, m.group(1).strip()))
+    return found
+
+
+def test_documented_realdata_commands_parse():
+    parser = _realdata_parser()
+    commands = documented_commands("benchmarks/realdata.py")
+    assert {cmd.split()[0] for _, cmd in commands} >= {"pack", "run", "plot"}, commands
+    for doc, cmd in commands:
+        try:
+            parser.parse_args(shlex.split(cmd))
+        except SystemExit:
+            pytest.fail(f"{doc}: `python benchmarks/realdata.py {cmd}` is refused by the script")
