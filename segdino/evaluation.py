@@ -15,7 +15,8 @@ Outputs, written into ``out`` by :func:`evaluate_model` and :func:`evaluate_pred
 
 Prediction masks from any tool are matched to the dataset's cases by file stem: ``x.png``,
 ``x_pred.png``, ``x_mask.png`` (a mask tag after the stem, as in dataset layouts) or the path
-relative to the folder (``train/x.png``) all belong to case ``x``. They follow the dataset's mask
+relative to the folder (``train/x.png``) all belong to case ``x``; so does ``x_0000.png`` (named
+after an nnU-Net image file) where no case ``x_0000`` exists. They follow the dataset's mask
 rules: binary masks are grey (foreground above the threshold, 0/1 read as such), multi-class masks
 are index images; ``.npy`` files hold integer label arrays.
 """
@@ -36,6 +37,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from .data.layouts import nnunet_case_name
 from .errors import ConfigError, DataError
 from .metrics import case_rows, summarize
 
@@ -218,6 +220,8 @@ def _keys(path: Path, folder: Path) -> list[str]:
     rel = path.relative_to(folder).with_suffix("").as_posix()
     stem = path.with_suffix("").name
     keys = [rel, stem, _PRED_TAG_RE.sub("", rel), _PRED_TAG_RE.sub("", stem)]
+    # Last: a prediction named after an nnU-Net image (CASE_0000) belongs to case CASE.
+    keys += [k for k in (nnunet_case_name(stem), nnunet_case_name(_PRED_TAG_RE.sub("", stem))) if k]
     return list(dict.fromkeys(keys))
 
 
@@ -560,7 +564,8 @@ def _num(x: Any, digits: int = 3) -> str:
 
 
 def format_summary(summary: dict[str, Any], unit: str = "px") -> str:
-    """A few lines for the console: per class mean Dice, IoU, HD95 (with failures) and ASD.
+    """A few lines for the console: per class mean Dice, IoU, HD95 (with failures), ASD and,
+    when scored, NSD.
 
     ``unit``: of the surface distances (``px`` for images, ``mm`` for volumes with spacing).
     """
@@ -576,6 +581,8 @@ def format_summary(summary: dict[str, Any], unit: str = "px") -> str:
             line += (f" ({hd['failures']} undefined: one mask empty; "
                      f"{_num(hd.get('with_failures_as_diagonal', {}).get('mean'), 2)} with them as the diagonal)")
         line += f", ASD {_num(asd.get('mean'), 2)} {unit}"
+        if "nsd" in e and "nsd_tolerance" in summary:
+            line += f", NSD at {summary['nsd_tolerance']:g} {unit} {_num(e['nsd'].get('mean'))}"
         lines.append(line)
     warning = summary.get("evaluation", {}).get("warning")
     if warning:

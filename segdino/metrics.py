@@ -19,6 +19,10 @@ Definitions, per foreground class, with P the predicted mask and G the ground-tr
 - ASD (average symmetric surface distance): the mean over the union of both directed distance
   sets, i.e. ``(sum of d(P->G) + sum of d(G->P)) / (|∂P| + |∂G|)``: MONAI's
   ``compute_average_surface_distance(symmetric=True)``.
+- NSD (normalised surface Dice) at tolerance t: the fraction of both boundaries lying within t
+  of the other, ``(|{d(P->G) <= t}| + |{d(G->P) <= t}|) / (|∂P| + |∂G|)``: MONAI's
+  ``compute_surface_dice`` (the same boundaries and distances as above). 1 when P and G are both
+  empty (as Dice; MONAI gives NaN there), 0 when exactly one is empty: defined, no failure.
 - HD95 and ASD are 0 when P and G are both empty, and undefined (NaN, flagged as a failure)
   when exactly one is empty. A summary reports them over the defined cases with their count, and
   again with each failure scored as the diagonal of the image/volume (see :func:`diagonal`).
@@ -38,8 +42,11 @@ from scipy import ndimage
 
 from .errors import DataError
 
-#: Per-class metric names produced by :func:`case_metrics`, in report order.
-METRICS = ("dice", "iou", "hd95", "asd", "precision", "recall")
+#: Per-class metric names produced by :func:`case_metrics`, in report order (``nsd`` only when
+#: a tolerance is given).
+METRICS = ("dice", "iou", "nsd", "hd95", "asd", "precision", "recall")
+#: NSD's default tolerance, in the units of the spacing (mm for volumes).
+NSD_TOLERANCE = 1.0
 #: Metrics that are undefined when exactly one of P and G is empty.
 SURFACE_METRICS = ("hd95", "asd")
 
@@ -148,6 +155,27 @@ def hd95_asd(
     return hd95, asd
 
 
+def normalized_surface_dice(
+    pred: np.ndarray, gt: np.ndarray, tolerance: float, spacing: float | Sequence[float] | None = None
+) -> float:
+    """NSD of two boolean masks at ``tolerance`` (in the units of ``spacing``; module docstring).
+
+    Returns 1.0 when both are empty and 0.0 when exactly one is.
+    """
+    tol = float(tolerance)
+    if not math.isfinite(tol) or tol < 0:
+        raise DataError(f"the NSD tolerance must be a distance >= 0, got {tolerance!r}")
+    pred = np.asarray(pred, dtype=bool)
+    gt = np.asarray(gt, dtype=bool)
+    has_p, has_g = bool(pred.any()), bool(gt.any())
+    if not has_p and not has_g:
+        return 1.0
+    if has_p != has_g:
+        return 0.0
+    d_pg, d_gp = surface_distances(pred, gt, spacing)
+    return float((np.count_nonzero(d_pg <= tol) + np.count_nonzero(d_gp <= tol)) / (d_pg.size + d_gp.size))
+
+
 def _ratio(num: int, den: int, other: int) -> float:
     """num/den, with 1 when den and ``other`` are both empty and 0 when only den is."""
     if den == 0:
@@ -190,6 +218,7 @@ def case_metrics(
     gt: np.ndarray,
     num_classes: int,
     spacing: float | Sequence[float] | None = None,
+    nsd_tolerance: float | None = None,
 ) -> dict[int, dict[str, Any]]:
     """All per-class metrics of one image or volume.
 
@@ -199,6 +228,8 @@ def case_metrics(
         num_classes: 1 = binary (non-zero is foreground), K >= 2 = labels 0..K-1 with 0 the
             background; other label values raise :class:`DataError`.
         spacing: voxel size per axis (e.g. mm); HD95 and ASD are in these units. Default 1.
+        nsd_tolerance: when given, also the normalised surface Dice at this distance (in the
+            units of ``spacing``), as ``nsd``.
 
     Returns:
         ``{class_id: metrics}`` for each foreground class, where ``metrics`` has ``dice``, ``iou``,
@@ -224,6 +255,7 @@ def case_metrics(
         out[c] = {
             "dice": 1.0 if union == 0 else 2.0 * inter / (n_p + n_g),
             "iou": 1.0 if union == 0 else inter / union,
+            **({} if nsd_tolerance is None else {"nsd": normalized_surface_dice(p, g, nsd_tolerance, sp)}),
             "hd95": hd95,
             "asd": asd,
             "precision": _ratio(inter, n_p, n_g),
@@ -245,6 +277,7 @@ def case_rows(
     num_classes: int,
     spacing: float | Sequence[float] | None = None,
     class_names: Sequence[str] | Mapping[int, str] | None = None,
+    nsd_tolerance: float | None = None,
 ) -> list[dict[str, Any]]:
     """:func:`case_metrics` as flat rows, one per foreground class, ready for a CSV and :func:`summarize`.
 
@@ -253,7 +286,7 @@ def case_rows(
     names default to ``"class <id>"`` (``"foreground"`` for a binary task).
     """
     rows = []
-    for c, m in case_metrics(pred, gt, num_classes, spacing).items():
+    for c, m in case_metrics(pred, gt, num_classes, spacing, nsd_tolerance).items():
         rows.append({"case": str(case), "class": c, "class_name": _class_name(c, num_classes, class_names), **m})
     return rows
 
@@ -476,7 +509,9 @@ def summarize(rows: Sequence[Mapping[str, Any]], metric_names: Sequence[str] = M
          "mean_over_classes": {"dice": {"mean": m}, "hd95": {"mean": m, "mean_with_failures_as_diagonal": m}}}
 
     Class keys are strings (JSON object keys); ``mean_over_classes`` averages the per-class means.
+    A metric of ``metric_names`` that no row holds (NSD without a tolerance) is left out.
     """
+    metric_names = [m for m in metric_names if any(m in r for r in rows)] if rows else list(metric_names)
     by_class: dict[Any, list[Mapping[str, Any]]] = {}
     for row in rows:
         by_class.setdefault(row.get("class", 1), []).append(row)

@@ -352,7 +352,7 @@ def _case_scores(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, float]]:
 
 
 def _metric_label(m: str) -> str:
-    return {"hd95": "HD95", "asd": "ASD", "iou": "IoU"}.get(m, m.capitalize())
+    return {"hd95": "HD95", "asd": "ASD", "iou": "IoU", "nsd": "NSD"}.get(m, m.capitalize())
 
 
 def _summary_table(summary: Mapping[str, Any], unit: str) -> list[str]:
@@ -364,6 +364,8 @@ def _summary_table(summary: Mapping[str, Any], unit: str) -> list[str]:
     lines.append("| cases | " + " | ".join(str(e.get("num_cases", "")) for e in per_class.values()) + " |")
     for m in names:
         label = _metric_label(m)
+        if m == "nsd" and summary.get("nsd_tolerance") is not None:
+            label = f"NSD at {summary['nsd_tolerance']:g} {unit}"
         digits = 2 if m in SURFACE_METRICS else 3
         stats = [e.get(m, {}) for e in per_class.values()]
         if any("failures" in s for s in stats):

@@ -209,3 +209,60 @@ def test_lesion_summary_over_volumes():
     assert s["lesion_dice"]["mean"] == pytest.approx(np.mean(dice))
     empty = summarize_lesions([lesion_metrics(np.zeros_like(gt), np.zeros_like(gt))])
     assert (empty["num_lesions"], empty["detection_recall"], empty["detection_precision"]) == (0, 1.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Normalised surface Dice
+
+
+def monai_nsd(pred, gt, spacing, tolerance):
+    pytest.importorskip("monai")
+    import torch
+    from monai.metrics import compute_surface_dice
+
+    p, g = (torch.from_numpy(np.ascontiguousarray(a))[None, None].float() for a in (pred, gt))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return compute_surface_dice(p, g, [tolerance], include_background=True, spacing=list(spacing)).item()
+
+
+NSD_CASES = {
+    "slab shifted one slice": (lambda: np.roll(box((16, 16, 10), (3, 3, 3), (13, 13, 6)), 1, axis=2)),
+    "ball shifted in-plane": (lambda: ball((20, 20, 10), (7.7, 7.0, 12.5), 4.0)),
+    "ball shifted across slices": (lambda: ball((20, 20, 10), (7.0, 7.0, 15.0), 4.0)),
+    "shrunk box": (lambda: box((16, 16, 10), (5, 5, 3), (11, 11, 7))),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NSD_CASES))
+@pytest.mark.parametrize("tolerance", [0.5, 1.0, 2.6])
+def test_nsd_equals_monai_on_shifted_shapes(name, tolerance):
+    gt = box((16, 16, 10), (3, 3, 3), (13, 13, 7)) if "box" in name or "slab" in name else \
+        ball((20, 20, 10), (7.0, 7.0, 12.5), 4.0)
+    pred = NSD_CASES[name]()
+    ours = case_metrics(pred, gt, 1, SPACING, nsd_tolerance=tolerance)[1]["nsd"]
+    theirs = monai_nsd(pred, gt, SPACING, tolerance)
+    assert ours == pytest.approx(theirs, abs=1e-6)
+    assert 0.0 <= ours <= 1.0
+    # A wider tolerance never lowers NSD; these shapes differ, so at 0.5 mm it is below 1.
+    assert case_metrics(pred, gt, 1, SPACING, nsd_tolerance=tolerance + 1.0)[1]["nsd"] >= ours
+    if tolerance == 0.5:
+        assert ours < 1.0
+
+
+def test_nsd_of_empty_masks():
+    empty, gt = np.zeros((8, 8, 4), bool), box((8, 8, 4), (2, 2, 1), (5, 5, 3))
+    # One empty: no boundary point lies within any distance of a missing surface; MONAI agrees.
+    for pred, target in ((empty, gt), (gt, empty)):
+        m = case_metrics(pred, target, 1, SPACING, nsd_tolerance=1.0)[1]
+        assert m["nsd"] == 0.0 == monai_nsd(pred, target, SPACING, 1.0)
+    # Both empty: MONAI returns NaN; like Dice, ours is a perfect 1 (nothing to find, nothing found).
+    assert math.isnan(monai_nsd(empty, empty, SPACING, 1.0))
+    assert case_metrics(empty, empty, 1, SPACING, nsd_tolerance=1.0)[1]["nsd"] == 1.0
+    # Exact overlap at tolerance 0, and a tolerance that is no distance.
+    assert case_metrics(gt, gt, 1, SPACING, nsd_tolerance=0.0)[1]["nsd"] == 1.0
+    with pytest.raises(Exception, match="tolerance must be a distance"):
+        case_metrics(gt, gt, 1, SPACING, nsd_tolerance=-1.0)
+    assert "nsd" not in case_metrics(gt, gt, 1, SPACING)[1]
+    rows = [{"case": "a", "class": 1, "dice": 1.0}]
+    assert summarize(rows)["metrics"] == ["dice"]  # a metric no row holds is not summarised

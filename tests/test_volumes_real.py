@@ -76,3 +76,20 @@ def test_atlas_as_a_plain_dataset(tmp_path):
     item = ds[90]
     assert item["orig_size"].tolist() == [181, 217] and item["image"].shape == (3, 64, 64)
     assert int(item["mask"].max()) > 0
+
+
+@pytest.mark.parametrize("name", ["aal.nrrd", "aal.mha"])
+def test_atlas_labels_keep_their_world_positions_in_itk_formats(atlas, tmp_path, name):
+    sitk = pytest.importorskip("SimpleITK")
+    from segdino.volumes import write_volume
+
+    _, labels = atlas
+    back = read_volume(write_volume(tmp_path / name, labels.array, labels.affine))
+    assert back.array.dtype == labels.array.dtype and np.array_equal(back.array, labels.array)
+    np.testing.assert_allclose(back.affine, labels.affine, atol=1e-9)
+    # A region's centre of mass, placed by ITK itself from the written file (LPS), is where the
+    # NIfTI file puts it in MNI millimetres (RAS).
+    region = int(labels.array[90, 125, 71]) or 1
+    centre = np.argwhere(labels.array == region).mean(axis=0)
+    lps = sitk.ReadImage(str(tmp_path / name)).TransformContinuousIndexToPhysicalPoint([float(c) for c in centre])
+    np.testing.assert_allclose(np.array(lps) * [-1, -1, 1], labels.world(centre), atol=1e-6)

@@ -16,7 +16,7 @@ def register(subparsers) -> None:
         description="Score a model, or prediction masks from any tool, on a dataset split at each image's own "
                     "resolution. Writes cases.csv (per case and class), summary.json (mean, std, median, count "
                     "per metric and class; HD95/ASD failures counted), report.md and figures/ into --out. "
-                    "Volume datasets (NIfTI/DICOM) are scored per volume.",
+                    "Volume datasets (NIfTI, MetaImage, NRRD, DICOM) are scored per volume, with NSD at --nsd-tolerance.",
     )
     parser.add_argument("--model", metavar="CKPT|RUN_DIR|FILE.onnx",
                         help="checkpoint (ours or the authors'), run folder (its best.safetensors) or ONNX file")
@@ -44,6 +44,9 @@ def register(subparsers) -> None:
                         help="volumes: the channel of multi-channel volumes (index or name)")
     parser.add_argument("--largest-component", action="store_true",
                         help="volumes: keep only the largest connected component of each predicted class")
+    parser.add_argument("--nsd-tolerance", type=float, default=None, metavar="MM",
+                        help="volumes: normalised surface Dice counts boundary voxels within MM of the other "
+                             "boundary (default 1 mm)")
     add_device_argument(parser)
     parser.set_defaults(func=run_evaluate)
 
@@ -81,8 +84,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         summary = _evaluate_volumes(args, out, run_dir)
         unit = "mm"
     else:
-        if args.channel is not None or args.largest_component:
-            raise ConfigError(f"--channel and --largest-component apply to volume datasets; {args.data} holds 2D images")
+        if args.channel is not None or args.largest_component or args.nsd_tolerance is not None:
+            raise ConfigError(f"--channel, --largest-component and --nsd-tolerance apply to volume datasets; "
+                              f"{args.data} holds 2D images")
         if args.predictions is not None:
             summary = evaluate_predictions(
                 args.predictions, args.data, out, num_classes=args.num_classes or 1, split=args.split,
@@ -115,4 +119,5 @@ def _evaluate_volumes(args: argparse.Namespace, out: Path, run_dir: Path | None)
         args.data, out, predictions=args.predictions, model=args.model, split=args.split, fold=args.fold,
         channel=_channel(args.channel), device=args.device, batch_size=args.batch_size,
         largest_component=args.largest_component, run_dir=run_dir,
+        **({} if args.nsd_tolerance is None else {"nsd_tolerance": args.nsd_tolerance}),
     )

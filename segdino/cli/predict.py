@@ -2,9 +2,10 @@
 
 Output layout in ``--out``::
 
-    masks/<name>.png            labels at the input's own size: binary 0/255 (viewable; read back
-                                as binary by `segdino evaluate --predictions`), multi-class the
-                                class index 0..K-1
+    masks/<name>.png            labels at the input's own size: binary 0/255 (viewable), or 0/1
+                                with --label-values index (as nnU-Net writes 2D labels; both are
+                                read back as binary by `segdino evaluate --predictions`);
+                                multi-class the class index 0..K-1
     probabilities/<name>.png    with --probabilities: the foreground probability as 8-bit grey
                                 (value = round(255 p)); multi-class models write one
                                 <name>_class<k>.png per foreground class k
@@ -14,10 +15,13 @@ Output layout in ``--out``::
                                 outlined
 
 ``<name>`` is the file's stem, or its path relative to the folder given (sub-folders kept), so
-files of the same stem in different folders never overwrite each other.
+files of the same stem in different folders never overwrite each other. An image of an nnU-Net
+raw folder (``imagesTs/CASE_0000.png`` beside a ``dataset.json``) is named after its case,
+``CASE``, as nnU-Net names predictions and labels.
 
 An image that cannot be read is named on stderr and the others are still predicted; the exit
-status is then 1. Volume inputs (NIfTI files, DICOM series folders) go to the volume predictor.
+status is then 1. Volume inputs (NIfTI, MetaImage and NRRD files, DICOM series folders) go to the
+volume predictor.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ def register(subparsers) -> None:
                     "and overlays/, into --out. Unreadable images are named and skipped (exit status 1).",
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="image files or folders; volumes too (NIfTI files, DICOM series folders)")
+                        help="image files or folders; volumes too (.nii[.gz], .mha, .mhd, .nrrd files, DICOM series folders)")
     parser.add_argument("--model", required=True, metavar="CKPT|RUN_DIR|FILE.onnx",
                         help="checkpoint (ours or the authors'), run folder (its best.safetensors) or ONNX file")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
@@ -58,6 +62,9 @@ def register(subparsers) -> None:
     parser.add_argument("--probability-format", default="png", choices=["png", "npy"],
                         help="png: 8-bit grey per foreground class (default); npy: float32 arrays")
     parser.add_argument("--overlays", action="store_true", help="also write the images with the prediction drawn on")
+    parser.add_argument("--label-values", default="255", choices=["255", "index"],
+                        help="binary 2D masks: 255 writes 0/255 (viewable, default); index writes the class "
+                             "index 0/1, as nnU-Net's 2D labels")
     parser.add_argument("--keep-size", action="store_true",
                         help="run at each image's native size padded to a multiple of 16 instead of resizing")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
@@ -80,17 +87,22 @@ class ImageInput:
     root: Path | None  # the folder given on the command line, or None for a file given directly
 
     def own_name(self) -> str:
+        from ..data.layouts import in_nnunet_images_folder, nnunet_case_name
+
+        stem = self.path.stem
+        if in_nnunet_images_folder(self.path) and nnunet_case_name(stem):
+            stem = nnunet_case_name(stem)
         if self.root is None:
-            return self.path.stem
-        return self.path.relative_to(self.root).with_suffix("").as_posix()
+            return stem
+        return self.path.parent.relative_to(self.root).joinpath(stem).as_posix()
 
 
 def _volume_checker() -> Callable[[Path], bool]:
     try:
         from ..volumes.predict import is_volume_input
     except ImportError:
-        # Without the volume predictor, NIfTI files are still recognised so as not to be read as images.
-        return lambda p: p.name.lower().endswith((".nii", ".nii.gz"))
+        # Without the volume predictor, volume files are still recognised so as not to be read as images.
+        return lambda p: p.name.lower().endswith((".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr"))
     return lambda p: bool(is_volume_input(p))
 
 
@@ -209,9 +221,18 @@ def _npy(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def mask_for_file(mask: np.ndarray, num_classes: int) -> np.ndarray:
-    """Labels -> the values written: 0/255 for a binary model (viewable), class indices otherwise."""
-    return (mask > 0).astype(np.uint8) * np.uint8(255) if num_classes == 1 else mask.astype(np.uint8)
+#: ``--label-values`` choices: how a binary model's foreground is stored in a mask file.
+LABEL_VALUES = ("255", "index")
+
+
+def mask_for_file(mask: np.ndarray, num_classes: int, label_values: str = "255") -> np.ndarray:
+    """Labels -> the values written: a binary model's foreground as 255 (viewable; ``label_values``
+    ``"255"``) or 1 (``"index"``, nnU-Net's 2D labels); class indices for multi-class models."""
+    if label_values not in LABEL_VALUES:
+        raise ConfigError(f"--label-values must be one of {', '.join(LABEL_VALUES)}, got {label_values!r}")
+    if num_classes != 1:
+        return mask.astype(np.uint8)
+    return (mask > 0).astype(np.uint8) * np.uint8(255 if label_values == "255" else 1)
 
 
 def overlay_prediction(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -231,14 +252,14 @@ def overlay_prediction(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def write_outputs(out: Path, name: str, image: np.ndarray, prediction, num_classes: int, probabilities: bool,
-                  probability_format: str, overlays: bool) -> Path:
+                  probability_format: str, overlays: bool, label_values: str = "255") -> Path:
     """Write one image's mask (and probability map, overlay) under ``out``; returns the mask path."""
     from ..inference import Prediction
 
     mask = prediction.mask if isinstance(prediction, Prediction) else prediction
     mask_path = out / "masks" / f"{name}.png"
     try:
-        atomic_write_bytes(mask_path, _png(mask_for_file(mask, num_classes)))
+        atomic_write_bytes(mask_path, _png(mask_for_file(mask, num_classes, label_values)))
         if probabilities:
             prob = prediction.probabilities
             base = out / "probabilities" / name
@@ -279,8 +300,8 @@ def _read(item: ImageInput) -> tuple[np.ndarray | None, str | None]:
 
 def predict_files(model, images: Sequence[ImageInput], out: Path, *, batch_size: int = 8, keep_size: bool = False,
                   probabilities: bool = False, probability_format: str = "png", overlays: bool = False,
-                  workers: int = 2, progress: bool = False, on_error: Callable[[str], None] | None = None
-                  ) -> tuple[list[Path], list[str]]:
+                  workers: int = 2, progress: bool = False, on_error: Callable[[str], None] | None = None,
+                  label_values: str = "255") -> tuple[list[Path], list[str]]:
     """Predict image inputs in batches and write their outputs (layout in the module docstring).
 
     Returns:
@@ -311,7 +332,7 @@ def predict_files(model, images: Sequence[ImageInput], out: Path, *, batch_size:
             preds = predict_arrays(model, [b[1] for b in batch], dev, batch_size, keep_size, probabilities)
         for (name, image), pred in zip(batch, preds):
             written.append(write_outputs(out, name, image, pred, num_classes, probabilities, probability_format,
-                                         overlays))
+                                         overlays, label_values))
         if bar is not None:
             bar.update(len(batch))
         batch.clear()
@@ -355,7 +376,8 @@ def run_predict(args: argparse.Namespace) -> int:
             raise ConfigError("--channel applies to volume inputs; these are 2D images")
         w, e = predict_files(model, images, out, batch_size=args.batch_size, keep_size=args.keep_size,
                              probabilities=args.probabilities, probability_format=args.probability_format,
-                             overlays=args.overlays, workers=max(0, args.workers), progress=True, on_error=report)
+                             overlays=args.overlays, workers=max(0, args.workers), progress=True, on_error=report,
+                             label_values=args.label_values)
         written += w
         errors += e
     if volumes:

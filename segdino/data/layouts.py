@@ -39,6 +39,22 @@ MASK_TAG_RE = re.compile(
     rf"^{_SEP}?(?:{'|'.join(sorted(MASK_TAGS, key=len, reverse=True))})(?:{_SEP}?\(?\d+\)?)?$",
     re.IGNORECASE,
 )
+#: nnU-Net names a case's image files CASE_XXXX (XXXX: the channel) and its label and its
+#: predictions CASE.
+NNUNET_CHANNEL_RE = re.compile(r"^(.+)_(\d{4})$")
+
+
+def nnunet_case_name(stem: str) -> str | None:
+    """``CASE`` of an nnU-Net channel file stem ``CASE_XXXX``, else None."""
+    m = NNUNET_CHANNEL_RE.match(stem)
+    return m.group(1) if m else None
+
+
+def in_nnunet_images_folder(path: str | os.PathLike) -> bool:
+    """True for a file in the ``imagesTr``/``imagesTs`` (any ``images*``) folder of an nnU-Net
+    raw dataset (a ``dataset.json`` beside the folder), whose names carry a channel suffix."""
+    folder = Path(path).parent
+    return folder.name.startswith("images") and (folder.parent / "dataset.json").is_file()
 
 
 @dataclass

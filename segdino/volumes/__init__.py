@@ -1,8 +1,8 @@
-"""CT and MRI volumes: NIfTI and DICOM reading with geometry, dataset layouts, intensity,
+"""CT and MRI volumes: NIfTI, MetaImage, NRRD and DICOM reading with geometry, dataset layouts, intensity,
 2.5D slicing and reassembly, dataset checks, and a streaming slice dataset.
 
 World coordinates are RAS+ millimetres throughout (see :mod:`segdino.volumes.io`).
-nibabel and pydicom are optional: ``pip install "segdino[volumes]"``.
+nibabel, SimpleITK and pydicom are optional: ``pip install "segdino[volumes]"``.
 """
 
 from .check import VolumeCheckReport, check_volume_dataset, format_report
@@ -16,7 +16,7 @@ from .intensity import (
     validate_intensity,
     volume_settings,
 )
-from .io import Volume, read_dicom_series, read_nifti, read_volume, write_nifti
+from .io import Volume, read_dicom_series, read_itk, read_nifti, read_volume, write_itk, write_nifti, write_volume
 from .layouts import VolumeCase, VolumeCases, find_volume_cases, is_volume_dataset, seeded_split, volume_layout
 from .slicing import context_slice, iter_label_slices, iter_slices, label_slice, reassemble, resolve_axis
 
@@ -40,6 +40,9 @@ __all__ = [
     "read_nifti",
     "read_dicom_series",
     "write_nifti",
+    "read_itk",
+    "write_itk",
+    "write_volume",
     "VolumeCase",
     "VolumeCases",
     "find_volume_cases",

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError
 from .intensity import normalize_intensity, validate_intensity
-from .io import is_nifti_path, nifti_header_info, read_volume
+from .io import is_volume_path, read_volume, volume_header_info
 from .layouts import VolumeCase, find_volume_cases
 from .slicing import context_slice, label_slice, resolve_axis, slice_shape, validate_axis
 
@@ -96,8 +96,8 @@ class VolumeSliceDataset(Dataset):
         return ds
 
     def _geometry(self, case: VolumeCase) -> tuple[tuple[int, int, int], np.ndarray]:
-        if case.image.is_file() and is_nifti_path(case.image):
-            shape, affine = nifti_header_info(case.image)
+        if case.image.is_file() and is_volume_path(case.image):
+            shape, affine = volume_header_info(case.image)
             shape = tuple(shape) + (1,) * max(0, 3 - len(shape))
             return tuple(int(s) for s in shape[:3]), affine
         vol = read_volume(case.image, case.channel)  # DICOM: headers and pixels come together

@@ -1,9 +1,9 @@
 """Scoring predicted label volumes against a dataset's labels, in millimetres.
 
 :func:`evaluate_volumes` scores either a folder of predicted volumes (any tool's, named as nnU-Net
-names predictions: ``CASE.nii.gz``) or a model, which first segments each case. Per volume and
-per foreground class it reports Dice, IoU, HD95 and ASD in mm (from the label volume's voxel
-spacing), precision and recall, and lesion-wise detection (connected components of the label
+names predictions: ``CASE.nii.gz``, or ``CASE.mha``, ``CASE.nrrd`` ...) or a model, which first segments each case. Per volume and
+per foreground class it reports Dice, IoU, normalised surface Dice (NSD) at a tolerance in mm
+(default 1 mm), HD95 and ASD in mm (from the label volume's voxel spacing), precision and recall, and lesion-wise detection (connected components of the label
 matched to predicted components by overlap: found, missed, false positives, and each lesion's
 Dice and size); definitions in :mod:`segdino.metrics`.
 
@@ -15,7 +15,7 @@ resampling; any other grid is an error.
 Files written into ``out``: ``cases.csv`` (one row per case and class), ``lesions.csv`` (one row
 per ground-truth lesion and per false-positive component), ``summary.json``, ``report.md`` and
 ``figures/`` (per-case overlays show the slice with the most wrongly labelled voxels); with a
-model, also ``predictions/CASE.nii.gz``.
+model, also ``predictions/CASE.<ending>`` (the dataset's file format; ``.nii.gz`` for DICOM).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from ..metrics import case_rows, lesion_metrics, summarize, summarize_lesions
-from .io import Volume, is_nifti_path, read_volume, strip_volume_suffix
+from ..metrics import NSD_TOLERANCE, case_rows, lesion_metrics, summarize, summarize_lesions
+from .io import Volume, is_volume_path, prediction_ending, read_volume, strip_volume_suffix, write_volume
 from .layouts import _CHANNEL_RE, VolumeCase, VolumeCases, find_volume_cases
 from .postprocess import largest_component_classes, postprocess_labels
 from .slicing import array_axes_of_world, resolve_axis
@@ -132,7 +132,7 @@ def on_label_grid(pred: Volume, label: Volume, what: str = "prediction") -> tupl
 
 
 def match_predictions(folder: str | os.PathLike, found: VolumeCases, case_ids: list[str]) -> tuple[dict[str, Path], list[str]]:
-    """Predicted volumes of a folder matched to cases by name (``CASE.nii.gz`` / ``CASE.nii``).
+    """Predicted volumes of a folder matched to cases by name (``CASE.nii.gz``, ``CASE.mha``, ...).
 
     A ``segdino predict`` output folder is read from its ``masks/`` sub-folder.
 
@@ -149,14 +149,14 @@ def match_predictions(folder: str | os.PathLike, found: VolumeCases, case_ids: l
         raise DataError(f"{folder}: no such folder of predictions")
 
     def volumes_in(d: Path) -> list[Path]:
-        return sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith(".") and is_nifti_path(p))
+        return sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith(".") and is_volume_path(p))
 
     files = volumes_in(folder)
     if not files and (folder / "masks").is_dir():  # a `segdino predict` output folder
         folder = folder / "masks"
         files = volumes_in(folder)
     if not files:
-        raise DataError(f"{folder}: no predicted volumes (.nii/.nii.gz files named CASE.nii.gz)")
+        raise DataError(f"{folder}: no predicted volumes (files named CASE.nii.gz, CASE.mha, CASE.nrrd, ...)")
     by_name: dict[str, Path] = {}
     for p in files:
         stem = strip_volume_suffix(p.name)
@@ -172,7 +172,8 @@ def match_predictions(folder: str | os.PathLike, found: VolumeCases, case_ids: l
         hint = ""
         m = _CHANNEL_RE.match(unknown[0])
         if m and m.group(1) in known:
-            hint = f" (predictions are named after the case, e.g. {m.group(1)}.nii.gz, not {unknown[0]}.nii.gz)"
+            ending = prediction_ending(by_name[unknown[0]].name)
+            hint = f" (predictions are named after the case, e.g. {m.group(1)}{ending}, not {unknown[0]}{ending})"
         problems.append(f"{len(unknown)} prediction(s) name no case of {found.root}: "
                         f"{', '.join(by_name[n].name for n in unknown[:MAX_LISTED])}"
                         f"{' ...' if len(unknown) > MAX_LISTED else ''}{hint}")
@@ -327,13 +328,14 @@ def evaluate_volumes(
     largest_component: bool | Iterable[int] = False,
     run_dir: str | os.PathLike | None = None,
     seed: int = 0,
+    nsd_tolerance: float = NSD_TOLERANCE,
 ) -> dict[str, Any]:
     """Score a split of a volume dataset, from predicted volumes or from a model.
 
     Args:
         data: the dataset folder (nnU-Net raw, Decathlon, or ``images/`` + ``labels/``).
         out: folder for the outputs (module docstring).
-        predictions: folder of predicted label volumes ``CASE.nii.gz`` (or ``.nii``), or a
+        predictions: folder of predicted label volumes ``CASE.nii.gz`` (or ``.nii``, ``.mha``, ``.nrrd`` ...), or a
             ``segdino predict`` output folder (its ``masks/``). Exactly one of ``predictions``
             and ``model``.
         model: a model with volume settings (or a checkpoint path), run on each case's image.
@@ -348,13 +350,15 @@ def evaluate_volumes(
             scoring.
         run_dir: a training run folder: its ``splits.json`` and ``log.csv`` (learning curves).
         seed: the seed of the seeded split rules (as given to training).
+        nsd_tolerance: the distance in mm within which a boundary voxel counts as right for NSD.
 
     Returns:
         the summary written to ``summary.json``: :func:`segdino.metrics.summarize` of the rows
         (per class: mean, std, median, count of every metric; HD95/ASD in mm with failures
         counted), ``lesions`` (per class name: :func:`segdino.metrics.summarize_lesions`), and
         where the numbers come from (``data``, ``split``, ``split_source``, ``predictions`` or
-        ``model``, ``num_classes``, ``class_names``, ``reoriented``, ``ignored_predictions``).
+        ``model``, ``num_classes``, ``class_names``, ``nsd_tolerance``, ``reoriented``,
+        ``ignored_predictions``).
 
     Raises:
         ConfigError for bad options (neither or both of predictions/model, unknown split);
@@ -362,6 +366,8 @@ def evaluate_volumes(
     """
     if (predictions is None) == (model is None):
         raise ConfigError("evaluating volumes needs exactly one of a folder of predictions and a model")
+    if not (isinstance(nsd_tolerance, (int, float)) and math.isfinite(nsd_tolerance) and nsd_tolerance >= 0):
+        raise ConfigError(f"--nsd-tolerance must be a distance in mm >= 0, got {nsd_tolerance!r}")
     out = Path(out)
     run_dir = Path(run_dir) if run_dir is not None else None
     model_file = str(model) if isinstance(model, (str, os.PathLike)) else None
@@ -416,7 +422,7 @@ def evaluate_volumes(
     for case in cases:
         label = read_volume(case.label)
         if model is not None:
-            pred_path = pred_dir / f"{case.case_id}.nii.gz"
+            pred_path = _prediction_path(pred_dir, case)
             pred_vol = _predict_case(model, case, label, pred_path, batch_size, device, largest_component)
         else:
             pred_path = pred_files[case.case_id]
@@ -428,7 +434,7 @@ def evaluate_volumes(
             reoriented.append(case.case_id)
         spacing = label.spacing
         try:
-            case_r = case_rows(case.case_id, pred, label.array, num_classes, spacing, names)
+            case_r = case_rows(case.case_id, pred, label.array, num_classes, spacing, names, nsd_tolerance)
         except DataError as e:
             raise DataError(f"{pred_path} / {case.label}: {e}") from None
         for row in case_r:
@@ -457,6 +463,7 @@ def evaluate_volumes(
         num_classes=num_classes,
         class_names={str(c): n for c, n in names.items()},
         distance_unit="mm",
+        nsd_tolerance=float(nsd_tolerance),
         largest_component_classes=cleaned,
         reoriented=reoriented,
         ignored_predictions=ignored,
@@ -475,9 +482,13 @@ def _model_name(model, path: str | None) -> str | None:
     return f"{path} ({what})" if path else what
 
 
+def _prediction_path(pred_dir: Path, case: VolumeCase) -> Path:
+    """Where a model's prediction of ``case`` is written: named after the case, in its image's format."""
+    return pred_dir / f"{case.case_id}{prediction_ending(case.image)}"
+
+
 def _predict_case(model, case: VolumeCase, label: Volume, pred_path: Path, batch_size: int, device,
                   largest_component) -> Volume:
-    from .io import write_nifti
     from .predict import predict_volume
 
     image = read_volume(case.image, case.channel)
@@ -485,7 +496,7 @@ def _predict_case(model, case: VolumeCase, label: Volume, pred_path: Path, batch
     on_label_grid(image, label, what="image")
     labels = predict_volume(model, image, batch_size=batch_size, device=device)
     labels = postprocess_labels(labels, largest_component, int(model.config.num_classes))
-    write_nifti(pred_path, labels, image.affine)
+    write_volume(pred_path, labels, image.affine)
     return Volume(labels, image.affine, pred_path)
 
 
@@ -509,7 +520,7 @@ def _write_outputs(out: Path, rows, lesion_rows, summary, found: VolumeCases, pr
     def picture(case_id: str):
         case = found.case(case_id)
         label = read_volume(case.label)
-        pred_path = pred_files.get(case_id) or pred_dir / f"{case_id}.nii.gz"
+        pred_path = pred_files.get(case_id) or _prediction_path(pred_dir, case)
         pred, _ = on_label_grid(read_volume(pred_path), label)
         if model is None:
             pred = postprocess_labels(pred, largest_component, summary["num_classes"])

@@ -1,13 +1,15 @@
-"""Reading and writing volumes with their geometry: NIfTI files and DICOM series.
+"""Reading and writing volumes with their geometry: NIfTI, MetaImage (``.mha``, ``.mhd`` + raw),
+NRRD (``.nrrd``, ``.nhdr`` + data file) and DICOM series.
 
 World convention: **RAS+ millimetres**, as NIfTI defines it. ``Volume.affine`` maps a voxel index
 ``(i, j, k, 1)`` to world ``(x, y, z, 1)``: x grows towards the patient's Right, y towards
 Anterior, z towards Superior. DICOM describes positions in LPS+ (x to the Left, y to Posterior,
 z to Superior); a DICOM series is converted on reading by negating x and y, so both sources
-share one frame and a voxel keeps its physical place whichever file it came from.
+share one frame and a voxel keeps its physical place whichever file it came from. MetaImage and
+NRRD files (ITK's formats) are LPS too and are converted the same way.
 
-nibabel and pydicom are optional (``pip install "segdino[volumes]"``) and imported only here,
-inside the functions that need them.
+nibabel, SimpleITK and pydicom (with GDCM for compressed pixel data) are optional
+(``pip install "segdino[volumes]"``) and imported only here, inside the functions that need them.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from ..errors import ConfigError, DataError
 from ..fileio import atomic_path
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+# Read and written through SimpleITK; .mhd and .nhdr are headers naming a separate data file.
+ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
+VOLUME_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
 # LPS (DICOM) <-> RAS (NIfTI): negate the first two world axes.
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -38,6 +43,16 @@ def _nibabel():
             'reading or writing NIfTI volumes needs nibabel: pip install "segdino[volumes]"'
         ) from None
     return nibabel
+
+
+def _simpleitk():
+    try:
+        import SimpleITK
+    except ImportError:
+        raise ConfigError(
+            'reading or writing .mha, .mhd and .nrrd volumes needs SimpleITK: pip install "segdino[volumes]"'
+        ) from None
+    return SimpleITK
 
 
 def _pydicom():
@@ -106,10 +121,38 @@ def is_nifti_path(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(NIFTI_SUFFIXES)
 
 
+def is_itk_path(path: str | os.PathLike) -> bool:
+    """A MetaImage or NRRD file name (``.mha``, ``.mhd``, ``.nrrd``, ``.nhdr``)."""
+    return str(path).lower().endswith(ITK_SUFFIXES)
+
+
+def is_volume_path(path: str | os.PathLike) -> bool:
+    """A file name :func:`read_volume` reads as one volume file (NIfTI, MetaImage or NRRD)."""
+    return str(path).lower().endswith(VOLUME_SUFFIXES)
+
+
+def volume_ending(name: str | os.PathLike) -> str:
+    """The volume suffix of a file name, lower case (``.nii.gz``, ``.mha``, ...); ``""`` if none."""
+    low = str(name).lower()
+    for suf in VOLUME_SUFFIXES:
+        if low.endswith(suf):
+            return suf
+    return ""
+
+
+def prediction_ending(source: str | os.PathLike) -> str:
+    """The suffix a prediction of ``source`` is written with: the source's own format, so the
+    dataset's own tools read it; a detached header (``.mhd``, ``.nhdr``) gives the one-file form
+    of its format (``.mha``, ``.nrrd``), a DICOM series (a folder) gives ``.nii.gz``."""
+    ending = volume_ending(Path(source).name) if not Path(source).is_dir() else ""
+    return {".mhd": ".mha", ".nhdr": ".nrrd", "": ".nii.gz"}.get(ending, ending)
+
+
 def strip_volume_suffix(name: str) -> str:
-    """File name -> stem without ``.nii.gz``/``.nii`` (or the last suffix for other files)."""
+    """File name -> stem without its volume suffix (``.nii.gz``, ``.mha``, ...; or the last
+    suffix for other files)."""
     low = name.lower()
-    for suf in NIFTI_SUFFIXES:
+    for suf in VOLUME_SUFFIXES:
         if low.endswith(suf):
             return name[: -len(suf)]
     return Path(name).stem
@@ -227,6 +270,291 @@ def read_nifti(path: str | os.PathLike, channel: int | None = None) -> Volume:
     return Volume(np.asarray(data), affine, path, {"format": "nifti"})
 
 
+# --- MetaImage and NRRD (through SimpleITK) -----------------------------------------------
+
+# Bytes of one voxel component for SimpleITK's pixel types (scalar and vector alike).
+_ITK_COMPONENT_BYTES = {
+    "8-bit unsigned integer": 1, "8-bit signed integer": 1, "16-bit unsigned integer": 2,
+    "16-bit signed integer": 2, "32-bit unsigned integer": 4, "32-bit signed integer": 4,
+    "64-bit unsigned integer": 8, "64-bit signed integer": 8, "32-bit float": 4, "64-bit float": 8,
+}
+_HEADER_LIMIT = 1 << 20  # a text header longer than this is not one
+
+
+@dataclass
+class _Payload:
+    """Where a MetaImage/NRRD header says its voxel data lie and how they are encoded."""
+
+    file: Path
+    offset: int  # bytes before the data in ``file``; -1: the data are the file's last bytes
+    encoding: str  # raw, gzip (zlib or gzip stream), bzip2 or text
+    compressed_size: int | None = None  # MetaImage's CompressedDataSize
+
+
+def _nrrd_header(path: Path) -> tuple[list[str], int]:
+    """The header lines of a NRRD file and the byte offset just after the blank line ending them
+    (written with Unix or Windows line ends)."""
+    with open(path, "rb") as f:
+        head = f.read(_HEADER_LIMIT)
+    ends = [(i, len(sep)) for sep in (b"\n\n", b"\r\n\r\n") if (i := head.find(sep)) >= 0]
+    if not ends:
+        if len(head) == _HEADER_LIMIT:
+            raise DataError(f"{path}: no end of header in the first {_HEADER_LIMIT:,} bytes; the file is corrupt")
+        ends = [(len(head), 0)]
+    end, n = min(ends)
+    return head[:end].decode("latin-1").splitlines(), end + n
+
+
+def _meta_payload(path: Path) -> _Payload:
+    """MetaImage: ``ElementDataFile`` ends the header; LOCAL means the data follow it."""
+    with open(path, "rb") as f:
+        head = f.read(_HEADER_LIMIT)
+    fields: dict[str, str] = {}
+    pos = 0
+    while pos < len(head):
+        nl = head.find(b"\n", pos)
+        line = head[pos: nl if nl >= 0 else len(head)].decode("latin-1").strip()
+        pos = nl + 1 if nl >= 0 else len(head)
+        key, _, value = line.partition("=")
+        fields[key.strip().lower()] = value.strip()
+        if key.strip().lower() == "elementdatafile":
+            break
+    else:
+        raise DataError(f"{path}: MetaImage header without ElementDataFile; the file is truncated or corrupt")
+    name = fields["elementdatafile"]
+    encoding = "gzip" if fields.get("compresseddata", "false").lower() == "true" else "raw"
+    if fields.get("binarydata", "true").lower() == "false":
+        encoding = "text"
+    try:
+        packed = int(fields["compresseddatasize"]) if encoding == "gzip" and "compresseddatasize" in fields else None
+    except ValueError:
+        raise DataError(f"{path}: CompressedDataSize {fields['compresseddatasize']!r} is not a number") from None
+    if name.upper() == "LOCAL":
+        return _Payload(path, pos, encoding, packed)
+    if name.upper().startswith("LIST") or "%" in name:
+        raise DataError(f"{path}: MetaImage data split over several files ({name!r}) is not supported; "
+                        "save the volume as one .mha file")
+    offset = int(fields.get("headersize", "0") or 0)
+    return _Payload(path.parent / name, offset if offset >= 0 else -1, encoding, packed)
+
+
+def _nrrd_payload(path: Path) -> _Payload:
+    """NRRD: fields until a blank line; ``data file`` names detached data (``.nhdr``)."""
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"NRRD":
+        raise DataError(f"{path}: not a NRRD file (it does not start with NRRD)")
+    lines, end = _nrrd_header(path)
+    fields: dict[str, str] = {}
+    for line in lines[1:]:
+        if line.startswith("#") or ":=" in line:
+            continue
+        key, _, value = line.partition(":")
+        fields[key.strip().lower()] = value.strip()
+    encoding = fields.get("encoding", "raw").lower()
+    encoding = {"gz": "gzip", "bz2": "bzip2", "txt": "text", "ascii": "text"}.get(encoding, encoding)
+    if encoding not in ("raw", "gzip", "bzip2", "text"):
+        raise DataError(f"{path}: NRRD encoding {encoding!r} is not supported; expected raw, gzip, bzip2 or text")
+    skip = int(fields.get("byte skip", "0") or 0)
+    name = fields.get("data file", fields.get("datafile"))
+    if name is None:
+        return _Payload(path, end + max(skip, 0) if skip >= 0 else -1, encoding)
+    if name.upper().startswith("LIST") or "%" in name:
+        raise DataError(f"{path}: NRRD data split over several files ({name!r}) is not supported; "
+                        "save the volume as one .nrrd file")
+    return _Payload(path.parent / name, skip if skip >= 0 else -1, encoding)
+
+
+def _check_payload(path: Path, payload: _Payload, values: int, itemsize: int, what: str) -> None:
+    """Refuse a header whose data file is missing or cannot hold ``values`` numbers of
+    ``itemsize`` bytes, before anything that size is allocated."""
+    needed = values * itemsize
+    data = payload.file
+    size = data.stat().st_size - max(payload.offset, 0)
+    if payload.encoding == "raw" and size < needed:
+        raise DataError(f"{data}: truncated: the header {path.name} claims {needed:,} bytes of voxel data "
+                        f"({what}), the file holds {max(size, 0):,}")
+    if payload.compressed_size is not None and size < payload.compressed_size:
+        raise DataError(f"{data}: truncated: the header {path.name} claims {payload.compressed_size:,} bytes of "
+                        f"compressed voxel data, the file holds {max(size, 0):,}")
+    if payload.encoding == "gzip" and needed > max(size, 0) * DEFLATE_MAX_RATIO:
+        raise DataError(f"{data}: the header {path.name} claims {needed:,} bytes of voxel data ({what}), more than "
+                        f"{max(size, 0):,} compressed bytes can hold; the file is truncated or corrupt")
+    if payload.encoding == "text" and size < values:  # at least one digit per value
+        raise DataError(f"{data}: truncated: the header {path.name} claims {what}, the file is too short for them")
+    if payload.encoding == "bzip2":  # no useful bound on the ratio: count the decompressed bytes
+        import bz2
+
+        with open(data, "rb") as f:
+            if payload.offset > 0:
+                f.seek(payload.offset)
+            got, dec = 0, bz2.BZ2Decompressor()
+            try:
+                while chunk := f.read(1 << 20):
+                    got += len(dec.decompress(chunk, max_length=-1))
+                    if got >= needed:
+                        return
+            except (OSError, EOFError, ValueError) as e:
+                raise DataError(f"{data}: corrupt bzip2 voxel data ({e})") from None
+        if got < needed:
+            raise DataError(f"{data}: truncated: the header {path.name} claims {needed:,} bytes of voxel data "
+                            f"({what}), the compressed data hold {got:,}")
+
+
+def _compressed_damage(payload: _Payload) -> str | None:
+    """Why compressed voxel data cannot be decoded, when the stream is cut or corrupt; else None."""
+    if payload.encoding != "gzip":
+        return None
+    dec = zlib.decompressobj(32 + zlib.MAX_WBITS)  # zlib (MetaImage) or gzip (NRRD) header
+    try:
+        with open(payload.file, "rb") as f:
+            if payload.offset > 0:
+                f.seek(payload.offset)
+            while chunk := f.read(1 << 20):
+                dec.decompress(chunk, 1 << 20)
+                while dec.unconsumed_tail:
+                    dec.decompress(dec.unconsumed_tail, 1 << 20)
+                if dec.eof:
+                    return None
+    except zlib.error as e:
+        return f"corrupt compressed data ({e})"
+    except OSError as e:
+        return f"unreadable ({e})"
+    return "truncated: the compressed stream ends early"
+
+
+def _itk_information(path: Path):
+    """SimpleITK's reader with the header read and checked against the file; nothing decoded."""
+    sitk = _simpleitk()
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    payload = _nrrd_payload(path) if path.name.lower().endswith((".nrrd", ".nhdr")) else _meta_payload(path)
+    if not payload.file.is_file():  # ITK would open it while reading the header
+        raise DataError(f"{path}: the header names the data file {payload.file.name}, which is missing "
+                        f"({payload.file})")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        raise DataError(f"{path}: cannot read the header ({_itk_message(e)})") from None
+    kind = sitk.GetPixelIDValueAsString(reader.GetPixelID())
+    component = kind.replace("vector of ", "")
+    if component not in _ITK_COMPONENT_BYTES:
+        raise DataError(f"{path}: voxel type {kind} is not supported; expected grey values (integers or floats)")
+    size = tuple(int(s) for s in reader.GetSize())
+    if reader.GetDimension() not in (2, 3, 4):
+        raise DataError(f"{path}: expected a 2D, 3D or 4D image, the header says {reader.GetDimension()} dimensions")
+    comps = int(reader.GetNumberOfComponents())
+    _check_payload(path, payload, math.prod(size) * comps, _ITK_COMPONENT_BYTES[component],
+                   f"{'x'.join(map(str, size))}, {comps} x {component}")
+    return reader
+
+
+def _itk_message(e: Exception) -> str:
+    # ITK's messages carry the C++ source location over several lines; the last line says why.
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    why = lines[-1] if lines else type(e).__name__
+    return why.split(": ", 1)[-1] if why.startswith(("itk::", "sitk::")) else why
+
+
+def _itk_affine(spacing, origin, direction, dim: int) -> np.ndarray:
+    """RAS affine from ITK (LPS) geometry of a 2D, 3D or 4D image (first three axes)."""
+    n = min(dim, 3)
+    d = np.asarray(direction, dtype=np.float64).reshape(dim, dim)
+    lps = np.eye(4)
+    lps[:n, :n] = d[:n, :n] * np.asarray(spacing, dtype=np.float64)[:n]
+    lps[:n, 3] = np.asarray(origin, dtype=np.float64)[:n]
+    return LPS_TO_RAS @ lps
+
+
+def itk_header_info(path: str | os.PathLike) -> tuple[tuple[int, ...], np.ndarray]:
+    """Shape (I, J, K) and RAS affine of a MetaImage/NRRD file from its header (nothing decoded)."""
+    path = Path(path)
+    reader = _itk_information(path)
+    size = tuple(int(s) for s in reader.GetSize())
+    shape = (size + (1, 1))[:3]
+    return shape, _itk_affine(reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection(), len(size))
+
+
+def read_itk(path: str | os.PathLike, channel: int | None = None) -> Volume:
+    """Read a ``.mha``, ``.mhd`` (+ data file), ``.nrrd`` or ``.nhdr`` (+ data file) volume.
+
+    Voxel (i, j, k) is ITK's index (x, y, z); the LPS geometry of the header (origin, spacing,
+    direction) becomes the RAS affine. A vector image (several components per voxel) or a 4D
+    image holds channels: pick one with ``channel``. The header is checked against the file
+    before any voxel memory is allocated.
+    """
+    sitk = _simpleitk()
+    path = Path(path)
+    reader = _itk_information(path)
+    dim = reader.GetDimension()
+    affine = _itk_affine(reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection(), dim)
+    try:
+        image = reader.Execute()
+    except RuntimeError as e:
+        payload = _nrrd_payload(path) if path.name.lower().endswith((".nrrd", ".nhdr")) else _meta_payload(path)
+        why = _compressed_damage(payload) or _itk_message(e)
+        raise DataError(f"{payload.file}: cannot read the voxel data ({why})") from None
+    data = sitk.GetArrayFromImage(image)  # (z, y, x[, c]) or (t, z, y, x)
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        data = np.moveaxis(data, -1, 0)  # components first, then reversed below: (x, y[, z], c)
+    data = data.transpose(tuple(range(data.ndim))[::-1])
+    if dim == 2:  # (x, y[, c]) -> (x, y, 1[, c])
+        data = np.expand_dims(data, 2)
+    data = _channel_of(np.ascontiguousarray(data), channel, path)
+    return Volume(np.ascontiguousarray(data), affine, path, {"format": "itk"})
+
+
+def write_itk(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray) -> Path:
+    """Write a 3D array with its RAS affine as ``.mha``, ``.mhd`` (+ ``.zraw``) or ``.nrrd``,
+    compressed, atomically.
+
+    The affine becomes ITK's LPS origin, spacing and direction (its columns' lengths and unit
+    vectors). Every file appears whole or not at all: they are written into a temporary folder
+    beside ``path`` and moved into place, a header after its data file.
+    """
+    import shutil
+    import tempfile
+
+    sitk = _simpleitk()
+    path = Path(path)
+    if not is_itk_path(path) or path.name.lower().endswith(".nhdr"):
+        raise DataError(f"{path}: an ITK volume file name must end in .mha, .mhd or .nrrd")
+    array = _storable(array)
+    if array.ndim != 3:
+        raise DataError(f"{path}: write_itk expects a 3D array, got shape {array.shape}")
+    lps = LPS_TO_RAS @ np.asarray(affine, dtype=np.float64)
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(array).transpose(2, 1, 0)))
+    image.SetSpacing([float(s) for s in spacing])
+    image.SetOrigin([float(v) for v in lps[:3, 3]])
+    image.SetDirection([float(v) for v in (lps[:3, :3] / spacing).ravel()])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        try:
+            sitk.WriteImage(image, str(tmp / path.name), True)
+        except RuntimeError as e:
+            raise DataError(f"cannot write {path} ({_itk_message(e)})") from None
+        written = sorted(tmp.iterdir(), key=lambda p: p.name == path.name)  # the header last
+        for f in written:
+            os.replace(f, path.parent / f.name)
+    except OSError as e:
+        raise DataError(f"cannot write {path} ({e})") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def write_volume(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray) -> Path:
+    """Write a 3D array with its RAS affine in the format the name asks for (NIfTI, ``.mha``,
+    ``.mhd`` or ``.nrrd``), atomically; see :func:`write_nifti` and :func:`write_itk`."""
+    if is_itk_path(path):
+        return write_itk(path, array, affine)
+    return write_nifti(path, array, affine)
+
+
 def _dicom_files(folder: Path) -> list[Path]:
     files = [p for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.startswith(".")]
     return [p for p in files if p.name.upper() != "DICOMDIR"]
@@ -261,6 +589,67 @@ def _floats(ds, keyword: str, n: int, f: Path) -> np.ndarray:
     return arr
 
 
+def _transfer_syntax(ds) -> str:
+    meta = getattr(ds, "file_meta", None)
+    uid = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
+    return str(uid) if uid is not None else "1.2.840.10008.1.2"  # none stated: implicit VR little endian
+
+
+def _syntax_name(uid: str) -> str:
+    try:
+        from pydicom.uid import UID
+
+        name = UID(uid).name
+    except Exception:  # an unknown or malformed UID
+        return uid
+    return f"{name} ({uid})" if name and name != uid else uid
+
+
+def _check_series_headers(pydicom, files: list[Path]) -> None:
+    """Refuse, from the headers and before any pixel data is decoded, a series whose slices
+    differ in transfer syntax or in pixel layout (size, bits, samples per pixel)."""
+    first = None
+    for f in files:
+        try:
+            ds = pydicom.dcmread(str(f), stop_before_pixels=True)
+        except Exception as e:
+            raise DataError(f"{f}: cannot read DICOM ({type(e).__name__}: {e})") from None
+        layout = {"transfer syntax": _transfer_syntax(ds),
+                  "size (rows x columns)": (getattr(ds, "Rows", None), getattr(ds, "Columns", None)),
+                  "BitsAllocated": getattr(ds, "BitsAllocated", None),
+                  "SamplesPerPixel": getattr(ds, "SamplesPerPixel", 1)}
+        if first is None:
+            first = (f, layout)
+            continue
+        for key, value in layout.items():
+            if value != first[1][key]:
+                show = _syntax_name if key == "transfer syntax" else str
+                raise DataError(f"{f}: DICOM {key} {show(value)} differs from {first[0].name}'s "
+                                f"{show(first[1][key])}; a series must be stored alike in every slice")
+
+
+def _dicom_pixels(ds, f: Path) -> np.ndarray:
+    """The stored pixel values of one slice, decoded by pydicom's pixel handlers (GDCM or
+    pylibjpeg for compressed transfer syntaxes)."""
+    try:
+        return ds.pixel_array
+    except Exception as e:
+        syntax = _transfer_syntax(ds)
+        why = f"{type(e).__name__}: {e}".splitlines()[0]
+        compressed = syntax not in ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2")
+        hint = ('; compressed pixel data needs a decoder: pip install "segdino[volumes]" (installs GDCM)'
+                if compressed and not _has_gdcm() else "")
+        raise DataError(f"{f}: cannot decode pixel data, transfer syntax {_syntax_name(syntax)} ({why}){hint}") from None
+
+
+def _has_gdcm() -> bool:
+    try:
+        import gdcm  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def read_dicom_series(folder: str | os.PathLike) -> Volume:
     """Read a folder holding exactly one DICOM series (single-frame slices) as a :class:`Volume`.
 
@@ -279,6 +668,7 @@ def read_dicom_series(folder: str | os.PathLike) -> Volume:
                          for uid, fs in sorted(series.items()))
         raise DataError(f"{folder}: {len(series)} DICOM series in one folder, expected one: {desc}")
     files = next(iter(series.values()))
+    _check_series_headers(pydicom, files)
     slices = []
     for f in files:
         try:
@@ -292,10 +682,7 @@ def read_dicom_series(folder: str | os.PathLike) -> Volume:
         iop = _floats(ds, "ImageOrientationPatient", 6, f)
         ipp = _floats(ds, "ImagePositionPatient", 3, f)
         ps = _floats(ds, "PixelSpacing", 2, f)
-        try:
-            pixels = ds.pixel_array
-        except Exception as e:
-            raise DataError(f"{f}: cannot decode pixel data ({type(e).__name__}: {e})") from None
+        pixels = _dicom_pixels(ds, f)
         if pixels.ndim != 2:
             raise DataError(f"{f}: expected a greyscale slice, pixel data has shape {pixels.shape}")
         slope = float(getattr(ds, "RescaleSlope", 1) or 1)
@@ -349,12 +736,12 @@ def read_dicom_series(folder: str | os.PathLike) -> Volume:
 
 
 def read_volume(path: str | os.PathLike, channel: int | None = None) -> Volume:
-    """Read a volume: a ``.nii``/``.nii.gz`` file or a folder holding one DICOM series.
+    """Read a volume: a NIfTI, MetaImage or NRRD file, or a folder holding one DICOM series.
 
     Args:
-        path: the file or folder.
-        channel: which channel of a 4D (multi-modal) NIfTI file to take; required when it has
-            more than one.
+        path: the file (``.nii``, ``.nii.gz``, ``.mha``, ``.mhd``, ``.nrrd``, ``.nhdr``) or folder.
+        channel: which channel of a 4D (multi-modal) or vector file to take; required when it
+            has more than one.
 
     Returns:
         a :class:`Volume` with ``array`` (I, J, K) and its RAS+ affine.
@@ -370,9 +757,19 @@ def read_volume(path: str | os.PathLike, channel: int | None = None) -> Volume:
         return read_dicom_series(path)
     if is_nifti_path(path):
         return read_nifti(path, channel)
+    if is_itk_path(path):
+        return read_itk(path, channel)
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
-    raise DataError(f"{path}: not a volume; expected .nii, .nii.gz or a folder with one DICOM series")
+    raise DataError(f"{path}: not a volume; expected .nii, .nii.gz, .mha, .mhd, .nrrd, .nhdr "
+                    "or a folder with one DICOM series")
+
+
+def volume_header_info(path: str | os.PathLike) -> tuple[tuple[int, ...], np.ndarray]:
+    """Shape and RAS affine of a NIfTI, MetaImage or NRRD file from its header alone."""
+    if is_itk_path(path):
+        return itk_header_info(path)
+    return nifti_header_info(path)
 
 
 def _storable(array: np.ndarray) -> np.ndarray:

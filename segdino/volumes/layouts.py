@@ -12,9 +12,11 @@ Recognised layouts (:func:`volume_layout`):
 - ``decathlon``: ``dataset.json`` whose ``training`` list names ``{"image", "label"}`` files and
   whose ``test`` list names unlabelled images; multi-modal images are 4D files (one channel per
   ``modality`` entry, chosen with ``channel``).
-- ``images-labels``: ``images/`` of ``.nii``/``.nii.gz`` files (or one DICOM series per
-  sub-folder) and ``labels/`` (or ``masks/``) of NIfTI label volumes with the same stem (or the
-  stem plus ``_seg``, ``_label``, ``_mask``, ...).
+- ``images-labels``: ``images/`` of volume files (``.nii``/``.nii.gz``, ``.mha``, ``.mhd``,
+  ``.nrrd``, ``.nhdr``) or one DICOM series per sub-folder, and ``labels/`` (or ``masks/``) of
+  label volumes with the same stem (or the stem plus ``_seg``, ``_label``, ``_mask``, ...).
+
+nnU-Net's ``file_ending`` may be any of the volume suffixes (``.nrrd`` and ``.mha`` included).
 
 Splits, first that applies: ``splits.json`` in the folder (``{"train", "val", "test"}`` lists of
 case ids); nnU-Net ``splits_final.json`` fold ``fold`` with test = labelled ``imagesTs``
@@ -34,12 +36,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..data.layouts import NNUNET_CHANNEL_RE
 from ..errors import ConfigError, DataError
-from .io import NIFTI_SUFFIXES, is_nifti_path, strip_volume_suffix
+from .io import VOLUME_SUFFIXES, is_volume_path, strip_volume_suffix
 
 IMAGE_2D_ENDINGS = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg")
 LABEL_SUFFIXES = ("", "_seg", "_label", "_labels", "_mask", "_segmentation", "_gt")
-_CHANNEL_RE = re.compile(r"^(.+)_(\d{4})$")
+_CHANNEL_RE = NNUNET_CHANNEL_RE
 
 
 @dataclass(frozen=True)
@@ -105,10 +108,25 @@ class VolumeCases:
 
 
 def _visible(folder: Path) -> list[Path]:
-    # Decathlon archives carry macOS "._name" companions: never data.
+    # Decathlon archives carry macOS "._name" companions: never data. The voxel files of
+    # detached headers (CASE.mhd + CASE.raw) are read through their header, not listed.
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    headers = {strip_volume_suffix(p.name) for p in entries if p.name.lower().endswith((".mhd", ".nhdr"))}
+    return [p for p in entries
+            if not (headers and p.suffix.lower() in DETACHED_DATA_SUFFIXES and _data_stem(p.name) in headers)]
+
+
+DETACHED_DATA_SUFFIXES = (".raw", ".zraw", ".gz", ".bz2", ".img")
+
+
+def _data_stem(name: str) -> str:
+    low = name.lower()
+    for suf in (".raw.gz", ".raw.bz2", ".raw", ".zraw", ".img"):
+        if low.endswith(suf):
+            return name[: -len(suf)]
+    return name
 
 
 def _load_json(path: Path) -> Any:
@@ -122,7 +140,7 @@ def _load_json(path: Path) -> Any:
 
 def _ending_of(name: str) -> str:
     low = name.lower()
-    for suf in NIFTI_SUFFIXES + IMAGE_2D_ENDINGS:
+    for suf in VOLUME_SUFFIXES + IMAGE_2D_ENDINGS:
         if low.endswith(suf):
             return suf
     return Path(name).suffix.lower()
@@ -151,7 +169,7 @@ def volume_layout(root: str | os.PathLike) -> str | None:
     labels = _labels_folder(root)
     if (root / "images").is_dir() and labels is not None:
         entries = _visible(root / "images")
-        if any(is_nifti_path(p) for p in entries) or any(_is_dicom_folder(p) for p in entries if p.is_dir()):
+        if any(is_volume_path(p) for p in entries) or any(_is_dicom_folder(p) for p in entries if p.is_dir()):
             return "images-labels"
     return None
 
@@ -213,19 +231,27 @@ def _label_names(meta: dict, path: Path) -> dict[int, str] | None:
         if all(str(k).lstrip("-").isdigit() for k in labels):  # Decathlon / nnU-Net v1: {"0": "background"}
             for k, v in labels.items():
                 out[int(k)] = str(v)
-        else:  # nnU-Net v2: {"background": 0, "pancreas": 1}; regions map to lists of values
-            regions = []
+        else:  # nnU-Net v2: {"background": 0, "pancreas": 1}
+            regions = {str(name): v for name, v in labels.items() if isinstance(v, (list, tuple))}
+            if regions:
+                raise _regions_error(path, regions)
             for name, v in labels.items():
-                if isinstance(v, (list, tuple)):
-                    regions.append((name, [int(x) for x in v]))
-                else:
-                    out[int(v)] = str(name)
-            for name, values in regions:
-                for x in values:
-                    out.setdefault(x, str(name))
+                out[int(v)] = str(name)
     except (TypeError, ValueError):
         raise DataError(f"{path}: 'labels' must map names to integer values, found {labels!r}") from None
     return dict(sorted(out.items()))
+
+
+def _regions_error(path: Path, regions: dict[str, Any]) -> DataError:
+    """nnU-Net's region-based labels (overlapping unions of label values, e.g. BraTS) are refused:
+    collapsing a region to one of its values would silently train another task."""
+    listed = "; ".join(f"{name} = {list(v)}" for name, v in regions.items())
+    return DataError(
+        f"{path}: 'labels' defines {len(regions)} region(s), nnU-Net's region-based labels ({listed}); "
+        "SegDINO trains one class per label value (binary, or classes 0..K-1 with a softmax), not "
+        "overlapping regions: list each label value once under its own name "
+        '(e.g. {"background": 0, "edema": 1, "necrosis": 2, "enhancing": 3}) and drop regions_class_order'
+    )
 
 
 def _channel_names(meta: dict) -> list[str] | None:
@@ -419,19 +445,20 @@ def _decathlon_cases(root: Path, meta: dict, channel: int | None, names: list[st
         cases.append(VolumeCase(cid, image, label if label.exists() else None, channel, "test", (image,)))
     listed = {c.image.name for c in cases}
     for p in _visible(root / "imagesTr"):
-        if p.name not in listed and is_nifti_path(p):
+        if p.name not in listed and is_volume_path(p):
             issues.append(f"{p}: in imagesTr but not listed in dataset.json 'training'")
     return cases
 
 
 def _plain_cases(root: Path, channel: int | None, issues: list[str]) -> list[VolumeCase]:
     lab_dir = _labels_folder(root)
-    labels = {strip_volume_suffix(p.name): p for p in _visible(lab_dir) if is_nifti_path(p)}
+    labels = {strip_volume_suffix(p.name): p for p in _visible(lab_dir) if is_volume_path(p)}
     used: set[str] = set()
     cases = []
     for p in _visible(root / "images"):
-        if not (is_nifti_path(p) or (p.is_dir() and _is_dicom_folder(p))):
-            issues.append(f"{p}: not a volume (.nii, .nii.gz or a folder of DICOM files); ignored")
+        if not (is_volume_path(p) or (p.is_dir() and _is_dicom_folder(p))):
+            issues.append(f"{p}: not a volume (.nii, .nii.gz, .mha, .mhd, .nrrd, .nhdr or a folder of DICOM files); "
+                          "ignored")
             continue
         cid = strip_volume_suffix(p.name) if p.is_file() else p.name
         label = None
@@ -441,7 +468,8 @@ def _plain_cases(root: Path, channel: int | None, issues: list[str]) -> list[Vol
                 used.add(cid + suf)
                 break
         if label is None:
-            issues.append(f"{p}: no label volume in {lab_dir} (looked for {cid}{{,{','.join(LABEL_SUFFIXES[1:])}}}.nii[.gz])")
+            issues.append(f"{p}: no label volume in {lab_dir} (looked for {cid}{{,{','.join(LABEL_SUFFIXES[1:])}}} "
+                          "with a volume suffix)")
         cases.append(VolumeCase(cid, p, label, channel, "train", (p,)))
     for stem, p in sorted(labels.items()):
         if stem not in used:
@@ -458,7 +486,7 @@ def scan_volume_cases(root: str | os.PathLike, channel: int | str | None = None)
     if layout is None:
         raise DataError(
             f"{root}: not a volume dataset; expected nnU-Net raw (imagesTr/, labelsTr/, dataset.json), "
-            "a Decathlon task folder, or images/ + labels/ of .nii/.nii.gz files"
+            "a Decathlon task folder, or images/ + labels/ of .nii/.nii.gz, .mha, .mhd or .nrrd files"
         )
     issues: list[str] = []
     meta: dict = {}

@@ -24,7 +24,7 @@ from .check import LAYOUT_NAMES, check_volume_dataset
 from .layouts import _resolve_splits, scan_volume_cases, volume_layout
 
 NNUNET_2D_DESCRIPTION = "nnU-Net raw of 2D images (imagesTr/CASE_0000.png, labelsTr/CASE.png, dataset.json)"
-VOLUMES_DESCRIPTION = "3D volumes: nnU-Net raw, Decathlon task, or images/ + labels/ of NIfTI or DICOM"
+VOLUMES_DESCRIPTION = "3D volumes: nnU-Net raw, Decathlon task, or images/ + labels/ of NIfTI, MetaImage, NRRD or DICOM"
 
 
 def nnunet_2d_pairs(root, channel: int | str | None = None):

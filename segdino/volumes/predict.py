@@ -1,9 +1,10 @@
 """Segmenting whole volumes with a 2D SegDINO model, slice by slice, back on the source grid.
 
 :func:`predict_volume` labels one :class:`~segdino.volumes.io.Volume` in memory;
-:func:`predict_volume_files` reads NIfTI files, DICOM series and nnU-Net ``imagesTs`` folders and
-writes one label volume per case, in the source geometry (same voxel grid, same affine), so a
-viewer overlays it on the image and world coordinates agree.
+:func:`predict_volume_files` reads NIfTI, MetaImage and NRRD files, DICOM series and nnU-Net
+``imagesTs`` folders and writes one label volume per case, in the source geometry (same voxel
+grid, same affine) and the source's file format, so a viewer overlays it on the image and world
+coordinates agree.
 
 Output layout, as for 2D images (``segdino predict``)::
 
@@ -13,7 +14,9 @@ Output layout, as for 2D images (``segdino predict``)::
 
 ``CASE`` is the case name: ``CASE_0000.nii.gz`` (an nnU-Net channel file) gives ``CASE``, as
 nnU-Net itself names predictions; any other ``NAME.nii[.gz]`` gives ``NAME``; a DICOM series
-folder gives the folder's name. ``masks/`` is what ``segdino evaluate --predictions`` reads.
+folder gives the folder's name. The suffix is the source's (``.nii.gz``, ``.nii``, ``.mha``,
+``.nrrd``; a detached ``.mhd``/``.nhdr`` header gives ``.mha``/``.nrrd``, a DICOM series
+``.nii.gz``). ``masks/`` is what ``segdino evaluate --predictions`` reads.
 
 The model may be a SegDINO model, its fast wrapper, or any object with a ``.config`` (a
 :class:`~segdino.config.ModelConfig` with volume settings) that maps a normalised
@@ -36,7 +39,7 @@ import torch
 from ..errors import ConfigError, SegDINOError
 from ..inference import logits_to_labels, logits_to_probabilities, normalize, resize_image, resize_logits
 from .intensity import normalize_intensity, read_volume_settings
-from .io import Volume, is_nifti_path, read_volume, strip_volume_suffix, write_nifti
+from .io import Volume, is_volume_path, prediction_ending, read_volume, strip_volume_suffix, write_volume
 from .postprocess import largest_component_classes, postprocess_labels
 from .slicing import context_slice, reassemble, resolve_axis
 
@@ -172,24 +175,25 @@ def _visible(folder: Path) -> list[Path]:
 
 
 def is_volume_input(path: str | os.PathLike) -> bool:
-    """True for what :func:`predict_volume_files` reads: a ``.nii``/``.nii.gz`` file, a folder of
-    DICOM files (one series, or one series per sub-folder), or a folder of NIfTI files such as
-    nnU-Net's ``imagesTs``. Files are judged by name, so a missing ``x.nii.gz`` still counts (and
-    is then reported as missing by the volume pipeline)."""
+    """True for what :func:`predict_volume_files` reads: a volume file (``.nii``, ``.nii.gz``,
+    ``.mha``, ``.mhd``, ``.nrrd``, ``.nhdr``), a folder of DICOM files (one series, or one series
+    per sub-folder), or a folder of volume files such as nnU-Net's ``imagesTs``. Files are judged
+    by name, so a missing ``x.nii.gz`` still counts (and is then reported as missing by the
+    volume pipeline)."""
     p = Path(path)
-    if is_nifti_path(p) and not p.is_dir():
+    if is_volume_path(p) and not p.is_dir():
         return True
     if not p.is_dir():
         return False
     entries = _visible(p)
-    if any(e.is_file() and is_nifti_path(e) for e in entries):
+    if any(e.is_file() and is_volume_path(e) for e in entries):
         return True
     return _has_dicom_files(p)
 
 
 @dataclass(frozen=True)
 class _Job:
-    source: Path  # what to read: a NIfTI file or a DICOM folder
+    source: Path  # what to read: a volume file or a DICOM folder
     case: str  # output name without suffix
     file_channel: int | None = None  # the _XXXX of an nnU-Net channel file
     error: str | None = None
@@ -237,7 +241,7 @@ def _file_job(path: Path) -> _Job:
 
 def _folder_jobs(folder: Path, channel: int | None) -> list[_Job]:
     entries = _visible(folder)
-    niftis = [e for e in entries if e.is_file() and is_nifti_path(e)]
+    niftis = [e for e in entries if e.is_file() and is_volume_path(e)]
     files = [e for e in entries if e.is_file()]
     jobs: list[_Job] = []
     if niftis:
@@ -278,16 +282,16 @@ def _expand(inputs, channel: int | None) -> list[_Job]:
         if p.is_dir():
             found = _folder_jobs(p, channel)
             if not found:
-                jobs.append(_Job(p, p.name, None, f"{p}: no volumes found (expected .nii/.nii.gz files "
-                                                    "or DICOM series)"))
+                jobs.append(_Job(p, p.name, None, f"{p}: no volumes found (expected .nii/.nii.gz, "
+                                                    ".mha, .mhd or .nrrd files or DICOM series)"))
             jobs += found
         elif not p.exists():
             jobs.append(_Job(p, p.name, None, f"{p}: no such file or folder"))
-        elif is_nifti_path(p):
+        elif is_volume_path(p):
             jobs.append(_file_job(p))
         else:
-            jobs.append(_Job(p, p.name, None, f"{p}: not a volume; expected .nii, .nii.gz or a folder "
-                                                "with one DICOM series"))
+            jobs.append(_Job(p, p.name, None, f"{p}: not a volume; expected .nii, .nii.gz, .mha, .mhd, .nrrd, "
+                                                ".nhdr or a folder with one DICOM series"))
     return jobs
 
 
@@ -309,7 +313,7 @@ def predict_volume_files(
     device: str | torch.device | None = None,
     channel: int | str | None = None,
 ) -> list[tuple[str, str | None, str | None]]:
-    """Segment volume files and write each label volume as NIfTI in its source geometry.
+    """Segment volume files and write each label volume in its source geometry and format.
 
     Args:
         model: see the module docstring; its ``config.volume`` gives intensity, axis and context.
@@ -353,7 +357,8 @@ def predict_volume_files(
             results.append((source, None, job.error))
             log.warning("skipped %s: %s", source, job.error)
             continue
-        target = out / MASKS / f"{job.case}.nii.gz"
+        ending = prediction_ending(job.source)
+        target = out / MASKS / f"{job.case}{ending}"
         if target in written:
             msg = f"{target.name} was already written from {written[target]}; rename one of the inputs"
             results.append((source, None, msg))
@@ -364,9 +369,9 @@ def predict_volume_files(
             with torch.inference_mode():
                 labels, prob = _predict(model, volume, batch_size, dev, probabilities)
             labels = postprocess_labels(labels, largest_component, num_classes)
-            write_nifti(target, labels.astype(np.uint8, copy=False), volume.affine)
+            write_volume(target, labels.astype(np.uint8, copy=False), volume.affine)
             if prob is not None:
-                _write_probabilities(out / PROBABILITIES, job.case, prob, volume.affine)
+                _write_probabilities(out / PROBABILITIES, job.case, prob, volume.affine, ending)
         except SegDINOError as e:  # unreadable, wrong channel, unwritable: this volume only
             results.append((source, None, str(e)))
             log.warning("skipped %s: %s", source, e)
@@ -377,7 +382,8 @@ def predict_volume_files(
     return results
 
 
-def _write_probabilities(folder: Path, case: str, prob: np.ndarray, affine: np.ndarray) -> list[Path]:
+def _write_probabilities(folder: Path, case: str, prob: np.ndarray, affine: np.ndarray,
+                         ending: str = ".nii.gz") -> list[Path]:
     if prob.shape[0] == 1:
-        return [write_nifti(folder / f"{case}.nii.gz", prob[0], affine)]
-    return [write_nifti(folder / f"{case}_class{k}.nii.gz", prob[k], affine) for k in range(1, prob.shape[0])]
+        return [write_volume(folder / f"{case}{ending}", prob[0], affine)]
+    return [write_volume(folder / f"{case}_class{k}{ending}", prob[k], affine) for k in range(1, prob.shape[0])]
