@@ -37,6 +37,10 @@ EXTRAS_OF_FILES = {
 # Modules only probed for (the import sits in a try that treats failure as "not available") and
 # shipped by a declared package: triton comes with torch's CUDA builds.
 PROBED = {"triton": "torch"}
+# Packages the package needs without importing them by name: extra -> distributions.
+USED_INDIRECTLY = {
+    "onnx": {"onnxscript"},  # torch.onnx's dynamo exporter, the fallback in export.py, imports it
+}
 # The versions on the GPU machine that the minimums must admit.
 GPU_MACHINE = {"torch": "2.11", "timm": "1.0.29"}
 
@@ -126,6 +130,8 @@ def test_every_imported_module_is_declared_where_its_file_belongs():
                 eager.append(f"{rel}: imports the optional {module} at module level")
     assert undeclared == [], "\n".join(undeclared)
     assert eager == [], "\n".join(eager)
+    for extra, dists in USED_INDIRECTLY.items():
+        assert {_norm(d) for d in dists} <= extra_names[extra], (extra, dists)
 
 
 def test_declared_packages_are_used_and_minimums_are_met_here_and_on_the_gpu_machine():
