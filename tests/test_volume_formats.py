@@ -129,6 +129,11 @@ def test_damaged_itk_files_give_one_error(tmp_path, capfd):
     sitk.WriteImage(img, str(tmp_path / "g.nrrd"), True)
     (tmp_path / "gcut.nrrd").write_bytes((tmp_path / "g.nrrd").read_bytes()[:-12])
     _one_error(tmp_path / "gcut.nrrd", r"gcut\.nrrd: cannot read the voxel data \(truncated")
+    header = b"NRRD0004\ntype: short\ndimension: 3\nsizes: 6 5 4\nendian: little\nencoding: bzip2\n\n"
+    (tmp_path / "b.nrrd").write_bytes(header + bytes(240))
+    _one_error(tmp_path / "b.nrrd", r"b\.nrrd: NRRD encoding 'bzip2' is not supported")
+    (tmp_path / "s.nrrd").write_bytes(header.replace(b"bzip2", b"raw\nbyte skip: x") + bytes(240))
+    _one_error(tmp_path / "s.nrrd", r"s\.nrrd: header field byte skip = 'x' is not a whole number")
     (tmp_path / "junk.nrrd").write_bytes(b"hello")
     _one_error(tmp_path / "junk.nrrd", r"junk\.nrrd: not a NRRD file")
     sitk.WriteImage(img, str(tmp_path / "m.mhd"))
@@ -167,6 +172,7 @@ def test_compressed_dicom_series_read_like_uncompressed(tmp_path):
         (tmp_path / name).mkdir()
         for f in files:
             _transcode(f, tmp_path / name / f.name, syntax)
+        assert pydicom.dcmread(str(tmp_path / name / files[0].name)).file_meta.TransferSyntaxUID.is_compressed
         vol = read_volume(tmp_path / name)
         np.testing.assert_array_equal(vol.array, ref.array)
         np.testing.assert_allclose(vol.affine, ref.affine)
@@ -176,6 +182,13 @@ def test_compressed_dicom_series_read_like_uncompressed(tmp_path):
         ds.compress(RLELossless)
         ds.save_as(str(tmp_path / "rle" / f.name))
     np.testing.assert_array_equal(read_volume(tmp_path / "rle").array, ref.array)
+    # JPEG 2000 (GDCM's encoder needs slices larger than a few pixels).
+    write_dicom_series(tmp_path / "plain32", rows=32, cols=32)
+    (tmp_path / "j2k").mkdir()
+    for f in sorted((tmp_path / "plain32").iterdir()):
+        _transcode(f, tmp_path / "j2k" / f.name, gdcm.TransferSyntax.JPEG2000Lossless)
+    assert pydicom.dcmread(str(next((tmp_path / "j2k").iterdir()))).file_meta.TransferSyntaxUID.name.startswith("JPEG 2000")
+    np.testing.assert_array_equal(read_volume(tmp_path / "j2k").array, read_volume(tmp_path / "plain32").array)
 
     # One slice stored otherwise: refused from the headers, naming that file.
     mixed = tmp_path / "mixed"
@@ -296,3 +309,24 @@ def test_nnunet_dataset_of_detached_headers(tmp_path):
     assert [(Path(w).name, e) for _, w, e in results] == [(f"{case}.mha", None)]
     np.testing.assert_allclose(read_volume(tmp_path / "pred" / "masks" / f"{case}.mha").affine,
                                read_volume(root / "imagesTs" / f"{case}_0000.mhd").affine, atol=1e-5)
+
+
+def test_undecodable_dicom_names_the_file_and_the_syntax(tmp_path, monkeypatch):
+    gdcm = pytest.importorskip("gdcm")
+    import pydicom
+
+    from segdino.volumes import io
+
+    write_dicom_series(tmp_path / "plain", n=2)
+    (tmp_path / "jpeg").mkdir()
+    for f in sorted((tmp_path / "plain").iterdir()):
+        _transcode(f, tmp_path / "jpeg" / f.name, gdcm.TransferSyntax.JPEGLosslessProcess14_1)
+
+    def no_decoder(self):
+        raise RuntimeError("Unable to decode the pixel data: no plugin is available")
+
+    # As on a machine without GDCM: pydicom cannot decode, and the message says what to install.
+    monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(no_decoder))
+    monkeypatch.setattr(io, "_has_gdcm", lambda: False)
+    _one_error(tmp_path / "jpeg", r"img\d+\.dcm: cannot decode pixel data, transfer syntax JPEG Lossless.*"
+                                  r"1\.2\.840\.10008\.1\.2\.4\.70.*segdino\[volumes\]")
