@@ -4,8 +4,10 @@ Same weights for every path (random by default, every parameter randomised, SAD 
 a trained model's); reports parameters, GFLOPs, median latency, throughput, peak memory, each
 path's speed ratio to eager fp32 and the relative L2 error of its output against eager fp32.
 
-- On CUDA: eager fp32 against the fast path of :mod:`segdino.fast` (bf16, channels-last,
-  ``torch.compile``), each timed on its own after warm-up (device events).
+- On CUDA: eager fp32, the plain model compiled (our modules in bf16, channels-last,
+  ``torch.compile(mode="reduce-overhead")``: what one line of code gives any user) and the fast path
+  of :mod:`segdino.fast` (the same plus the fused decoder kernels), each timed on its own after
+  warm-up (device events), with the fast path's ratio to the plain compiled model.
 - On CPU: eager PyTorch fp32 (the authors' way), then every other path with TPA folded
   (:func:`segdino.export.fold_tpa`, the same function with ~25 of 43 GFLOP removed at 256x256):
   PyTorch fp32, ONNX Runtime fp32 (the exported file), ONNX Runtime int8 (static quantisation),
@@ -514,15 +516,23 @@ def run_benchmark(backbone: str = "vits16", image_size: tuple[int, int] = (256, 
     return report
 
 
+PLAIN_COMPILED = "plain model, compiled"
+
+
 def _run_gpu(report, model, image_size, batches, device, warmup, repeats, compile_mode, extra_paths, seed) -> None:
-    from .fast import fast_model
+    from .fast import fast_model, plain_compiled_model
 
     fast = fast_model(model, device, compile_mode=compile_mode)
     fns: dict[str, Callable] = {"eager fp32": model}
     precision = {"eager fp32": "fp32"}
     if fast is not model:
+        # The peer any user has: our unmodified modules, bf16, channels-last, one line of torch.compile.
+        fns[PLAIN_COMPILED], precision[PLAIN_COMPILED] = plain_compiled_model(model, device), "bf16"
         name = f"fast ({getattr(fast, 'compile_mode', None) or 'eager'} bf16)"
         fns[name], precision[name] = fast, "bf16"
+        report.notes.append(f"{PLAIN_COMPILED}: the model's own modules in bf16, channels-last, cuDNN autotuning, "
+                            "torch.compile(mode='reduce-overhead'); fast: the same plus the fused decoder kernels "
+                            "(segdino.fused)")
     for name, fn in (extra_paths or {}).items():
         fns[name] = fn
     report.timing = f"median of {repeats} calls per path after {warmup} warm-up calls, each path on its own (CUDA events)"
@@ -530,6 +540,7 @@ def _run_gpu(report, model, image_size, batches, device, warmup, repeats, compil
     for b in batches:
         x = torch.randn(b, 3, *image_size, generator=g).to(device)
         ref = first = None
+        by_name = {}
         for name, fn in fns.items():
             res, out = measure_path(name, fn, x, device, warmup, repeats, ref)
             res.precision = precision.get(name, "?")
@@ -538,8 +549,15 @@ def _run_gpu(report, model, image_size, batches, device, warmup, repeats, compil
                 res.rel_l2_vs_eager = 0.0
             res.ratio_vs_eager = first.median_ms / res.median_ms
             report.results.append(res)
+            by_name[name] = res
             if res is not first:
                 report.ratios[f"{name} vs eager fp32, batch {b}"] = res.ratio_vs_eager
+        plain = by_name.get(PLAIN_COMPILED)
+        for name, res in by_name.items():
+            if plain is not None and name not in ("eager fp32", PLAIN_COMPILED):
+                ratio = plain.median_ms / res.median_ms
+                report.ratios[f"{name} vs {PLAIN_COMPILED}, batch {b}"] = ratio
+                report.notes.append(f"batch {b}: {name} is {ratio:.2f}x {PLAIN_COMPILED}")
 
 
 def _run_cpu(report, model, image_size, batches, warmup, repeats, compile_mode, extra_paths, seed, paths,

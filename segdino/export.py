@@ -38,6 +38,8 @@ import torch.nn.functional as F
 
 from .config import ModelConfig
 from .errors import CheckpointError, ConfigError, DataError
+from .kernels.fold import shifted_interpolation
+from .kernels.resize import bilinear_matrix
 
 log = logging.getLogger("segdino.export")
 
@@ -285,25 +287,9 @@ def compare_with_torch(session, module: torch.nn.Module, image_size: tuple[int, 
 def interpolation_matrix(n: int, factor: int) -> np.ndarray:
     """(factor*n, n) float64 matrix of PyTorch's bilinear resize by ``factor`` (align_corners=False).
 
-    PyTorch's rule: source ``s = (i + 0.5) / factor - 0.5`` clamped at 0, rows ``floor(s)`` and the
-    next one (clamped at ``n - 1``) weighted ``1 - frac(s)`` and ``frac(s)``. Built with numpy, so
-    that the ONNX exporter's tracer records a constant, and without loops, so that
-    ``torch.compile`` traces a handful of operations.
+    See :func:`segdino.kernels.resize.bilinear_matrix`, which holds the rule for any sizes.
     """
-    src = np.maximum((np.arange(factor * n) + 0.5) / factor - 0.5, 0.0)
-    i0 = np.floor(src)
-    frac = (src - i0)[:, None]
-    i1 = np.minimum(i0 + 1, n - 1)
-    cols = np.arange(n)[None, :]
-    return (cols == i0[:, None]) * (1.0 - frac) + (cols == i1[:, None]) * frac
-
-
-def _shifted_interpolation(n: int, factor: int) -> np.ndarray:
-    """(factor*n, 3n): the interpolation rows read by a 3-tap zero-padded conv at offsets -1, 0, +1."""
-    a = interpolation_matrix(n, factor)
-    zero = np.zeros((1, n))
-    padded = np.concatenate([zero, a, zero])  # the conv's zero padding: rows -1 and factor*n read nothing
-    return np.concatenate([padded[d : d + factor * n] for d in range(3)], axis=1)
+    return bilinear_matrix(n, factor * n)
 
 
 def upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor, factor: int) -> torch.Tensor:
@@ -323,8 +309,8 @@ def upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor, factor: int) -> torc
     """
     b, d, h, w = x.shape
     o = weight.shape[0]
-    rows = torch.from_numpy(_shifted_interpolation(int(h), factor)).to(x.device, x.dtype)  # (fh, 3h)
-    cols = torch.from_numpy(_shifted_interpolation(int(w), factor).T.copy()).to(x.device, x.dtype)  # (3w, fw)
+    rows = torch.from_numpy(shifted_interpolation(int(h), factor)).to(x.device, x.dtype)  # (fh, 3h)
+    cols = torch.from_numpy(shifted_interpolation(int(w), factor).T.copy()).to(x.device, x.dtype)  # (3w, fw)
     # q[:, dy, dx] = W[:, :, dy, dx] x
     q = F.conv2d(x, weight.permute(2, 3, 0, 1).reshape(9 * o, d, 1, 1)).view(b, 3, 3, o, h, w)
     # columns: r[:, dy] = sum_dx q[:, dy, dx] B_dx^T   -> (B, 3, O, h, fw)

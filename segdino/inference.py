@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from .backbone import PATCH_SIZE
 from .config import ModelConfig
 from .data.imageio import as_rgb_array
 from .errors import ConfigError
+from .sliding_window import sliding_window
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -241,10 +242,50 @@ def _check_any_size(model) -> None:
                           f"{h}x{w} inputs only; drop --keep-size, or use the .safetensors checkpoint")
 
 
+def volume_model_text(volume: Mapping[str, Any]) -> str:
+    """A model's volume settings in words, e.g. ``CT window lung (-1350..150 HU), axial slices, 2.5D
+    context 1``."""
+    spec = volume.get("intensity") or {}
+    if spec.get("kind") == "ct":
+        preset = f" {spec['preset']}" if spec.get("preset") else ""
+        what = f"CT window{preset} ({spec.get('low', 0):g}..{spec.get('high', 0):g} HU)"
+    else:
+        what = f"intensity percentiles {spec.get('low', '?')}..{spec.get('high', '?')}"
+    context = int(volume.get("context") or 0)
+    return f"{what}, {volume.get('axis', 'axial')} slices" + (f", 2.5D context {context}" if context else "")
+
+
+def check_input_kind(model, kind: str, example: str | os.PathLike | None = None) -> None:
+    """Refuse inputs of the other kind than the model was trained on, in one line.
+
+    ``kind`` is ``"2d"`` (images) or ``"volume"``. A volume model was trained on windowed scanner
+    values (Hounsfield units, MRI intensities) and would segment 8-bit or colour pixels it never
+    saw without complaint; a 2D model knows no intensity window or slice axis for a volume.
+    ConfigError naming the model's training and ``example`` (an input), if given.
+    """
+    volume = getattr(getattr(model, "config", None), "volume", None)
+    such = f" such as {example}" if example is not None else ""
+    if kind == "2d" and volume:
+        raise ConfigError(f"this model was trained on volumes ({volume_model_text(volume)}); it cannot segment "
+                          f"2D images{such}: give it volumes (.nii/.nii.gz, .mha, .nrrd files or DICOM series)")
+    if kind == "volume" and not volume:
+        raise ConfigError(f"this model was trained on 2D images (no intensity window or slice axis); it cannot "
+                          f"segment volumes{such}: give it 2D images, or a model trained on volumes")
+
+
 def predict_arrays(model, images: Sequence[np.ndarray], device: torch.device, batch_size: int = 8,
-                   keep_size: bool = False, probabilities: bool = False) -> list:
+                   keep_size: bool = False, probabilities: bool = False, tile_overlap: float | None = None) -> list:
     """Segment (H, W, 3) uint8 images with a model already on ``device`` (see :func:`predict`)."""
+    check_input_kind(model, "2d")
     config: ModelConfig = model.config
+    if tile_overlap is not None:
+        # At native resolution, by overlapping tiles of the model's input size (smaller images padded).
+        out = []
+        for im in images:
+            x = normalize(to_tensor(im), config)[None]
+            out.append(_finish(sliding_window(model, x.to(device), config.image_size, tile_overlap, batch_size)[0],
+                               probabilities))
+        return out
     if keep_size:
         _check_any_size(model)
     sizes = [tuple(int(s) for s in im.shape[:2]) for im in images]
@@ -276,6 +317,7 @@ def predict(
     keep_size: bool = False,
     device: str | torch.device | None = None,
     probabilities: bool = False,
+    tile_overlap: float | None = None,
 ) -> list[np.ndarray] | list[Prediction]:
     """Segment raw images at their own sizes.
 
@@ -291,6 +333,9 @@ def predict(
             SegDINO model there (fast and ONNX models must be loaded for their device).
         probabilities: return :class:`Prediction` objects with probability maps too:
             (1, H, W) sigmoid foreground probability for a binary model, (K, H, W) softmax else.
+        tile_overlap: run each image at its own resolution by overlapping tiles of the model's
+            input size, blended with a Gaussian weight (:func:`segdino.sliding_window.sliding_window`);
+            the value is the share of a tile its neighbours overlap, e.g. 0.5.
 
     Returns:
         one (H, W) uint8 label mask per image, at that image's size, in input order
@@ -313,7 +358,7 @@ def predict(
         # Decode one batch at a time so that a long list of paths is never all in memory.
         for start in range(0, len(images), batch_size):
             chunk = [as_rgb_array(im) for im in images[start : start + batch_size]]
-            results += predict_arrays(model, chunk, dev, batch_size, keep_size, probabilities)
+            results += predict_arrays(model, chunk, dev, batch_size, keep_size, probabilities, tile_overlap)
         return results
     finally:
         if was_training:

@@ -33,6 +33,10 @@ GT_COLOUR = (0, 255, 0)
 PRED_COLOUR = (255, 0, 255)
 BOTH_COLOUR = (255, 255, 0)
 LEGEND = "green: ground truth contour, magenta: prediction contour, yellow: where the two coincide"
+#: Tint of each predicted class in overlays (class k uses entry (k - 1) mod len).
+CLASS_COLOURS = ((255, 0, 255), (0, 255, 255), (255, 255, 0), (255, 128, 0), (0, 128, 255), (128, 255, 0),
+                 (255, 0, 0), (0, 0, 255))
+OVERLAY_ALPHA = 0.35
 
 FIGURES = "figures"
 #: Case pictures smaller than this (longest side, pixels) are enlarged by a whole factor.
@@ -173,6 +177,20 @@ def overlay(
     img[p & ~g] = PRED_COLOUR
     img[g & p] = BOTH_COLOUR
     return img
+
+
+def overlay_prediction(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 image with each class of ``mask`` (H, W) tinted and outlined in its colour."""
+    out = image.astype(np.float32)
+    edge = contour(mask)
+    for k in np.unique(mask):
+        if k == 0:
+            continue
+        colour = np.asarray(CLASS_COLOURS[(int(k) - 1) % len(CLASS_COLOURS)], dtype=np.float32)
+        region = mask == k
+        out[region] = (1 - OVERLAY_ALPHA) * out[region] + OVERLAY_ALPHA * colour
+        out[region & edge] = colour
+    return np.round(out).clip(0, 255).astype(np.uint8)
 
 
 def worst_slice(pred: np.ndarray, gt: np.ndarray, axis: int = 0) -> int:
@@ -415,6 +433,7 @@ def write_report(
     log_csv: str | os.PathLike | None = None,
     title: str = "SegDINO evaluation",
     distance_unit: str = "px",
+    sections: Sequence[str] = (),
 ) -> Path:
     """Write ``report.md`` and its figures into ``out_dir`` (layout in the module docstring).
 
@@ -432,6 +451,8 @@ def write_report(
         log_csv: a training run's ``log.csv``; its numeric columns are plotted against epoch.
         title: first heading of the report.
         distance_unit: unit of HD95/ASD in the table ("px" for images, "mm" with spacing).
+        sections: Markdown lines added after the case pictures (figures they link are already
+            written under ``figures/``), e.g. the lesion-centred figures of volumes.
 
     Returns:
         Path of ``report.md``.
@@ -491,6 +512,8 @@ def write_report(
                 f"![{label} case: {name}]({FIGURES}/{fname})",
                 "",
             ]
+
+    lines += list(sections)
 
     failed = sorted(
         {

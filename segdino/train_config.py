@@ -62,6 +62,12 @@ class TrainConfig:
     context: int = 1
     foreground_ratio: float = 0.33
     volume_cache: int = 4
+    # Patch training (volumes): target in-plane spacing (auto = the training median, or "X,Y" mm),
+    # patch size (None = planned), cross-validation folds (made into splits_final.json).
+    spacing: str | None = None
+    patch_size: tuple[int, int] | None = None
+    folds: int | None = None
+    tile_overlap: float = 0.5
     quiet: bool = False
     save_every: float = 60.0  # seconds between writes of last + resume state (always after the last epoch)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -81,8 +87,9 @@ class TrainConfig:
             raise ConfigError(f"--schedule must be cosine or constant, got {self.schedule!r}")
         if self.loss not in ("bce", "bce_dice", "ce", "ce_dice"):
             raise ConfigError(f"--loss must be one of bce, bce_dice, ce, ce_dice, got {self.loss!r}")
-        if self.augment not in ("segdino", "paper", "none"):
-            raise ConfigError(f"--augment must be segdino, paper or none, got {self.augment!r}")
+        if self.augment not in ("segdino", "segdino-intensity", "paper", "none"):
+            raise ConfigError(f"--augment must be segdino, segdino-intensity, paper or none, got {self.augment!r}")
+        self._validate_patches()
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"--precision must be auto, bf16 or fp32, got {self.precision!r}")
         if self.on_nan not in ("stop", "skip") or self.on_bad_data not in ("stop", "skip"):
@@ -114,6 +121,28 @@ class TrainConfig:
         if len(self.image_size) != 2 or any(s < 16 or s % 16 for s in self.image_size):
             raise ConfigError(f"--image-size must be a multiple of 16 (or HxW), got {self.image_size}")
 
+    def _validate_patches(self) -> None:
+        from .resample import parse_spacing
+
+        if self.spacing is not None:
+            sp = parse_spacing(self.spacing if isinstance(self.spacing, (str, list, tuple)) else str(self.spacing))
+            self.spacing = sp if sp == "auto" else ",".join(f"{v:g}" for v in sp)
+        if self.patch_size is not None:
+            ps = (self.patch_size, self.patch_size) if isinstance(self.patch_size, int) else self.patch_size
+            try:
+                ps = tuple(int(v) for v in ps)
+            except (TypeError, ValueError):
+                raise ConfigError(f"--patch-size must be N or HxW, got {self.patch_size!r}") from None
+            if len(ps) != 2 or any(v < 16 or v % 16 for v in ps):
+                raise ConfigError(f"--patch-size must be a multiple of 16 (or HxW), got {self.patch_size!r}")
+            self.patch_size = ps
+        if self.folds is not None and (not isinstance(self.folds, int) or self.folds < 2):
+            raise ConfigError(f"--folds must be an integer >= 2, got {self.folds!r}")
+        if self.folds is not None and not 0 <= self.fold < self.folds:
+            raise ConfigError(f"--fold {self.fold} is not one of the {self.folds} folds 0..{self.folds - 1}")
+        if not 0.0 <= float(self.tile_overlap) < 1.0:
+            raise ConfigError(f"--tile-overlap must be in [0, 1), got {self.tile_overlap}")
+
     def match_loss_to_classes(self) -> None:
         """``bce``/``ce`` name the same choice; use the one that fits the class count."""
         if self.num_classes > 1:
@@ -125,6 +154,8 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d.pop("extra")
         d["image_size"] = list(self.image_size)
+        if self.patch_size is not None:
+            d["patch_size"] = list(self.patch_size)
         return d
 
 
@@ -199,9 +230,9 @@ def _check_types(values: dict[str, Any], where: str) -> None:
     """Options from a file arrive untyped: refuse a value of the wrong kind, naming the option."""
     kinds = {
         int: ("epochs", "decoder_dim", "num_classes", "batch_size", "num_workers", "seed", "fold", "val_every",
-              "mask_threshold", "context", "volume_cache", "steps_per_epoch", "channel"),
+              "mask_threshold", "context", "volume_cache", "steps_per_epoch", "channel", "folds"),
         float: ("lr", "backbone_lr_scale", "weight_decay", "warmup_epochs", "grad_clip", "foreground_ratio",
-                "save_every"),
+                "save_every", "tile_overlap"),
         bool: ("freeze_backbone", "compile", "channels_last", "cache_images", "resume", "overwrite", "quiet"),
         str: ("data", "out", "recipe", "backbone", "backbone_weights", "init", "schedule", "loss", "augment",
               "precision", "device", "on_nan", "on_bad_data", "intensity", "slice_axis"),

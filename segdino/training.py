@@ -184,15 +184,17 @@ class TrainView(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
         epoch, index = key
+        g = torch.Generator().manual_seed(sample_seed(self.seed, epoch, index))
+        # Patch datasets draw the patch position from the sample's generator too.
+        train_sample = getattr(self.base, "train_sample", None)
         try:
-            sample = self.base[index]
+            sample = train_sample(index, g) if train_sample is not None else self.base[index]
         except DataError as e:
             if not self.skip_bad:
                 raise
             return {"skipped": str(e)}
         image, mask = sample["image"], sample["mask"]
         if self.transform is not None:
-            g = torch.Generator().manual_seed(sample_seed(self.seed, epoch, index))
             image, mask = self.transform(image, mask, generator=g)
         return {"image": image, "mask": mask, "case_id": sample["case_id"]}
 
@@ -500,6 +502,8 @@ class Trainer:
         volume's Dice is the 3D Dice. Ranks score disjoint samples and pool the counts.
         """
         self.model.eval()
+        if hasattr(self.val_set, "predict_case"):
+            return self.validate_cases()
         indices = list(range(len(self.val_set)))[self.rank :: self.world]
         subset = torch.utils.data.Subset(self.val_set, indices)
         loader = DataLoader(subset, batch_size=self.cfg.batch_size, shuffle=False, num_workers=0,
@@ -523,6 +527,24 @@ class Trainer:
             return float("nan"), []
         per_case = np.stack([dice_from_counts(c) for c in merged.values()])  # (cases, classes)
         per_class = per_case.mean(axis=0).tolist()
+        return float(np.mean(per_class)), per_class
+
+    def validate_cases(self) -> tuple[float, list[float]]:
+        """Per-case 3D Dice of sliding-window predictions of a patch dataset's validation cases."""
+        counts: dict[str, np.ndarray] = {}
+        for ci in range(self.rank, len(self.val_set.cases), self.world):
+            case = self.val_set.cases[ci].case_id
+            for pred, gt in self.val_set.predict_case(self.model, ci, self.device, self.use_bf16,
+                                                      self.cfg.tile_overlap, self.cfg.batch_size):
+                c = overlap_counts(pred, gt, self.model.num_classes)
+                counts[case] = counts[case] + c if case in counts else c
+        self.model.train()
+        merged: dict[str, np.ndarray] = {}
+        for part in _all_gather(counts):
+            merged.update(part)
+        if not merged:
+            return float("nan"), []
+        per_class = np.stack([dice_from_counts(c) for c in merged.values()]).mean(axis=0).tolist()
         return float(np.mean(per_class)), per_class
 
     def native_mask(self, index: int) -> torch.Tensor:
@@ -729,7 +751,7 @@ def prepare_run_folder(cfg: TrainConfig, write: bool = True) -> Path:
         raise ConfigError(f"--resume: {out} holds no run to continue")
     if write:
         if holds_run and cfg.overwrite:
-            for m in RUN_MARKERS + ("tensorboard", "skipped.txt", "splits.json", "report"):
+            for m in RUN_MARKERS + ("tensorboard", "skipped.txt", "splits.json", "plan.json", "report"):
                 p = out / m
                 if p.is_dir():
                     shutil.rmtree(p)
@@ -802,6 +824,13 @@ def volume_settings_of(cfg: TrainConfig, labels: dict[int, str] | None, modality
 def build_volume_datasets(cfg: TrainConfig):
     from .volumes import VolumeSliceDataset, find_volume_cases
 
+    if cfg.folds is not None:
+        from .folds import ensure_folds
+        from .volumes.layouts import scan_volume_cases
+
+        scanned = scan_volume_cases(cfg.data, channel=cfg.channel)
+        ensure_folds(cfg.data, [c.case_id for c in scanned.cases if c.subset == "train" and c.label is not None],
+                     cfg.folds, cfg.seed)
     found = find_volume_cases(cfg.data, fold=cfg.fold, channel=cfg.channel, seed=cfg.seed)
     if found.issues:
         raise DataError(f"{cfg.data}: " + "; ".join(found.issues[:5]))
@@ -815,6 +844,12 @@ def build_volume_datasets(cfg: TrainConfig):
         cfg.num_classes = 1 if len(found.labels) <= 2 else len(found.labels)
     if found.labels and cfg.num_classes == len(found.labels):
         cfg.extra["class_names"] = [found.labels.get(i, str(i)) for i in range(cfg.num_classes)]
+    if cfg.augment == "segdino":  # no colour jitter on slices: intensity augmentation instead
+        cfg.augment = "segdino-intensity"
+    if cfg.spacing is not None or cfg.patch_size is not None:
+        from .volumes.patches import patch_datasets
+
+        return patch_datasets(cfg, found, settings)
     common = dict(axis=settings["axis"], context=settings["context"], intensity=settings["intensity"],
                   image_size=cfg.image_size, num_classes=cfg.num_classes, cache_size=cfg.volume_cache)
     train = VolumeSliceDataset(found.split_cases("train"), **common)
@@ -858,6 +893,9 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
             trainer.resume()
         elif rank == 0:
             atomic_write_text(out / "config.yaml", dump_yaml(cfg))
+            plan = getattr(train_set, "plan", None)
+            if plan is not None:
+                atomic_write_text(out / "plan.json", json.dumps(plan.to_dict(), indent=1) + "\n")
             splits = getattr(train_set, "splits", None)
             if splits is not None:
                 atomic_write_text(out / "splits.json", json.dumps({k: list(v) for k, v in splits.items()},

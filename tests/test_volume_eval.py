@@ -413,7 +413,7 @@ def test_predict_and_evaluate_commands_with_a_saved_model(dataset, tmp_path, cap
     ckpt = segdino.save_model(model, tmp_path / "model.safetensors")
     out = tmp_path / "pred"
     code, cap = _run_cli(["predict", "--model", str(ckpt), str(dataset / "imagesTs"), "--out", str(out),
-                          "--device", "cpu", "--batch-size", "6", "--channel", "CT"], capsys)
+                          "--device", "cpu", "--batch-size", "6", "--channel", "CT", "--overlays"], capsys)
     assert code == 0, cap.err
     cases = _test_cases(dataset)
     assert sorted(strip(p.name) for p in (out / "masks").iterdir()) == cases
@@ -423,6 +423,10 @@ def test_predict_and_evaluate_commands_with_a_saved_model(dataset, tmp_path, cap
         np.testing.assert_allclose(aff, image.affine, atol=1e-5)
         np.testing.assert_array_equal(labels, predict_volume(model, image, batch_size=4))
         assert len(np.unique(labels)) > 1  # random weights, but not a constant answer
+        # --overlays: one PNG per axial slice holding a prediction (array axis 2 here), and a montage.
+        held = [f"slice_{k:03d}.png" for k in np.flatnonzero(labels.any(axis=(0, 1)))]
+        assert sorted(p.name for p in (out / "overlays" / case).iterdir()) == held
+        assert (out / "overlays" / f"{case}.png").is_file()
     # Scoring the written volumes and scoring the model directly give the same numbers.
     code, cap = _run_cli(["evaluate", "--predictions", str(out), "--data", str(dataset), "--out",
                           str(tmp_path / "from_files")], capsys)

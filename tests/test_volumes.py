@@ -671,9 +671,9 @@ def test_volume_check_through_the_common_checker(tmp_path, registered):
     report = check_dataset(root)
     assert report.ok, report.problems
     assert report.unit == "volumes" and report.pairs == 3 and report.num_classes == 3
-    assert report.class_counts[2] == 3 and report.extra["shapes"] == "8 x 9 x 6 (1 distinct)"
+    assert report.class_counts[2] == 3 and report.extra["sizes"] == "8 x 9 x 6 (x, y, z) at 0.7 x 1.3 x 3 mm"
     text = report.format()
-    assert "volumes:" in text and "spacing:" in text and "2 lesion 3" in text
+    assert "volumes:" in text and "sizes:" in text and "2 lesion 3" in text and "label values:" in text
     bad = make_plain(tmp_path / "bad", n=4)
     write_nifti(bad / "labels" / "p01_seg.nii.gz", np.zeros((3, 3, 3), np.uint8), np.eye(4))
     report = check_dataset(bad)

@@ -6,8 +6,9 @@ backbone at 64x64 px), evaluates the test split at native resolution with the re
 the test images with overlays, and prints the model's test Dice beside the Dice of the best single
 global grey-level threshold (either polarity, chosen on the test images themselves).
 
-``--volumes`` does the same with CT-like volumes (small lesions inside a textured organ) in the
-nnU-Net layout, and writes predicted label volumes in the source geometry.
+``--volumes`` does the same with generated whole CT sections holding a few small lesions
+(:mod:`segdino.data.whole_scan`) in the nnU-Net layout: patch training at the planned spacing,
+sliding-window prediction, label volumes written in the source geometry, and lesion detection F1.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ from . import add_device_argument
 IMAGES = dict(n_train=200, n_val=24, n_test=40, size=64)
 IMAGE_TRAINING = dict(backbone="vitt16", decoder_dim=32, image_size=64, batch_size=16, lr=1e-3, epochs=36,
                       augment="segdino", warmup_epochs=1.0, num_workers=0, quiet=True)
-VOLUMES = dict(n_train=8, n_val=2, n_test=3, shape=(24, 64, 64))
-VOLUME_TRAINING = dict(backbone="vitt16", decoder_dim=32, image_size=64, batch_size=16, lr=1e-3, epochs=12,
-                       augment="none", warmup_epochs=1.0, num_workers=0, context=1, foreground_ratio=0.5,
-                       intensity="ct:-160,240")
+# Whole sections (128 mm across at 1 mm, 2.5 mm slices) with 2-4 lesions of 4-16 mm, mostly empty slices.
+VOLUMES = dict(n_train=8, n_val=1, n_test=3, shape=(16, 128, 128), spacing=(2.5, 1.0, 1.0), lesions=(2, 4),
+               diameters=(4.0, 16.0))
+VOLUME_TRAINING = dict(backbone="vitt16", decoder_dim=32, batch_size=8, lr=1e-3, epochs=10, steps_per_epoch=16,
+                       augment="segdino", warmup_epochs=0.5, num_workers=0, context=1, foreground_ratio=0.5,
+                       intensity="ct:-200,250", spacing="auto", patch_size=(64, 64), quiet=True)
 
 
 def register(sub) -> None:
@@ -95,30 +98,33 @@ def demo_images(out: Path, args) -> dict:
 
 
 def demo_volumes(out: Path, args) -> dict:
-    from ..data.synthetic import VOLUME_LABELS, best_volume_threshold_dice, write_volume_dataset
+    from ..data.synthetic import best_volume_threshold_dice
+    from ..data.whole_scan import WHOLE_SCAN_LABELS, write_whole_scan_dataset
     from ..inference import load_inference_model
     from ..volumes import read_volume
     from ..volumes.evaluate import evaluate_volumes
     from ..volumes.predict import predict_volume_files
 
     t0 = time.perf_counter()
-    n_train, n_val, n_test = VOLUMES["n_train"], VOLUMES["n_val"], VOLUMES["n_test"]
-    data = write_volume_dataset(out / "data", n_train, n_val, n_test, shape=VOLUMES["shape"], seed=args.seed)
-    print(f"data: {data} (nnU-Net layout: {n_train} train, {n_val} val, {n_test} test volumes of "
-          f"{VOLUMES['shape']} voxels, anisotropic spacing)")
+    v = VOLUMES
+    data = write_whole_scan_dataset(out / "data", v["n_train"], v["n_val"], v["n_test"], shape=v["shape"],
+                                    spacing=v["spacing"], seed=args.seed, lesions=v["lesions"],
+                                    diameters=v["diameters"])
+    print(f"data: {data} (nnU-Net layout: {v['n_train']} train, {v['n_val']} val, {v['n_test']} test whole "
+          f"sections of {v['shape']} voxels at {v['spacing']} mm, {v['lesions'][0]}-{v['lesions'][1]} lesions "
+          f"of {v['diameters'][0]:g}-{v['diameters'][1]:g} mm each, most slices empty)")
     _train(data, out / "run", VOLUME_TRAINING, args)
     model = load_inference_model(out / "run", device=args.device)
     summary = evaluate_volumes(data, out / "report", model=model, split="test", run_dir=out / "run")
     tests = sorted((data / "labelsTs").glob("*.nii.gz"))
     vols = [read_volume(data / "imagesTs" / p.name.replace(".nii.gz", "_0000.nii.gz")).array for p in tests]
     labels = [read_volume(p).array for p in tests]
-    baseline, threshold, polarity = best_volume_threshold_dice(vols, labels, label=VOLUME_LABELS["lesion"])
+    baseline, threshold, polarity = best_volume_threshold_dice(vols, labels, label=WHOLE_SCAN_LABELS["lesion"])
     predict_volume_files(model, [data / "imagesTs"], out / "predictions")
-    per_class = summary["per_class"]
-    lesion = next((v for k, v in per_class.items() if v.get("class_name") == "lesion"), None)
-    dice = (lesion or {}).get("dice", {}).get("mean", summary["mean_over_classes"]["dice"]["mean"])
+    dice = summary["mean_over_classes"]["dice"]["mean"]
+    f1 = next(iter(summary["lesions"].values()))["detection_f1"]
     return {"dice": dice, "baseline": baseline, "baseline_rule": f"HU {'>' if polarity == 'above' else '<'} "
-            f"{threshold:g}", "seconds": time.perf_counter() - t0, "cases": len(tests)}
+            f"{threshold:g}", "seconds": time.perf_counter() - t0, "cases": len(tests), "lesion_f1": f1}
 
 
 def main(args) -> int:
@@ -128,6 +134,8 @@ def main(args) -> int:
     what = "lesion Dice per volume" if args.volumes else "Dice per image"
     print()
     print(f"SegDINO (vitt16, trained here):    test {what} {result['dice']:.3f}")
+    if "lesion_f1" in result:
+        print(f"                                   lesion detection F1 {result['lesion_f1']:.3f}")
     print(f"best global threshold ({result['baseline_rule']}): test {what} {result['baseline']:.3f}"
           "  (chosen on the test set itself)")
     print(f"report:      {out / 'report' / 'report.md'}")

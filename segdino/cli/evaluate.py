@@ -18,8 +18,14 @@ def register(subparsers) -> None:
                     "per metric and class; HD95/ASD failures counted), report.md and figures/ into --out. "
                     "Volume datasets (NIfTI, MetaImage, NRRD, DICOM) are scored per volume, with NSD at --nsd-tolerance.",
     )
-    parser.add_argument("--model", metavar="CKPT|RUN_DIR|FILE.onnx",
-                        help="checkpoint (ours or the authors'), run folder (its best.safetensors) or ONNX file")
+    parser.add_argument("--model", metavar="CKPT|RUN_DIR|FILE.onnx", action="append",
+                        help="checkpoint (ours or the authors'), run folder (its best.safetensors) or ONNX file; "
+                             "given several times, or a folder of run folders (folds), their probabilities are averaged")
+    parser.add_argument("--tta", action="store_true", help="average the predictions of flipped inputs (4 flips)")
+    parser.add_argument("--tile-overlap", type=float, default=None, metavar="F",
+                        help="volumes: sliding-window overlap (default 0.5 for models trained on patches)")
+    parser.add_argument("--resample", action="store_true",
+                        help="volumes: resample predictions on another grid onto the label's (nearest) instead of refusing")
     parser.add_argument("--predictions", metavar="DIR",
                         help="score these masks instead of running a model (matched to cases by file stem; "
                              "a `segdino predict` output folder is read from its masks/)")
@@ -74,8 +80,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError("--num-classes and --mask-threshold go with --predictions; a model's file sets them")
     if args.run is not None and not Path(args.run).is_dir():
         raise ConfigError(f"--run {args.run}: no such run folder")
-    run_dir = Path(args.run) if args.run else find_run_dir(args.model)
+    run_dir = Path(args.run) if args.run else (find_run_dir(args.model[0]) if args.model and len(args.model) == 1
+                                               else None)
     out = _out_folder(args, run_dir)
+    if args.model is not None and (len(args.model) > 1 or args.tta or (
+            Path(args.model[0]).is_dir() and not (Path(args.model[0]) / "best.safetensors").is_file())):
+        from ..ensemble import load_models
+
+        args.model = load_models(args.model, args.device, tta=args.tta)
+    elif args.model is not None:
+        args.model = args.model[0]
 
     from ..volumes import is_volume_dataset
 
@@ -84,9 +98,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
         summary = _evaluate_volumes(args, out, run_dir)
         unit = "mm"
     else:
-        if args.channel is not None or args.largest_component or args.nsd_tolerance is not None:
-            raise ConfigError(f"--channel, --largest-component and --nsd-tolerance apply to volume datasets; "
-                              f"{args.data} holds 2D images")
+        if args.channel is not None or args.largest_component or args.nsd_tolerance is not None \
+                or args.resample or args.tile_overlap is not None:
+            raise ConfigError(f"--channel, --largest-component, --nsd-tolerance, --resample and --tile-overlap apply "
+                              f"to volume datasets; {args.data} holds 2D images")
         if args.predictions is not None:
             summary = evaluate_predictions(
                 args.predictions, args.data, out, num_classes=args.num_classes or 1, split=args.split,
@@ -118,6 +133,7 @@ def _evaluate_volumes(args: argparse.Namespace, out: Path, run_dir: Path | None)
     return evaluate_volumes(
         args.data, out, predictions=args.predictions, model=args.model, split=args.split, fold=args.fold,
         channel=_channel(args.channel), device=args.device, batch_size=args.batch_size,
-        largest_component=args.largest_component, run_dir=run_dir,
+        largest_component=args.largest_component, run_dir=run_dir, resample=args.resample,
+        tile_overlap=args.tile_overlap,
         **({} if args.nsd_tolerance is None else {"nsd_tolerance": args.nsd_tolerance}),
     )

@@ -12,7 +12,8 @@ Output layout in ``--out``::
     probabilities/<name>.npy    with --probability-format npy: float32, (H, W) foreground
                                 probability for a binary model, (K, H, W) softmax otherwise
     overlays/<name>.png         with --overlays: the image with each predicted class tinted and
-                                outlined
+                                outlined; volumes: overlays/CASE/slice_SSS.png for every slice holding a
+                                prediction and a montage overlays/CASE.png
 
 ``<name>`` is the file's stem, or its path relative to the folder given (sub-folders kept), so
 files of the same stem in different folders never overwrite each other. An image of an nnU-Net
@@ -40,10 +41,8 @@ from ..errors import ConfigError, DataError
 from ..fileio import atomic_write_bytes
 from . import add_device_argument
 
-#: Tint of each class in overlays (class k uses entry (k - 1) mod len).
-CLASS_COLOURS = ((255, 0, 255), (0, 255, 255), (255, 255, 0), (255, 128, 0), (0, 128, 255), (128, 255, 0),
-                 (255, 0, 0), (0, 0, 255))
-OVERLAY_ALPHA = 0.35
+# Overlays are drawn as volume overlays and report figures draw them: one home, in segdino.report.
+from ..report import CLASS_COLOURS, OVERLAY_ALPHA, overlay_prediction  # noqa: E402,F401
 
 
 def register(subparsers) -> None:
@@ -55,20 +54,28 @@ def register(subparsers) -> None:
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="image files or folders; volumes too (.nii[.gz], .mha, .mhd, .nrrd files, DICOM series folders)")
-    parser.add_argument("--model", required=True, metavar="CKPT|RUN_DIR|FILE.onnx",
-                        help="checkpoint (ours or the authors'), run folder (its best.safetensors) or ONNX file")
+    parser.add_argument("--model", required=True, action="append", metavar="CKPT|RUN_DIR|FILE.onnx",
+                        help="checkpoint (ours or the authors'), run folder (its best.safetensors) or ONNX file; "
+                             "given several times, or a folder of run folders (folds), their probabilities are averaged")
+    parser.add_argument("--tta", action="store_true", help="average the predictions of flipped inputs (4 flips)")
+    parser.add_argument("--tile-overlap", type=float, default=None, metavar="F",
+                        help="sliding-window prediction at native resolution with tiles overlapping by F (e.g. 0.5); "
+                             "default for models trained on patches: 0.5")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--probabilities", action="store_true", help="also write probability maps")
     parser.add_argument("--probability-format", default="png", choices=["png", "npy"],
-                        help="png: 8-bit grey per foreground class (default); npy: float32 arrays")
-    parser.add_argument("--overlays", action="store_true", help="also write the images with the prediction drawn on")
+                        help="2D images: png: 8-bit grey per foreground class (default); npy: float32 arrays "
+                             "(volumes write probabilities as volumes)")
+    parser.add_argument("--overlays", action="store_true", help="also write the images with the prediction drawn on; volumes: a PNG per slice "
+                             "holding a prediction and a montage per case")
     parser.add_argument("--label-values", default="255", choices=["255", "index"],
-                        help="binary 2D masks: 255 writes 0/255 (viewable, default); index writes the class "
+                        help="2D images, binary masks: 255 writes 0/255 (viewable, default); index writes the class "
                              "index 0/1, as nnU-Net's 2D labels")
     parser.add_argument("--keep-size", action="store_true",
-                        help="run at each image's native size padded to a multiple of 16 instead of resizing")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
-    parser.add_argument("--workers", type=int, default=2, help="threads decoding images ahead (default 2)")
+                        help="2D images: run at each image's native size padded to a multiple of 16 instead of "
+                             "resizing (volumes always keep their grid)")
+    parser.add_argument("--batch-size", type=int, default=8, help="images (or volume slices) per forward pass (default 8)")
+    parser.add_argument("--workers", type=int, default=2, help="2D images: threads decoding images ahead (default 2)")
     parser.add_argument("--channel", default=None, metavar="C",
                         help="volumes: the channel of multi-channel volumes (index or name)")
     parser.add_argument("--largest-component", action="store_true",
@@ -235,22 +242,6 @@ def mask_for_file(mask: np.ndarray, num_classes: int, label_values: str = "255")
     return (mask > 0).astype(np.uint8) * np.uint8(255 if label_values == "255" else 1)
 
 
-def overlay_prediction(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 image with each class of ``mask`` (H, W) tinted and outlined in its colour."""
-    from ..report import contour
-
-    out = image.astype(np.float32)
-    edge = contour(mask)
-    for k in np.unique(mask):
-        if k == 0:
-            continue
-        colour = np.asarray(CLASS_COLOURS[(int(k) - 1) % len(CLASS_COLOURS)], dtype=np.float32)
-        region = mask == k
-        out[region] = (1 - OVERLAY_ALPHA) * out[region] + OVERLAY_ALPHA * colour
-        out[region & edge] = colour
-    return np.round(out).clip(0, 255).astype(np.uint8)
-
-
 def write_outputs(out: Path, name: str, image: np.ndarray, prediction, num_classes: int, probabilities: bool,
                   probability_format: str, overlays: bool, label_values: str = "255") -> Path:
     """Write one image's mask (and probability map, overlay) under ``out``; returns the mask path."""
@@ -301,7 +292,7 @@ def _read(item: ImageInput) -> tuple[np.ndarray | None, str | None]:
 def predict_files(model, images: Sequence[ImageInput], out: Path, *, batch_size: int = 8, keep_size: bool = False,
                   probabilities: bool = False, probability_format: str = "png", overlays: bool = False,
                   workers: int = 2, progress: bool = False, on_error: Callable[[str], None] | None = None,
-                  label_values: str = "255") -> tuple[list[Path], list[str]]:
+                  label_values: str = "255", tile_overlap: float | None = None) -> tuple[list[Path], list[str]]:
     """Predict image inputs in batches and write their outputs (layout in the module docstring).
 
     Returns:
@@ -329,7 +320,8 @@ def predict_files(model, images: Sequence[ImageInput], out: Path, *, batch_size:
         if not batch:
             return
         with torch.inference_mode():
-            preds = predict_arrays(model, [b[1] for b in batch], dev, batch_size, keep_size, probabilities)
+            preds = predict_arrays(model, [b[1] for b in batch], dev, batch_size, keep_size, probabilities,
+                                   tile_overlap)
         for (name, image), pred in zip(batch, preds):
             written.append(write_outputs(out, name, image, pred, num_classes, probabilities, probability_format,
                                          overlays, label_values))
@@ -355,16 +347,28 @@ def predict_files(model, images: Sequence[ImageInput], out: Path, *, batch_size:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from ..inference import load_inference_model
-
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     images, volumes, problems = collect_inputs(args.inputs)
     if not images and not volumes:
         raise DataError("nothing to predict: " + "; ".join(problems) if problems else "nothing to predict")
+    if volumes:
+        refuse_2d_options(args)
     for p in problems:
         print(f"segdino predict: {p}", file=sys.stderr)
-    model = load_inference_model(args.model, args.device)
+    from ..ensemble import load_models
+    from ..sliding_window import check_overlap
+
+    if args.tile_overlap is not None:
+        check_overlap(args.tile_overlap)
+    model = load_models(args.model, args.device, tta=args.tta)
+    from ..inference import check_input_kind
+
+    # Refused before anything is written: one line naming an input of the wrong kind.
+    if images:
+        check_input_kind(model, "2d", images[0].path)
+    if volumes:
+        check_input_kind(model, "volume", volumes[0])
     out = Path(args.out)
 
     def report(message: str) -> None:
@@ -377,7 +381,7 @@ def run_predict(args: argparse.Namespace) -> int:
         w, e = predict_files(model, images, out, batch_size=args.batch_size, keep_size=args.keep_size,
                              probabilities=args.probabilities, probability_format=args.probability_format,
                              overlays=args.overlays, workers=max(0, args.workers), progress=True, on_error=report,
-                             label_values=args.label_values)
+                             label_values=args.label_values, tile_overlap=args.tile_overlap)
         written += w
         errors += e
     if volumes:
@@ -391,16 +395,27 @@ def run_predict(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def refuse_2d_options(args: argparse.Namespace) -> None:
+    """Options of 2D images given with volume inputs: refused before the model loads, each by its name."""
+    if args.keep_size:
+        raise ConfigError("--keep-size applies to 2D images; volumes are predicted slice by slice on their own grid")
+    if args.probability_format != "png":
+        raise ConfigError(f"--probability-format {args.probability_format} applies to 2D images; volume "
+                          "probabilities are written as volumes in the input's format")
+    if args.label_values != "255":
+        raise ConfigError(f"--label-values {args.label_values} applies to 2D images; volume labels are always "
+                          "written as class indices 0..K-1")
+
+
 def _predict_volumes(model, volumes: list[Path], out: Path, args: argparse.Namespace) -> tuple[list[Path], list[str]]:
     try:
         from ..volumes.predict import predict_volume_files
     except ImportError as e:
         return [], [f"{v}: volume prediction is unavailable ({e})" for v in volumes]
-    if args.keep_size or args.overlays:
-        raise ConfigError("--keep-size and --overlays apply to 2D images; volumes are written on their own grid")
     results = predict_volume_files(model, volumes, out, probabilities=args.probabilities,
                                    largest_component=args.largest_component, batch_size=args.batch_size,
-                                   device=None, channel=_channel(args.channel))
+                                   device=None, channel=_channel(args.channel), overlays=args.overlays,
+                                   tile_overlap=args.tile_overlap)
     written = [Path(path) for _, path, err in results if path is not None and err is None]
     errors = [f"{src}: {err}" if str(src) not in str(err) else str(err) for src, _, err in results if err is not None]
     return written, errors

@@ -41,7 +41,8 @@ def register(sub) -> None:
     a("--schedule", choices=["cosine", "constant"])
     a("--warmup-epochs", type=float)
     a("--loss", choices=["bce", "bce_dice", "ce", "ce_dice"])
-    a("--augment", choices=["segdino", "paper", "none"])
+    a("--augment", choices=["segdino", "segdino-intensity", "paper", "none"],
+      help="segdino (volumes: segdino-intensity, no colour jitter), paper or none")
     a("--precision", choices=["auto", "bf16", "fp32"], help="auto: bf16 autocast on GPU, fp32 elsewhere")
     a("--compile", action="store_true", default=None, help="torch.compile the training graph")
     a("--num-workers", type=int)
@@ -61,6 +62,12 @@ def register(sub) -> None:
     v.add_argument("--context", type=int, help="2.5D: neighbour slices i-k and i+k as the other channels")
     v.add_argument("--foreground-ratio", type=float, help="share of each batch drawn from slices with the rarest class")
     v.add_argument("--volume-cache", type=int, help="decoded volumes kept in memory per worker")
+    v.add_argument("--spacing", help="patch training at this in-plane spacing: auto (the training median) or X,Y mm")
+    v.add_argument("--patch-size", type=_size, help="patch training: N or HxW px at the target spacing "
+                   "(default planned from the data); the model's input size")
+    v.add_argument("--folds", type=int, help="make (once, seeded, by patient) and use K cross-validation folds "
+                   "in DATA/splits_final.json; --fold picks one")
+    v.add_argument("--tile-overlap", type=float, help="sliding-window overlap in validation (default 0.5)")
     a("--gpus", type=int, help="start this many training processes on this machine (torchrun)")
     a("--quiet", action="store_true", default=None, help="no progress bars")
     add_device_argument(p)
@@ -73,6 +80,7 @@ OPTION_NAMES = [
     "schedule", "warmup_epochs", "loss", "augment", "precision", "compile", "num_workers", "seed", "fold",
     "val_every", "channel", "resume", "overwrite", "on_nan", "on_bad_data", "steps_per_epoch", "device",
     "intensity", "slice_axis", "context", "foreground_ratio", "volume_cache", "quiet", "save_every",
+    "spacing", "patch_size", "folds", "tile_overlap",
 ]
 
 

@@ -72,6 +72,7 @@ class CheckReport:
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     extra: dict[str, str] = field(default_factory=dict)  # checker-specific summary lines
+    label_names: dict[int, str] | None = None  # label value -> name (volumes: from dataset.json)
     seconds: float = 0.0
 
     @property
@@ -95,6 +96,18 @@ class CheckReport:
             "seconds": round(self.seconds, 2),
         }
 
+    def _label_task(self) -> str:
+        names = self.label_names or {}
+
+        def named(v: int) -> str:
+            return f"{v} {names[v]}" if v in names else (f"{v} background" if v == 0 else str(v))
+
+        source = " (dataset.json)" if names else ""
+        if self.num_classes == 1:
+            return f"binary: label {named(1)} against {named(0)}{source}"
+        values = ", ".join(named(v) for v in range(self.num_classes))
+        return f"{self.num_classes} classes, label values {values}{source}"
+
     def format(self) -> str:
         """A human-readable report: summary, then every problem."""
         lines = [f"dataset:     {self.root}"]
@@ -110,17 +123,22 @@ class CheckReport:
                                      for k, v in sorted(self.masks_per_image.items())))
         if self.mask_values:
             lines.append(f"mask values: {self.mask_values.get('summary', '')}")
+        # Volumes hold labels (index values), not masks thresholded at a grey level.
+        masks = "labels" if self.unit == "volumes" else "masks"
         if self.num_classes is not None:
             how = " (inferred from the values; --num-classes sets it)" if self.task_inferred else ""
-            if self.num_classes == 1:
+            if self.unit == "volumes":
+                lines.append(f"task:        {self._label_task()}{how}")
+            elif self.num_classes == 1:
                 lines.append(f"task:        binary: foreground = value > {self.mask_threshold}, "
                              f"0/1 masks as such{how}")
             else:
                 lines.append(f"task:        {self.num_classes} classes, index masks 0..{self.num_classes - 1}{how}")
         if self.class_counts:
-            lines.append("class ids:   " + ", ".join(f"{k} in {v} masks" for k, v in sorted(self.class_counts.items())))
+            key = "label values:" if self.unit == "volumes" else "class ids:  "
+            lines.append(f"{key} " + ", ".join(f"{k} in {v} {masks}" for k, v in sorted(self.class_counts.items())))
         if self.pairs:
-            lines.append(f"empty masks: {len(self.empty_masks)}"
+            lines.append(f"empty {masks}: {len(self.empty_masks)}"
                          + (f" ({_names(self.empty_masks)})" if self.empty_masks else ""))
         if self.noisy_masks:
             lines.append(f"noisy masks: {len(self.noisy_masks)} with >{_NOISY_FRACTION:.0%} of pixels in grey "

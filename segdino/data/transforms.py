@@ -20,6 +20,8 @@ Two recipes:
 - :func:`paper_transforms`: the SegDINO authors' training augmentation: horizontal flip,
   vertical flip, rotation by a whole number of degrees in [-15, 15], colour jitter (brightness
   0.2, contrast 0.2, saturation 0.1, hue 0.05), each applied with probability 0.5.
+- :func:`intensity_transforms` (``segdino-intensity``): for volumes and single-channel images:
+  the flips and warp, then intensity scale/shift, gamma, Gaussian noise and blur; no colour jitter.
 - :func:`segdino_transforms`: ours: the flips, one affine warp (rotation +-15 deg, zoom
   0.85-1.2, shift up to 5%) with probability 0.8, and colour jitter with a milder hue change
   (0.02 of a turn, by :func:`rotate_hue`) with probability 0.8. One warp interpolates the image
@@ -33,6 +35,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as TF
 
 from ..errors import ConfigError
 
@@ -220,13 +223,101 @@ def segdino_transforms() -> Compose:
     ])
 
 
-RECIPES = {"paper": paper_transforms, "segdino": segdino_transforms}
+# --- volumes and single-channel images ----------------------------------------------------------
+# Their three channels are one grey image or neighbouring slices (2.5D), not colours: hue and
+# saturation mean nothing there and every change hits all channels alike. Ranges follow nnU-Net's
+# defaults for the same augmentations.
+
+
+@dataclass
+class IntensityScaleShift:
+    """``x * a + b`` with a in ``scale`` and b in ``shift`` (same for every channel), probability ``p``."""
+
+    scale: tuple[float, float] = (0.75, 1.25)
+    shift: tuple[float, float] = (-0.1, 0.1)
+    p: float = 0.3
+
+    def __call__(self, image, mask, generator=None):
+        if _rand(generator) >= self.p:
+            return image, mask
+        a = _uniform(*self.scale, generator)
+        b = _uniform(*self.shift, generator)
+        return (image * a + b).clamp_(0.0, 1.0), mask
+
+
+@dataclass
+class RandomGamma:
+    """``x ** g`` with log g uniform in log ``gamma`` (probability ``p``)."""
+
+    gamma: tuple[float, float] = (0.7, 1.5)
+    p: float = 0.3
+
+    def __call__(self, image, mask, generator=None):
+        if _rand(generator) >= self.p:
+            return image, mask
+        g = math.exp(_uniform(math.log(self.gamma[0]), math.log(self.gamma[1]), generator))
+        return image.clamp(0.0, 1.0).pow_(g), mask
+
+
+@dataclass
+class GaussianNoise:
+    """Additive Gaussian noise of a std drawn from [0, ``sigma``] (probability ``p``)."""
+
+    sigma: float = 0.03
+    p: float = 0.15
+
+    def __call__(self, image, mask, generator=None):
+        if _rand(generator) >= self.p:
+            return image, mask
+        s = _uniform(0.0, self.sigma, generator)
+        noise = torch.randn(image.shape, generator=generator, dtype=image.dtype) * s
+        return (image + noise.to(image.device)).clamp_(0.0, 1.0), mask
+
+
+@dataclass
+class GaussianBlur:
+    """In-plane Gaussian blur with sigma drawn from ``sigma`` pixels (probability ``p``)."""
+
+    sigma: tuple[float, float] = (0.5, 1.0)
+    p: float = 0.2
+
+    def __call__(self, image, mask, generator=None):
+        if _rand(generator) >= self.p:
+            return image, mask
+        s = _uniform(*self.sigma, generator)
+        r = max(1, int(math.ceil(3 * s)))
+        x = torch.arange(-r, r + 1, dtype=image.dtype, device=image.device)
+        k = torch.exp(-0.5 * (x / s) ** 2)
+        k = k / k.sum()
+        c = image.shape[0]
+        out = TF.conv2d(TF.pad(image[None], (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).expand(c, 1, 1, -1),
+                       groups=c)
+        out = TF.conv2d(TF.pad(out, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+        return out[0].clamp_(0.0, 1.0), mask
+
+
+def intensity_transforms():
+    """Flips, one affine warp, then intensity scale/shift, gamma, noise and blur (no colour changes)."""
+    _tv()
+    return Compose([
+        RandomFlip(horizontal=True, p=0.5),
+        RandomFlip(horizontal=False, p=0.5),
+        RandomAffine(degrees=15, scale=(0.85, 1.2), translate=0.05, p=0.5),
+        IntensityScaleShift(),
+        RandomGamma(),
+        GaussianNoise(),
+        GaussianBlur(),
+    ])
+
+
+RECIPES = {"paper": paper_transforms, "segdino": segdino_transforms, "segdino-intensity": intensity_transforms}
 
 
 def build_transforms(name: str | None) -> Compose | None:
-    """``"paper"``, ``"segdino"`` or ``"none"``/None (no augmentation)."""
+    """``"paper"``, ``"segdino"``, ``"segdino-intensity"`` (volumes and grey images: no colour
+    jitter, intensity scale/shift, gamma, noise and blur instead) or ``"none"``/None."""
     if name in (None, "none"):
         return None
     if name not in RECIPES:
-        raise ConfigError(f"unknown augmentation {name!r}; choose paper, segdino or none")
+        raise ConfigError(f"unknown augmentation {name!r}; choose paper, segdino, segdino-intensity or none")
     return RECIPES[name]()

@@ -17,6 +17,7 @@ import numpy as np
 from ..errors import ConfigError, DataError
 from .io import Volume, read_volume
 from .layouts import VolumeCase, VolumeCases, find_volume_cases, volume_layout
+from .slicing import array_axes_of_world
 
 LAYOUT_NAMES = {
     "nnunet": "nnU-Net raw (3D)",
@@ -38,6 +39,7 @@ class CaseInfo:
     shape: tuple[int, ...] | None = None
     spacing: tuple[float, ...] | None = None
     label_counts: dict[int, int] | None = None  # label value -> voxel count
+    axes: str | None = None  # the patient axis each array axis runs along, e.g. "x, y, z"
 
 
 @dataclass
@@ -75,6 +77,7 @@ class VolumeCheckReport:
             "labelled": sum(c.label is not None for c in self.cases),
             "shapes": sorted({c.shape for c in read}),
             "spacings": sorted({c.spacing for c in read if c.spacing is not None}),
+            "axes": sorted({c.axes for c in read if c.axes is not None}),
             "label_voxels": dict(sorted(totals.items())),
             "label_volumes": dict(sorted(volumes_with.items())),
             "geometry_mismatches": len(self.geometry_mismatches),
@@ -173,6 +176,7 @@ def _check_case(case: VolumeCase, found: VolumeCases, report: VolumeCheckReport)
         return
     info.shape = image.shape
     info.spacing = tuple(round(float(s), 4) for s in image.spacing)
+    info.axes = axes_of(image.affine)
     if case.label is None:
         return
     try:
@@ -228,6 +232,7 @@ def check_volume_dataset(root: str | os.PathLike, channel: int | str | None = No
     report.label_names = found.labels
     report.channel, report.channel_names = found.channel, found.channel_names
     report.problems.extend(found.issues)
+    report.notes.extend(found.notes)
     for case in found.cases:
         _check_case(case, found, report)
     unlabelled = found.unlabelled
@@ -241,6 +246,30 @@ def check_volume_dataset(root: str | os.PathLike, channel: int | str | None = No
         report.problems.append(f"{root}: the training split is empty")
     report.ok = not report.problems
     return report
+
+
+def axes_of(affine: np.ndarray) -> str:
+    """The world axis (x: right-left, y: anterior-posterior, z: superior-inferior) each array axis
+    runs closest to, in array order, e.g. ``"x, y, z"``."""
+    world_axes = array_axes_of_world(affine)
+    return ", ".join("xyz"[world_axes.index(a)] for a in range(3))
+
+
+def shape_text(summary: dict[str, Any]) -> str:
+    """Sizes of a check's volumes with their axes and spacing, e.g.
+    ``512 x 512 x 48 (x, y, z) at 0.7 x 0.7 x 2.5 mm``; ranges where volumes differ."""
+    dims = list(zip(*summary["shapes"]))
+    text = " x ".join(_range(list(d), "{:d}") for d in dims)
+    axes = summary.get("axes") or []
+    if len(axes) == 1:
+        text += f" ({axes[0]})"
+    elif axes:
+        text += " (array axes; their patient axes differ between volumes)"
+    if summary.get("spacings"):
+        text += " at " + " x ".join(_range(list(d)) for d in zip(*summary["spacings"])) + " mm"
+    if len(summary["shapes"]) > 1:
+        text += f" ({len(summary['shapes'])} distinct sizes)"
+    return text
 
 
 def _range(values: list[float], fmt: str = "{:.3g}") -> str:
@@ -266,11 +295,7 @@ def format_report(report: VolumeCheckReport) -> str:
     if report.cases:
         line(unit, f"{s['volumes']} ({s['labelled']} labelled, {s['read']} read)")
     if s["shapes"]:
-        dims = list(zip(*s["shapes"]))
-        line("shapes", " x ".join(_range(list(d), "{:d}") for d in dims) + f" ({len(s['shapes'])} distinct)")
-    if s["spacings"]:
-        dims = list(zip(*s["spacings"]))
-        line("spacing", " x ".join(_range(list(d)) for d in dims) + " mm")
+        line("sizes", shape_text(s))
     if report.label_names is not None:
         line("labels", ", ".join(f"{v} {n}" for v, n in report.label_names.items()) + " (dataset.json)")
     if s["label_voxels"]:

@@ -118,10 +118,15 @@ class VolumeSliceDataset(Dataset):
             raise DataError(f"{case.image}: shape {image.shape} differs from its header {self.shapes[ci]}")
         labels = self._labels(label.array, case.label)
         norm = normalize_intensity(image.array, self.intensity, dtype=np.float16)
+        norm, labels = self._prepare(ci, norm, labels, image.spacing)
         self.loads += 1
         self._cache[ci] = (norm, labels)
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
+        return norm, labels
+
+    def _prepare(self, ci: int, norm: np.ndarray, labels: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A hook for subclasses to change a decoded case (e.g. resample it) before it is cached."""
         return norm, labels
 
     def _labels(self, array: np.ndarray, path: Path) -> np.ndarray:

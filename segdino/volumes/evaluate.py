@@ -14,7 +14,9 @@ resampling; any other grid is an error.
 
 Files written into ``out``: ``cases.csv`` (one row per case and class), ``lesions.csv`` (one row
 per ground-truth lesion and per false-positive component), ``summary.json``, ``report.md`` and
-``figures/`` (per-case overlays show the slice with the most wrongly labelled voxels); with a
+``figures/`` (per class, the slices through the largest lesion, the largest missed lesion and the
+largest false positive; every slice holding ground truth or prediction of the lowest cases;
+best/median/worst cases on their most wrongly labelled slice); with a
 model, also ``predictions/CASE.<ending>`` (the dataset's file format; ``.nii.gz`` for DICOM).
 """
 
@@ -31,6 +33,8 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from ..metrics import NSD_TOLERANCE, case_rows, lesion_metrics, summarize, summarize_lesions
+from ..resample import resample_to_grid
+from . import figures as _figures
 from .io import Volume, is_volume_path, prediction_ending, read_volume, strip_volume_suffix, write_volume
 from .layouts import _CHANNEL_RE, VolumeCase, VolumeCases, find_volume_cases
 from .postprocess import largest_component_classes, postprocess_labels
@@ -125,6 +129,19 @@ def on_label_grid(pred: Volume, label: Volume, what: str = "prediction") -> tupl
         detail += f"; voxel centres up to {off:.3g} mm apart (tolerance {_tolerance(label):.3g} mm)"
     raise DataError(f"{where}: the {what}'s geometry (affine) differs from the label's: {detail}; "
                     f"a {what} must be on its label's voxel grid (resample it onto the label first)")
+
+
+def prediction_on_label_grid(pred: Volume, label: Volume, resample: bool = False) -> tuple[np.ndarray, bool, bool]:
+    """:func:`on_label_grid`, or with ``resample`` a prediction on another grid sampled onto the
+    label's (nearest neighbour through the two affines). Returns ``(array, moved, resampled)``."""
+    try:
+        arr, moved = on_label_grid(pred, label)
+        return arr, moved, False
+    except DataError:
+        if not resample:
+            raise
+    arr = resample_to_grid(pred.array, pred.affine, label.affine, label.shape, order=0)
+    return arr.astype(np.asarray(pred.array).dtype, copy=False), True, True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,41 +239,9 @@ def _class_names(num_classes: int, found: VolumeCases, model) -> dict[int, str]:
 # Pictures
 
 
-def display_volume(array: np.ndarray, affine: np.ndarray, axis: int) -> np.ndarray:
-    """``array`` (I, J, K) as a stack of slices along array ``axis`` in radiological view.
-
-    Returns (S, H, W): slice s is ``array.take(s, axis)`` turned so that, as on a radiology
-    workstation, the patient's right is on the picture's left and anterior (axial) or superior
-    (coronal, sagittal) is at the top; sagittal slices have anterior on the left.
-    """
-    world_axes = array_axes_of_world(affine)  # world x, y, z -> array axis
-    slice_world = world_axes.index(axis)
-    row_world = 1 if slice_world == 2 else 2
-    col_world = 1 if slice_world == 0 else 0
-    row_axis, col_axis = world_axes[row_world], world_axes[col_world]
-    out = np.transpose(array, (axis, row_axis, col_axis))
-    direction = affine[:3, :3]
-    # Rows run towards posterior/inferior and columns towards the patient's left: both decreasing in RAS.
-    if direction[row_world, row_axis] > 0:
-        out = out[:, ::-1, :]
-    if direction[col_world, col_axis] > 0:
-        out = out[:, :, ::-1]
-    return np.ascontiguousarray(out)
-
-
-def _display_image(volume: Volume, spec: Mapping[str, Any] | None, modality: str | None) -> np.ndarray:
-    """(I, J, K) uint8 picture of a volume: the model's intensity window, else a soft-tissue
-    window for CT (named so in dataset.json, or holding air at about -1000 HU), else the 0.5 and
-    99.5 percentiles."""
-    from .intensity import ct_window, normalize_intensity, percentile_window
-
-    if spec is None:
-        arr = volume.array
-        is_ct = (modality or "").strip().lower() == "ct" or (
-            modality is None and arr.size > 0 and float(np.min(arr)) <= -900.0)
-        spec = ct_window("abdomen") if is_ct else percentile_window(0.5, 99.5)
-    norm = normalize_intensity(volume.array, spec)
-    return np.round(norm * 255).astype(np.uint8)
+# Kept importable from here: pictures of volumes live in .figures.
+display_volume = _figures.display_volume
+_display_image = _figures.display_image
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,6 +314,8 @@ def evaluate_volumes(
     run_dir: str | os.PathLike | None = None,
     seed: int = 0,
     nsd_tolerance: float = NSD_TOLERANCE,
+    resample: bool = False,
+    tile_overlap: float | None = None,
 ) -> dict[str, Any]:
     """Score a split of a volume dataset, from predicted volumes or from a model.
 
@@ -351,6 +338,9 @@ def evaluate_volumes(
         run_dir: a training run folder: its ``splits.json`` and ``log.csv`` (learning curves).
         seed: the seed of the seeded split rules (as given to training).
         nsd_tolerance: the distance in mm within which a boundary voxel counts as right for NSD.
+        resample: predictions on another grid than their label's are resampled onto it
+            (nearest neighbour, through the two affines) instead of refused.
+        tile_overlap: sliding-window overlap for the model (see :func:`segdino.volumes.predict.predict_volume`).
 
     Returns:
         the summary written to ``summary.json``: :func:`segdino.metrics.summarize` of the rows
@@ -398,7 +388,10 @@ def evaluate_volumes(
 
     settings = None
     if model is not None:
+        from ..inference import check_input_kind
         from .intensity import read_volume_settings
+
+        check_input_kind(model, "volume", cases[0].image if cases else None)
 
         settings = read_volume_settings(getattr(model.config, "volume", None))
         num_classes = int(model.config.num_classes)
@@ -418,16 +411,20 @@ def evaluate_volumes(
     lesion_rows: list[dict[str, Any]] = []
     lesion_results: dict[int, list[Mapping[str, Any]]] = {c: [] for c in names}
     reoriented: list[str] = []
+    resampled: list[str] = []
     pred_dir = out / "predictions"
     for case in cases:
         label = read_volume(case.label)
         if model is not None:
             pred_path = _prediction_path(pred_dir, case)
-            pred_vol = _predict_case(model, case, label, pred_path, batch_size, device, largest_component)
+            pred_vol = _predict_case(model, case, label, pred_path, batch_size, device, largest_component,
+                                     tile_overlap)
         else:
             pred_path = pred_files[case.case_id]
             pred_vol = read_volume(pred_path)
-        pred, moved = on_label_grid(pred_vol, label)
+        pred, moved, was_resampled = prediction_on_label_grid(pred_vol, label, resample)
+        if was_resampled:
+            resampled.append(case.case_id)
         if model is None:
             pred = postprocess_labels(pred, largest_component, num_classes)
         if moved:
@@ -466,6 +463,7 @@ def evaluate_volumes(
         nsd_tolerance=float(nsd_tolerance),
         largest_component_classes=cleaned,
         reoriented=reoriented,
+        resampled=resampled,
         ignored_predictions=ignored,
         dataset_issues=list(found.issues),
     )
@@ -488,13 +486,13 @@ def _prediction_path(pred_dir: Path, case: VolumeCase) -> Path:
 
 
 def _predict_case(model, case: VolumeCase, label: Volume, pred_path: Path, batch_size: int, device,
-                  largest_component) -> Volume:
+                  largest_component, tile_overlap: float | None = None) -> Volume:
     from .predict import predict_volume
 
     image = read_volume(case.image, case.channel)
     # A label off its image's grid is a dataset problem: say so before predicting, naming the image.
     on_label_grid(image, label, what="image")
-    labels = predict_volume(model, image, batch_size=batch_size, device=device)
+    labels = predict_volume(model, image, batch_size=batch_size, device=device, tile_overlap=tile_overlap)
     labels = postprocess_labels(labels, largest_component, int(model.config.num_classes))
     write_volume(pred_path, labels, image.affine)
     return Volume(labels, image.affine, pred_path)
@@ -517,11 +515,11 @@ def _write_outputs(out: Path, rows, lesion_rows, summary, found: VolumeCases, pr
     if found.channel_names:
         modality = found.channel_names[found.channel or 0] if (found.channel or 0) < len(found.channel_names) else None
 
-    def picture(case_id: str):
+    def view(case_id: str) -> _figures.CaseView:
         case = found.case(case_id)
         label = read_volume(case.label)
         pred_path = pred_files.get(case_id) or _prediction_path(pred_dir, case)
-        pred, _ = on_label_grid(read_volume(pred_path), label)
+        pred, _, _ = prediction_on_label_grid(read_volume(pred_path), label, case_id in summary.get("resampled", ()))
         if model is None:
             pred = postprocess_labels(pred, largest_component, summary["num_classes"])
         try:  # the picture only: an unreadable or misplaced image leaves a blank background
@@ -531,12 +529,56 @@ def _write_outputs(out: Path, rows, lesion_rows, summary, found: VolumeCases, pr
             image = Volume(np.zeros(label.shape, dtype=np.float32), label.affine)
         axis = resolve_axis(settings["axis"] if settings else "axial", label.affine)
         spec = settings["intensity"] if settings else None
-        return tuple(display_volume(a, label.affine, axis)
-                     for a in (_display_image(image, spec, modality), label.array, pred))
+        return _figures.CaseView(_display_image(image, spec, modality), label.array, pred, label.affine, axis,
+                                 tuple(float(v) for v in label.spacing))
+
+    def picture(case_id: str):
+        v = view(case_id)
+        return tuple(display_volume(a, v.affine, v.axis) for a in (v.image, v.gt, v.pred))
 
     log_csv = run_dir / "log.csv" if run_dir is not None and (run_dir / "log.csv").is_file() else None
     source = f"predictions in {summary['predictions']}" if model is None else f"model {summary['model']}"
-    write_report(out, rows, summary, cases=picture, log_csv=log_csv,
+    sections = _lesion_sections(out, rows, lesion_rows, view, summary["num_classes"])
+    write_report(out, rows, summary, cases=picture, log_csv=log_csv, sections=sections,
                  title=f"SegDINO volume evaluation: {summary['split']} split of {Path(summary['data']).name}, "
                        f"{source}",
                  distance_unit="mm")
+
+
+#: Per-case strips are drawn for this many of the lowest-Dice cases.
+STRIP_CASES = 3
+
+
+def _lesion_sections(out: Path, rows, lesion_rows, view, num_classes: int) -> list[str]:
+    """The report's lesion-centred figures and per-case strips (Markdown lines; PNGs in figures/)."""
+    from ..report import FIGURES, LEGEND
+
+    fig_dir = out / FIGURES
+    lines: list[str] = []
+    figures = _figures.lesion_figures(fig_dir, lesion_rows, rows, view, num_classes)
+    if figures:
+        lines += ["## Lesions", "",
+                  "For each class: the slice through the largest ground-truth lesion, the largest missed lesion "
+                  "and the largest false positive (connected components, as in the lesion-wise table), in the "
+                  f"radiological view, windowed as the model sees it; the whole slice beside an enlarged crop. "
+                  f"Contours: {LEGEND}.", ""]
+        for f in figures:
+            lines += [f"### {f.class_name}: {f.kind}", "", f.title, "", f"![{f.title}]({FIGURES}/{f.path.name})", ""]
+    per_case: dict[str, list[float]] = {}
+    for r in rows:
+        if r.get("dice") is not None and math.isfinite(float(r["dice"])):
+            per_case.setdefault(str(r["case"]), []).append(float(r["dice"]))
+    worst = sorted(per_case, key=lambda c: (float(np.mean(per_case[c])), c))[:STRIP_CASES]
+    strips = []
+    for case in worst:
+        name = f"strip_{len(strips) + 1}.png"
+        title = _figures.case_strip(fig_dir / name, case, view(case), float(np.mean(per_case[case])))
+        if title is not None:
+            strips.append((title, name))
+    if strips:
+        lines += ["## Slices of the lowest cases", "",
+                  "Every slice holding ground truth or prediction of the lowest-Dice cases, cropped to where "
+                  "they are.", ""]
+        for title, name in strips:
+            lines += [title, "", f"![{title}]({FIGURES}/{name})", ""]
+    return lines

@@ -146,13 +146,24 @@ def normalize_intensity(array: np.ndarray, spec: Mapping[str, Any], dtype=np.flo
     return out.astype(dtype, copy=False)
 
 
-def volume_settings(intensity: Mapping[str, Any], axis: str | int = "axial", context: int = 0) -> dict[str, Any]:
-    """The dict stored in ``ModelConfig.volume``: intensity spec, slice axis and 2.5D context k."""
+def volume_settings(intensity: Mapping[str, Any], axis: str | int = "axial", context: int = 0,
+                    spacing=None) -> dict[str, Any]:
+    """The dict stored in ``ModelConfig.volume``: intensity spec, slice axis, 2.5D context k and,
+    for models trained on patches at a target in-plane spacing, that ``spacing`` (rows, columns mm)."""
     from .slicing import validate_axis
 
     if not isinstance(context, int) or isinstance(context, bool) or context < 0:
         raise ConfigError(f"slice context k must be an integer >= 0, got {context!r}")
-    return {"intensity": validate_intensity(intensity), "axis": validate_axis(axis), "context": int(context)}
+    out = {"intensity": validate_intensity(intensity), "axis": validate_axis(axis), "context": int(context)}
+    if spacing is not None:
+        try:
+            sp = [float(s) for s in spacing]
+        except (TypeError, ValueError):
+            sp = []
+        if len(sp) != 2 or not all(np.isfinite(s) and s > 0 for s in sp):
+            raise ConfigError(f"volume settings: target spacing must be two positive numbers (mm), got {spacing!r}")
+        out["spacing"] = sp
+    return out
 
 
 def read_volume_settings(d: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -162,4 +173,4 @@ def read_volume_settings(d: Mapping[str, Any] | None) -> dict[str, Any]:
     missing = [k for k in ("intensity", "axis", "context") if k not in d]
     if missing:
         raise ConfigError(f"volume settings lack {', '.join(missing)}: {dict(d)!r}")
-    return volume_settings(d["intensity"], d["axis"], d["context"])
+    return volume_settings(d["intensity"], d["axis"], d["context"], d.get("spacing"))

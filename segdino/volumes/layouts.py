@@ -77,6 +77,7 @@ class VolumeCases:
     channel: int | None = None
     file_ending: str | None = None
     issues: list[str] = field(default_factory=list)  # layout problems, each naming files
+    notes: list[str] = field(default_factory=list)  # findings that do not stop reading (counts that disagree)
 
     @property
     def is_3d(self) -> bool:
@@ -157,6 +158,9 @@ def volume_layout(root: str | os.PathLike) -> str | None:
     """``nnunet``, ``nnunet-2d``, ``decathlon``, ``images-labels`` or None (not a layout of ours)."""
     root = Path(root)
     ds = root / "dataset.json"
+    if not ds.is_file() and (root / "imagesTr").is_dir() and (root / "labelsTr").is_dir():
+        # nnU-Net raw without its dataset.json: recognised, so that reading it says what is missing.
+        return "nnunet-2d" if _nnunet_ending(root, {}) in IMAGE_2D_ENDINGS else "nnunet"
     if ds.is_file() and (root / "imagesTr").is_dir():
         try:
             meta = _load_json(ds)
@@ -491,6 +495,9 @@ def scan_volume_cases(root: str | os.PathLike, channel: int | str | None = None)
     issues: list[str] = []
     meta: dict = {}
     if layout != "images-labels":
+        if not (root / "dataset.json").is_file():
+            raise DataError(f"{root / 'dataset.json'}: missing; an nnU-Net raw folder (imagesTr/, labelsTr/) needs "
+                            "a dataset.json naming channel_names, labels, numTraining and file_ending")
         loaded = _load_json(root / "dataset.json")
         if not isinstance(loaded, dict):
             raise DataError(f"{root / 'dataset.json'}: expected a JSON object")
@@ -506,7 +513,25 @@ def scan_volume_cases(root: str | os.PathLike, channel: int | str | None = None)
         cases = _decathlon_cases(root, meta, ch, names, issues)
     else:
         cases = _plain_cases(root, ch, issues)
-    return VolumeCases(root, layout, cases, {}, "", label_names, names, ch, ending, issues)
+    found = VolumeCases(root, layout, cases, {}, "", label_names, names, ch, ending, issues)
+    found.notes.extend(_count_notes(root, meta, cases, layout))
+    return found
+
+
+def _count_notes(root: Path, meta: dict, cases: list[VolumeCase], layout: str) -> list[str]:
+    """dataset.json's numTraining against the training cases found (nnU-Net refuses a mismatch;
+    reading here takes the files that are there, so it is a note, not a problem)."""
+    declared = meta.get("numTraining") if meta else None
+    if layout == "images-labels" or declared is None:
+        return []
+    n = sum(c.subset == "train" for c in cases)
+    folder = "imagesTr/" if layout.startswith("nnunet") else "the training list"
+    if not isinstance(declared, int) or isinstance(declared, bool):
+        return [f"{root / 'dataset.json'}: numTraining is {declared!r}, not a number of cases"]
+    if declared != n:
+        return [f"{root / 'dataset.json'}: numTraining is {declared} but {folder} holds {n} training case(s); "
+                "nnU-Net refuses such a folder (set numTraining to the number of training cases)"]
+    return []
 
 
 def resolve_volume_splits(found: VolumeCases, fold: int = 0, seed: int = 0) -> VolumeCases:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import DataError
-from .check import LAYOUT_NAMES, check_volume_dataset
+from .check import LAYOUT_NAMES, check_volume_dataset, shape_text
 from .layouts import _resolve_splits, scan_volume_cases, volume_layout
 
 NNUNET_2D_DESCRIPTION = "nnU-Net raw of 2D images (imagesTr/CASE_0000.png, labelsTr/CASE.png, dataset.json)"
@@ -102,6 +102,7 @@ def _check_volumes(scan, report, opts):
     report.layout = vr.layout
     report.layout_description = LAYOUT_NAMES.get(vr.layout, VOLUMES_DESCRIPTION)
     report.unit = "volumes"
+    report.label_names = dict(vr.label_names) if vr.label_names else None
     report.pairs = s["volumes"]
     report.problems.extend(vr.problems)
     report.notes.extend(vr.notes)
@@ -123,13 +124,7 @@ def _check_volumes(scan, report, opts):
         report.extra["channels"] = ", ".join(f"{i} {n}" for i, n in enumerate(vr.channel_names)) + (
             f"; using {vr.channel}" if vr.channel is not None else "")
     if s["shapes"]:
-        dims = list(zip(*s["shapes"]))
-        report.extra["shapes"] = " x ".join(f"{min(d)}" if min(d) == max(d) else f"{min(d)}-{max(d)}" for d in dims) \
-            + f" ({len(s['shapes'])} distinct)"
-    if s["spacings"]:
-        dims = list(zip(*s["spacings"]))
-        report.extra["spacing"] = " x ".join(f"{min(d):g}" if min(d) == max(d) else f"{min(d):g}-{max(d):g}"
-                                             for d in dims) + " mm"
+        report.extra["sizes"] = shape_text(s)
     if s["label_voxels"]:
         names = vr.label_names or {}
         report.extra["voxels"] = ", ".join(f"{v}{' ' + names[v] if v in names else ''} {n}"

@@ -11,6 +11,8 @@ Output layout, as for 2D images (``segdino predict``)::
     masks/CASE.nii.gz                 uint8 labels on the source grid, with the source affine
     probabilities/CASE.nii.gz         with probabilities, binary model: foreground probability
     probabilities/CASE_class<k>.nii.gz  multi-class model: one float32 volume per foreground class k
+    overlays/CASE/slice_SSS.png       with overlays: each slice SSS holding a prediction, tinted
+    overlays/CASE.png                 with overlays: a montage of those slices, titled and with a legend
 
 ``CASE`` is the case name: ``CASE_0000.nii.gz`` (an nnU-Net channel file) gives ``CASE``, as
 nnU-Net itself names predictions; any other ``NAME.nii[.gz]`` gives ``NAME``; a DICOM series
@@ -37,7 +39,9 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, SegDINOError
-from ..inference import logits_to_labels, logits_to_probabilities, normalize, resize_image, resize_logits
+from ..inference import check_input_kind, logits_to_labels, logits_to_probabilities, normalize, resize_image, resize_logits
+from ..resample import check_spacing
+from ..sliding_window import logits_at_spacing
 from .intensity import normalize_intensity, read_volume_settings
 from .io import Volume, is_volume_path, prediction_ending, read_volume, strip_volume_suffix, write_volume
 from .postprocess import largest_component_classes, postprocess_labels
@@ -47,6 +51,7 @@ log = logging.getLogger("segdino.volumes")
 
 MASKS = "masks"
 PROBABILITIES = "probabilities"
+OVERLAYS = "overlays"
 _CHANNEL_RE = re.compile(r"^(.+)_(\d{4})$")
 
 
@@ -76,8 +81,13 @@ def _model_on(model, device: str | torch.device | None = None) -> torch.device:
 
 
 def _slice_logits(model, volume: Volume, settings: dict, batch_size: int,
-                  dev: torch.device) -> tuple[int, Iterator[torch.Tensor]]:
-    """The slicing axis, and each slice's (K, H, W) float logits at the slice's own size."""
+                  dev: torch.device, tile_overlap: float | None = None) -> tuple[int, Iterator[torch.Tensor]]:
+    """The slicing axis, and each slice's (K, H, W) float logits at the slice's own size.
+
+    A model trained on patches at a target spacing (``spacing`` in its volume settings), or any
+    model given ``tile_overlap``, runs by sliding window (:func:`segdino.sliding_window.logits_at_spacing`)
+    on slices resampled to that spacing; the others see each slice resized to their input size.
+    """
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
     norm = normalize_intensity(volume.array, settings["intensity"])
@@ -85,6 +95,20 @@ def _slice_logits(model, volume: Volume, settings: dict, batch_size: int,
     n = norm.shape[axis]
     config = model.config
     compiled = getattr(model, "compiled", None) is not None
+    target = settings.get("spacing")
+    if target is not None or tile_overlap is not None:
+        rest = [a for a in range(3) if a != axis]
+        src = [float(volume.spacing[a]) for a in rest]
+        check_spacing(src, str(volume.path or "volume"))
+        overlap = 0.5 if tile_overlap is None else tile_overlap
+
+        def tiled() -> Iterator[torch.Tensor]:
+            for start in range(0, n, batch_size):
+                x = torch.stack([torch.from_numpy(np.ascontiguousarray(context_slice(norm, axis, i, settings["context"])))
+                                 .permute(2, 0, 1) for i in range(start, min(start + batch_size, n))])
+                yield from logits_at_spacing(model, normalize(x, config), src, target, overlap, batch_size, dev)
+
+        return axis, tiled()
 
     def run() -> Iterator[torch.Tensor]:
         for start in range(0, n, batch_size):
@@ -107,7 +131,7 @@ def _slice_logits(model, volume: Volume, settings: dict, batch_size: int,
 
 @torch.inference_mode()
 def predict_volume(model: torch.nn.Module, volume: Volume, batch_size: int = 8,
-                   device: str | torch.device | None = None) -> np.ndarray:
+                   device: str | torch.device | None = None, tile_overlap: float | None = None) -> np.ndarray:
     """Label every voxel of ``volume`` with a model trained on its slices.
 
     The model's ``config.volume`` gives the intensity spec, slice axis and 2.5D context used in
@@ -120,11 +144,13 @@ def predict_volume(model: torch.nn.Module, volume: Volume, batch_size: int = 8,
             volume settings.
         volume: the source volume (any orientation; the axis name is resolved through its affine).
         device: where to run a plain module (moved there); default where it already is.
+        tile_overlap: share of a tile its neighbours overlap in sliding-window prediction
+            (default 0.5 for models trained on patches; given, any model runs by tiles).
 
     Returns:
         (I, J, K) uint8 labels on the source grid: write them with ``volume.affine``.
     """
-    labels, _ = _predict(model, volume, batch_size, device, probabilities=False)
+    labels, _ = _predict(model, volume, batch_size, device, probabilities=False, tile_overlap=tile_overlap)
     return labels
 
 
@@ -142,11 +168,12 @@ def predict_volume_with_probabilities(model: torch.nn.Module, volume: Volume, ba
     return labels, prob
 
 
-def _predict(model, volume: Volume, batch_size: int, device, probabilities: bool):
+def _predict(model, volume: Volume, batch_size: int, device, probabilities: bool,
+             tile_overlap: float | None = None):
     settings = read_volume_settings(getattr(model.config, "volume", None))
     dev = _model_on(model, device)
     model.eval()
-    axis, logits = _slice_logits(model, volume, settings, batch_size, dev)
+    axis, logits = _slice_logits(model, volume, settings, batch_size, dev, tile_overlap)
     maps: list[np.ndarray] = []
     probs: list[np.ndarray] = []
     for li in logits:
@@ -312,6 +339,8 @@ def predict_volume_files(
     batch_size: int = 8,
     device: str | torch.device | None = None,
     channel: int | str | None = None,
+    overlays: bool = False,
+    tile_overlap: float | None = None,
 ) -> list[tuple[str, str | None, str | None]]:
     """Segment volume files and write each label volume in its source geometry and format.
 
@@ -330,6 +359,11 @@ def predict_volume_files(
             case or the channel of a 4D NIfTI file; a name (``T2``) is looked up in the
             ``dataset.json`` of the nnU-Net folder holding the inputs. Cases with several channels
             need it.
+        overlays: also write ``out/overlays/CASE/slice_SSS.png`` for every slice holding a
+            prediction (radiological view, the model's intensity window, the 2D overlays' class
+            colours) and a montage ``out/overlays/CASE.png``
+            (:func:`segdino.volumes.figures.write_volume_overlays`).
+        tile_overlap: see :func:`predict_volume`.
 
     Returns:
         one ``(input, written label path or None, error message or None)`` per volume, in input
@@ -339,9 +373,10 @@ def predict_volume_files(
         ConfigError when the model has no volume settings or an option is invalid: nothing
         could be segmented.
     """
-    read_volume_settings(getattr(model.config, "volume", None))  # fail before any file is read
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
+    check_input_kind(model, "volume", inputs[0] if inputs else None)
+    read_volume_settings(getattr(model.config, "volume", None))  # fail before any file is read
     inputs = [Path(p) for p in inputs]
     ch = _channel_index(channel, inputs)
     num_classes = int(model.config.num_classes)
@@ -367,11 +402,13 @@ def predict_volume_files(
         try:
             volume = _read(job, ch)
             with torch.inference_mode():
-                labels, prob = _predict(model, volume, batch_size, dev, probabilities)
+                labels, prob = _predict(model, volume, batch_size, dev, probabilities, tile_overlap)
             labels = postprocess_labels(labels, largest_component, num_classes)
             write_volume(target, labels.astype(np.uint8, copy=False), volume.affine)
             if prob is not None:
                 _write_probabilities(out / PROBABILITIES, job.case, prob, volume.affine, ending)
+            if overlays:
+                _write_overlays(out / OVERLAYS, job.case, model, volume, labels)
         except SegDINOError as e:  # unreadable, wrong channel, unwritable: this volume only
             results.append((source, None, str(e)))
             log.warning("skipped %s: %s", source, e)
@@ -380,6 +417,24 @@ def predict_volume_files(
         results.append((source, str(target), None))
         log.info("%s -> %s", source, target)
     return results
+
+
+def class_names_of(model) -> dict[int, str]:
+    """Foreground class id -> name, from the model's config (``class k`` where it names none)."""
+    k = int(model.config.num_classes)
+    names = getattr(model.config, "class_names", None) or ()
+    ids = [1] if k == 1 else list(range(1, k))
+    # A binary model's names are (background, foreground) when given.
+    return {c: str(names[c]) if c < len(names) else ("foreground" if k == 1 else f"class {c}") for c in ids}
+
+
+def _write_overlays(folder: Path, case: str, model, volume: Volume, labels: np.ndarray) -> list[Path]:
+    from .figures import display_image, write_volume_overlays
+
+    settings = read_volume_settings(getattr(model.config, "volume", None))
+    axis = resolve_axis(settings["axis"], volume.affine)
+    return write_volume_overlays(folder, case, display_image(volume, settings["intensity"], None), labels,
+                                 volume.affine, axis, volume.spacing, class_names_of(model))
 
 
 def _write_probabilities(folder: Path, case: str, prob: np.ndarray, affine: np.ndarray,

@@ -1,0 +1,86 @@
+#!/bin/bash
+# Small lesions on one GPU: LIDC nodules with planned spacing/patches/intensity augmentation
+# (3 seeds side by side), and the generated whole-scan task with vits16 (patches + sliding
+# windows beside today's whole-slice resizing). Each part is meant to finish in under ~8 minutes.
+#
+# The GPU machine sees only the working tree and has no nibabel. Prepare on this machine, once:
+#   mkdir -p .data/pylib
+#   cp -r /work/shared/data/lidc-nodules .data/lidc-nodules            # 27 MB, nnU-Net raw
+#   cp -r "$(python -c 'import nibabel, os; print(os.path.dirname(nibabel.__file__))')" .data/pylib/
+#                                                                      # nibabel, pure Python, ~13 MB
+# then run with carry [".data/lidc-nodules", ".data/pylib"] (about 40 MB of the 64 MB allowed):
+#   bash benchmarks/gpu_lesions.sh lidc      # or: scan, or: all (two device calls are safer)
+# Results: $OUT/lesions-<name>.json (per-volume test Dice, HD95, lesion detection F1, the command,
+# GPU and versions) and $OUT/lesions-logs.tar (training logs, plans, configs, summaries).
+# Variables: EPOCHS, STEPS (default 30 x 100 as in today's baseline), SPACING (LIDC: auto = the
+# training median; a finer value such as 0.35 gives the stride-16 ViT more tokens per nodule),
+# SEEDS (default "0 1 2"), LIMIT (seconds per training, default 420).
+set -u
+what=${1:-all}
+export PYTHONPATH="$PWD/.data/pylib:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export NCCL_NVLS_ENABLE=0
+EPOCHS=${EPOCHS:-30}; STEPS=${STEPS:-100}; SEEDS=${SEEDS:-"0 1 2"}; LIMIT=${LIMIT:-420}
+SPACING=${SPACING:-auto}
+export OUT=${OUT:-results/gpu}
+mkdir -p runs "$OUT"
+python3 -c "import nibabel" 2>/dev/null || { echo "nibabel missing: carry .data/pylib (see the header)"; exit 2; }
+
+result() {  # result NAME RUN REPORT COMMAND...
+  local name=$1 run=$2 report=$3; shift 3
+  python3 - "$name" "$run" "$report" "$*" <<'EOF'
+import json, os, sys, torch, timm
+name, run, report, command = sys.argv[1:5]
+s = json.load(open(f"{report}/summary.json"))
+cls = next(iter(s["per_class"].values()))
+les = next(iter(s["lesions"].values()))
+try:
+    plan = json.load(open(f"{run}/plan.json"))
+except OSError:
+    plan = None
+out = {"name": name, "command": command, "dice_per_volume": cls["dice"]["mean"],
+       "dice_median": cls["dice"]["median"], "volumes": cls["dice"]["count"],
+       "hd95_mm": cls.get("hd95", {}).get("mean"), "lesion_f1": les["detection_f1"],
+       "lesion_recall": les["detection_recall"], "lesion_precision": les["detection_precision"],
+       "plan": plan, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+       "torch": torch.__version__, "timm": timm.__version__}
+json.dump(out, open(os.path.join(os.environ["OUT"], f"lesions-{name}.json"), "w"), indent=1)
+print(json.dumps({k: out[k] for k in ("name", "dice_per_volume", "hd95_mm", "lesion_f1")}))
+EOF
+}
+
+train_eval() {  # train_eval NAME DATA TRAIN-ARGS...
+  local name=$1 data=$2; shift 2
+  local cmd="python3 -m segdino train --data $data --out runs/$name --epochs $EPOCHS --steps-per-epoch $STEPS \
+--num-workers 3 --quiet --overwrite $*"
+  ( OMP_NUM_THREADS=3 timeout "$LIMIT" $cmd > "runs/$name.out" 2>&1
+    python3 -m segdino evaluate --model "runs/$name" --data "$data" --split test --out "runs/$name/report" \
+      >> "runs/$name.out" 2>&1 && result "$name" "runs/$name" "runs/$name/report" "$cmd"
+    tail -n 2 "runs/$name.out" ) &
+}
+
+if [[ $what == lidc || $what == all ]]; then
+  [[ -d .data/lidc-nodules ]] || { echo "missing .data/lidc-nodules (see the header)"; exit 2; }
+  for seed in $SEEDS; do
+    train_eval "lidc-patches-s$seed" .data/lidc-nodules --intensity lung --spacing "$SPACING" --seed "$seed" \
+      --augment segdino
+  done
+  wait
+fi
+
+if [[ $what == scan || $what == all ]]; then
+  data=runs/whole-scan-data
+  if [[ ! -f $data/dataset.json ]]; then
+    python3 -c "
+from segdino.data.whole_scan import write_whole_scan_dataset
+write_whole_scan_dataset('$data', 16, 2, 6, shape=(40, 512, 512), spacing=(2.5, 0.7, 0.7), seed=0, workers=12)
+print('whole-scan data written')"
+  fi
+  # The new pipeline (patches of 256 px at the planned 0.7 mm, sliding windows) beside today's
+  # (whole slices resized to 256 px), same data, same budget.
+  train_eval scan-vits16-patches "$data" --backbone vits16 --intensity ct:-200,250 --spacing auto --seed 0
+  train_eval scan-vits16-resized "$data" --backbone vits16 --intensity ct:-200,250 --image-size 256 --seed 0
+  wait
+fi
+tar -cf "$OUT/lesions-logs.tar" runs/*.out runs/*/log.csv runs/*/plan.json runs/*/config.yaml \
+  runs/*/report/summary.json 2>/dev/null
+ls "$OUT"

@@ -1,0 +1,149 @@
+"""The SegDINO decoder rebuilt on :mod:`segdino.kernels`: the same parameters, the same function.
+
+:func:`fuse_model` returns a copy of a model whose decoder runs
+
+- TPA folded (:func:`segdino.kernels.fold.upsample_conv3x3_cl`: the x8/x4/x2 resize and 3x3 conv
+  done at 16x16 and expanded by two matrix products, channels-last);
+- SAD's top-down ``up(x) + l`` with the resize as two matrix products with fixed interpolation
+  matrices (:func:`segdino.kernels.resize.resize_bilinear_matmul`, tensor cores; the add fuses into
+  the neighbouring elementwise pass under ``torch.compile``), or as a one-pass Triton kernel
+  (:func:`segdino.kernels.upsample_add`, ``resize="kernel"``); the head's resize as that kernel;
+- on request, SAD's residual blocks with the depthwise conv, pointwise conv and GroupNorm statistics
+  in one kernel (:func:`segdino.kernels.sad.residual_block`; slower than cuDNN + cuBLAS so far);
+- the backbone's RoPE tables cached per input size (:mod:`segdino.kernels.rope`).
+
+Each piece falls back to the reference computation where its kernel cannot run (no Triton, CPU,
+uncovered shapes, gradients for the fused block), so the fused model runs anywhere.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbone import PATCH_SIZE
+from .head import SegmentationHead
+from .kernels import resize_bilinear, upsample_add
+from .kernels.fold import upsample_conv3x3_cl
+from .kernels.resize import resize_bilinear_matmul
+from .kernels.rope import CachedRope, cache_rope
+from .kernels.sad import residual_block
+from .sad import ScaleAwareDecoder
+from .tpa import SCALE_FACTORS, TokenPyramidAdaptation
+
+
+def _foldable(conv: nn.Module) -> bool:
+    return (isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
+            and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
+            and conv.padding_mode == "zeros")
+
+
+class FusedTokenPyramid(nn.Module):
+    """:class:`segdino.tpa.TokenPyramidAdaptation` with every resize + 3x3 conv folded (same parameters)."""
+
+    def __init__(self, tpa: TokenPyramidAdaptation):
+        super().__init__()
+        self.resample = tpa.resample
+        self.projections = tpa.projections
+        self.refine = tpa.refine
+
+    def forward(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        pyramid = []
+        for proj, conv, factor, x in zip(self.projections, self.refine, SCALE_FACTORS, maps):
+            x = proj(x)
+            if self.resample and factor != 1 and _foldable(conv):
+                y = upsample_conv3x3_cl(x, conv.weight, factor)
+                if conv.bias is not None:
+                    y = y + conv.bias.view(1, -1, 1, 1)
+            else:
+                if self.resample and factor != 1:
+                    h, w = x.shape[-2:]
+                    x = F.interpolate(x, size=(h * factor, w * factor), mode="bilinear", align_corners=False)
+                y = conv(x)
+            pyramid.append(y)
+        return pyramid
+
+
+def upsample_add_matmul(x: torch.Tensor, addend: torch.Tensor) -> torch.Tensor:
+    """``resize(x, addend's size) + addend`` with the resize as matrix products."""
+    if x.shape[-2:] == addend.shape[-2:]:
+        return x + addend
+    return resize_bilinear_matmul(x, addend.shape[-2:]) + addend
+
+
+def _reference_block(x: torch.Tensor, block: nn.Module) -> torch.Tensor:
+    return block(x)
+
+
+class FusedScaleAwareDecoder(nn.Module):
+    """:class:`segdino.sad.ScaleAwareDecoder` with the top-down ``up(x) + l`` as matrix products or a
+    one-pass kernel (``resize``: ``matmul`` or ``kernel``), optionally fused blocks (same parameters)."""
+
+    def __init__(self, sad: ScaleAwareDecoder, resize: str = "matmul", fused_blocks: bool = False):
+        super().__init__()
+        if resize not in ("matmul", "kernel"):
+            raise ValueError(f"resize must be 'matmul' or 'kernel', got {resize!r}")
+        self.refine = sad.refine
+        if sad.refine:
+            self.intra, self.inter = sad.intra, sad.inter
+        self.resize, self.fused_blocks = resize, fused_blocks
+
+    def forward(self, pyramid: list[torch.Tensor]) -> torch.Tensor:
+        block = residual_block if self.fused_blocks else _reference_block
+        up_add = upsample_add if self.resize == "kernel" else upsample_add_matmul
+        if self.refine:
+            levels = [block(p, blk) for blk, p in zip(self.intra, pyramid)]
+            x = block(levels[-1], self.inter[-1])
+        else:
+            levels = list(pyramid)
+            x = levels[-1]
+        for i in range(len(levels) - 2, -1, -1):
+            x = up_add(x, levels[i])
+            if self.refine:
+                x = block(x, self.inter[i])
+        return x
+
+
+class FusedHead(nn.Module):
+    """:class:`segdino.head.SegmentationHead` with the final resize as a one-pass kernel."""
+
+    def __init__(self, head: SegmentationHead):
+        super().__init__()
+        self.conv = head.conv
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return resize_bilinear(self.conv(x), tuple(size))
+
+
+def fuse_model(model: nn.Module, rope_cache: bool = True, resize: str = "matmul",
+               fused_blocks: bool = False) -> nn.Module:
+    """A copy of a SegDINO model with the fused decoder (and cached RoPE tables); same function.
+
+    ``resize`` and ``fused_blocks``: see :class:`FusedScaleAwareDecoder`; the defaults are the
+    fastest measured on an H200 (docs/RESULTS.md, Speed).
+
+    Parts that are not the standard modules (e.g. BatchNorm blocks inside SAD) keep their reference
+    path inside the fused modules.
+    """
+    fused = copy.deepcopy(model)
+    if isinstance(getattr(fused, "tpa", None), TokenPyramidAdaptation):
+        fused.tpa = FusedTokenPyramid(fused.tpa)
+    if isinstance(getattr(fused, "sad", None), ScaleAwareDecoder):
+        fused.sad = FusedScaleAwareDecoder(fused.sad, resize=resize, fused_blocks=fused_blocks)
+    if isinstance(getattr(fused, "head", None), SegmentationHead):
+        fused.head = FusedHead(fused.head)
+    vit = getattr(getattr(fused, "backbone", None), "vit", None)
+    if rope_cache and vit is not None:
+        cache_rope(vit)
+    return fused
+
+
+def prime_rope(model: nn.Module, image_size: tuple[int, int], device: torch.device) -> None:
+    """Compute the cached RoPE table for inputs of ``image_size`` (outside any compiled region)."""
+    vit = getattr(getattr(model, "backbone", None), "vit", None)
+    rope = getattr(vit, "rope", None)
+    if isinstance(rope, CachedRope):
+        rope.prime((image_size[0] // PATCH_SIZE, image_size[1] // PATCH_SIZE), device)

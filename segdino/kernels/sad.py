@@ -1,0 +1,106 @@
+"""SAD's residual depthwise block ``x + g * GELU(GroupNorm(PW(DW(x))))`` with its first half fused.
+
+One kernel reads ``x`` once (its 3x3 neighbourhood from cache), computes the depthwise conv a few
+channels at a time straight into the pointwise matrix product (tensor cores), writes the result
+``t`` and, per tile, the GroupNorm sums; the statistics are combined exactly (Chan's formula for
+the centred sums of squares), and normalisation, GELU, gain and residual are one elementwise pass
+that ``torch.compile`` fuses. The depthwise output, a full-size map, never reaches memory.
+
+Inference only (no backward): training uses the reference module. Measured on an H200 it is slower
+than cuDNN's depthwise conv + cuBLAS's pointwise product under ``torch.compile`` (see
+docs/RESULTS.md, Speed), so the fast path leaves it off (``fuse_model(..., fused_blocks=True)``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .dispatch import kernels_enabled
+
+TILE = 64  # pixels of one row per program
+
+
+def _tile(width: int) -> int:
+    return min(TILE, max(16, 1 << (int(width) - 1).bit_length()))
+
+
+def _pow2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def fused_block_covers(x: torch.Tensor, channels: int, groups: int) -> bool:
+    """Shapes the fused kernel handles: channels-last (B, C, H, W), C a power of two in 16..256,
+    groups dividing it into power-of-two sizes, a 16-bit float dtype (or float32 when interpreting)."""
+    if x.dim() != 4 or x.shape[1] != channels or not _pow2(channels) or not 16 <= channels <= 256:
+        return False
+    if groups < 1 or channels % groups or not _pow2(channels // groups):
+        return False
+    if not x.is_contiguous(memory_format=torch.channels_last):
+        return False
+    allowed = (torch.bfloat16, torch.float16) if x.is_cuda else (torch.float32,)
+    return x.dtype in allowed and x.numel() < 2**31
+
+
+@torch.library.custom_op("segdino::dw_pw_stats", mutates_args=())
+def dw_pw_stats(x: torch.Tensor, dw: torch.Tensor, pw: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, C, H, W) channels-last -> ``t = PW(DW(x))`` (same layout) and partials (B, H, tiles, G, 2)
+    holding each tile's per-group sum and centred sum of squares."""
+    from .triton_kernels import dw_pw_stats_triton
+
+    b, c, h, w = x.shape
+    tile = _tile(w)
+    t = torch.empty_like(x, memory_format=torch.channels_last)
+    stats = torch.empty((b, h, -(-w // tile), groups, 2), device=x.device, dtype=torch.float32)
+    dw_pw_stats_triton(x, dw.reshape(c, 9).contiguous(), pw.reshape(c, c).t().contiguous(), t, stats, c // groups, tile)
+    return t, stats
+
+
+@dw_pw_stats.register_fake
+def _(x, dw, pw, groups):
+    b, c, h, w = x.shape
+    tile = _tile(w)
+    t = torch.empty_like(x, memory_format=torch.channels_last)
+    return t, x.new_empty((b, h, -(-w // tile), groups, 2), dtype=torch.float32)
+
+
+def combine_stats(stats: torch.Tensor, width: int, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-tile (sum, centred sum of squares) (B, H, T, G, 2) -> per-group mean and variance (B, G).
+
+    Chan's parallel formula: ``M2 = sum M2_t + sum n_t (mean_t - mean)^2``, exact up to rounding.
+    """
+    b, h, n_tiles, g, _ = stats.shape
+    tile = _tile(width)
+    n_t = torch.full((n_tiles,), float(tile * group_size), device=stats.device)
+    n_t[-1] = float((width - tile * (n_tiles - 1)) * group_size)
+    s, m2 = stats[..., 0], stats[..., 1]
+    n_t = n_t.view(1, 1, n_tiles, 1)
+    total = n_t.sum() * h
+    mean = s.sum(dim=(1, 2)) / total  # (B, G)
+    mean_t = s / n_t
+    m2 = m2.sum(dim=(1, 2)) + (n_t * (mean_t - mean[:, None, None, :]) ** 2).sum(dim=(1, 2))
+    return mean, m2 / total
+
+
+def residual_block(x: torch.Tensor, block: torch.nn.Module) -> torch.Tensor:
+    """``block(x)`` for a :class:`segdino.sad.ResidualDepthwiseBlock`; fused where the kernel covers it.
+
+    (B, D, H, W) -> (B, D, H, W). Falls back to the module itself for BatchNorm, gradients, CPU
+    tensors (outside the interpreter), and shapes the kernel does not cover.
+    """
+    norm = block.norm
+    c = x.shape[1]
+    if (not isinstance(norm, torch.nn.GroupNorm) or (torch.is_grad_enabled() and x.requires_grad)
+            or not kernels_enabled(x) or not fused_block_covers(x, c, norm.num_groups)):
+        return block(x)
+    g = norm.num_groups
+    t, stats = dw_pw_stats(x, block.depthwise.weight, block.pointwise.weight, g)
+    mean, var = combine_stats(stats, x.shape[-1], c // g)
+    rstd = torch.rsqrt(var + norm.eps)  # (B, G)
+    scale = rstd.repeat_interleave(c // g, dim=1)  # (B, C)
+    shift = -mean.repeat_interleave(c // g, dim=1) * scale
+    if norm.affine:
+        scale = scale * norm.weight.float()
+        shift = shift * norm.weight.float() + norm.bias.float()
+    z = t.float() * scale[:, :, None, None] + shift[:, :, None, None]
+    return x + (block.gain * F.gelu(z)).to(x.dtype)

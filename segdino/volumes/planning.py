@@ -1,0 +1,117 @@
+"""Planning patch training from the data: target in-plane spacing and patch size.
+
+As nnU-Net plans its 2D configuration: the target spacing is the median in-plane voxel size of
+the training cases (``--spacing auto``) unless given; the patch size is the median slice size
+after resampling, rounded up to the model's token size (16) and capped (default 256), unless
+given. Slices smaller than a patch are padded; a patch that fits no volume at all is refused.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+from ..resample import check_spacing, resampled_shape
+from .io import is_nifti_path, nifti_header_info, read_volume
+from .layouts import VolumeCase
+from .slicing import resolve_axis, validate_axis
+
+TOKEN = 16
+
+
+@dataclass
+class VolumePlan:
+    """What patch training uses: target in-plane ``spacing`` (rows, columns mm), ``patch_size``."""
+
+    spacing: tuple[float, float]
+    patch_size: tuple[int, int]
+    spacing_source: str  # "median of N training cases" or "--spacing"
+    patch_source: str
+    median_source_spacing: tuple[float, float]
+    median_shape: tuple[int, int]  # median slice size after resampling
+    largest_shape: tuple[int, int]
+    cases: int
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    def describe(self) -> str:
+        return (f"plan: spacing {self.spacing[0]:.4g} x {self.spacing[1]:.4g} mm ({self.spacing_source}), "
+                f"patch {self.patch_size[0]}x{self.patch_size[1]} px ({self.patch_source}); "
+                f"median slice {self.median_shape[0]}x{self.median_shape[1]} px at that spacing, "
+                f"{self.cases} cases")
+
+
+def case_geometry(case: VolumeCase, axis: str | int) -> tuple[tuple[float, float], tuple[int, int], int]:
+    """(in-plane spacing (rows, columns) mm, slice shape (H, W), slicing array axis) of a case.
+
+    Raises:
+        DataError naming the image file when its header's spacing is zero, negative or not finite.
+    """
+    if case.image.is_file() and is_nifti_path(case.image):
+        shape, affine = nifti_header_info(case.image)
+        shape = tuple(int(s) for s in (tuple(shape) + (1, 1, 1))[:3])
+    else:
+        vol = read_volume(case.image, case.channel)
+        shape, affine = vol.shape, vol.affine
+    spacing = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
+    check_spacing(spacing, str(case.image))
+    a = resolve_axis(validate_axis(axis), affine)
+    rest = [i for i in range(3) if i != a]
+    return (float(spacing[rest[0]]), float(spacing[rest[1]])), (shape[rest[0]], shape[rest[1]]), a
+
+
+def _round_up(n: float, to: int = TOKEN) -> int:
+    return max(to, int(math.ceil(n / to)) * to)
+
+
+def plan_volumes(cases: Sequence[VolumeCase], axis: str | int = "axial", spacing=None, patch_size=None,
+                 max_patch: int = 256) -> VolumePlan:
+    """Plan the target spacing and patch size of patch training on ``cases`` (see the module doc).
+
+    Args:
+        spacing: ``"auto"``/None (median) or (rows, columns) mm.
+        patch_size: None (planned) or (h, w), multiples of 16.
+        max_patch: cap of a planned patch side.
+
+    Raises:
+        DataError: a case's spacing is unusable (naming its file); no cases.
+        ConfigError: the patch is larger than every volume after resampling (naming the largest).
+    """
+    cases = list(cases)
+    if not cases:
+        raise DataError("no training cases to plan patches from")
+    geo = [case_geometry(c, axis) for c in cases]
+    spacings = np.asarray([g[0] for g in geo])
+    median_sp = tuple(float(v) for v in np.median(spacings, axis=0))
+    if spacing is None or spacing == "auto":
+        target, sp_source = median_sp, f"median of {len(cases)} training cases"
+    else:
+        target, sp_source = tuple(float(v) for v in spacing), "--spacing"
+        check_spacing(target, "--spacing")
+    shapes = np.asarray([resampled_shape(g[1], g[0], target) for g in geo])
+    median_shape = tuple(int(v) for v in np.median(shapes, axis=0))
+    big = int(np.argmax(shapes[:, 0] * shapes[:, 1]))
+    largest = (int(shapes[:, 0].max()), int(shapes[:, 1].max()))
+    if patch_size is None:
+        patch = tuple(min(_round_up(m), max(TOKEN, max_patch // TOKEN * TOKEN)) for m in median_shape)
+        p_source = "median slice size, rounded up to 16" + (f", capped at {max_patch}" if any(
+            _round_up(m) > max_patch for m in median_shape) else "")
+    else:
+        patch = tuple(int(p) for p in patch_size)
+        if len(patch) != 2 or any(p < TOKEN or p % TOKEN for p in patch):
+            raise ConfigError(f"--patch-size must be N or HxW in multiples of 16, got {patch_size!r}")
+        p_source = "--patch-size"
+    # Slices smaller than a patch are padded, but a patch no volume fills is a mistake.
+    if patch[0] > largest[0] + TOKEN - 1 or patch[1] > largest[1] + TOKEN - 1:
+        raise ConfigError(f"patch {patch[0]}x{patch[1]} px is larger than every volume after resampling to "
+                          f"{target[0]:.4g} x {target[1]:.4g} mm; the largest, {cases[big].image}, has slices of "
+                          f"{shapes[big][0]}x{shapes[big][1]} px; choose a smaller --patch-size or a finer --spacing")
+    return VolumePlan(target, patch, sp_source, p_source, median_sp, median_shape, largest, len(cases))
+
+
+__all__ = ["VolumePlan", "case_geometry", "plan_volumes"]
