@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from .config import ModelConfig
 from .errors import CheckpointError, ConfigError
@@ -47,12 +46,52 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta
     """
     path = Path(path)
     with atomic_path(path, error) as tmp:
-        try:
-            save_file(tensors, str(tmp), metadata=metadata)
-        except SafetensorError as e:
-            # safetensors reports the operating system's write errors as its own type.
-            raise OSError(str(e).replace("Error while serializing: ", "")) from None
+        write_safetensors(tmp, tensors, metadata)
     return path
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
+                      metadata: dict[str, str] | None = None) -> None:
+    """Write ``tensors`` to ``path`` in the safetensors format, streaming one tensor at a time.
+
+    safetensors' own writer stages its output in a ``.tmpXXXXXX`` file of its own, which a kill
+    leaves behind beyond our reach; writing the (simple, documented) format here keeps every byte
+    inside our atomic writer's temporary and costs no second copy of the weights in memory.
+    Layout: 8-byte little-endian header length, a JSON header (``dtype``, ``shape``,
+    ``data_offsets`` per tensor, ``__metadata__``) padded with spaces to 8 bytes, then the data.
+    """
+    import sys
+
+    if sys.byteorder != "little":
+        raise OSError("the safetensors format is little-endian; this machine is not")
+    prepared = {}
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: not a tensor")
+        if t.dtype not in _SAFETENSORS_DTYPES:
+            raise TypeError(f"{name}: dtype {t.dtype} has no safetensors name")
+        prepared[name] = t.detach().to("cpu").contiguous()
+    # Larger elements first, so every tensor starts at a multiple of its element size.
+    order = sorted(prepared, key=lambda k: (-prepared[k].element_size(), k))
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    offset = 0
+    for name in order:
+        t = prepared[name]
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[t.dtype], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little"))
+        f.write(text)
+        for name in order:
+            t = prepared[name]
+            if t.numel():
+                f.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
 
 
 def save_model(model: SegDINO, path: str | os.PathLike, extra_metadata: dict[str, str] | None = None) -> Path:

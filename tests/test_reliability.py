@@ -805,6 +805,9 @@ def test_sigkill_at_random_moments_then_resume_ends_bit_identical(train_data, tm
     _assert_same_file(full / "best.safetensors", cut / "best.safetensors")
     columns = ("epoch", "step", "train_loss", "val_dice")
     assert _log_columns(full, *columns) == _log_columns(cut, *columns)
+    from segdino.fileio import stale_temporaries
+
+    assert stale_temporaries(cut, recursive=True) == []  # every kill's leftovers were ours, and removed
 
 
 def test_run_killed_before_its_first_epoch_ends_can_be_resumed(train_data, tmp_path):

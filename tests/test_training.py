@@ -348,7 +348,7 @@ def test_resolved_config_written_and_usable_as_config_file(discs, tmp_path):
     ({"freeze_backbone": True, "backbone_lr_scale": 0.5}, "contradict"),
     ({"image_size": 40}, "multiple of 16"),
     ({"foreground_ratio": 1.5}, "between 0 and 1"),
-    ({"epochs": 0}, "positive"),
+    ({"epochs": 0}, "--epochs must be >= 1"),
 ])
 def test_contradicting_or_invalid_options_are_refused(opts, match):
     with pytest.raises(ConfigError, match=match):

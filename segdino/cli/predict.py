@@ -347,13 +347,20 @@ def predict_files(model, images: Sequence[ImageInput], out: Path, *, batch_size:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    from ..options import COUNT, POSITIVE_INT, check_numbers
+    from ..outputs import open_output
+
+    check_numbers(args, {"batch_size": POSITIVE_INT, "workers": COUNT})
     images, volumes, problems = collect_inputs(args.inputs)
     if not images and not volumes:
         raise DataError("nothing to predict: " + "; ".join(problems) if problems else "nothing to predict")
     if volumes:
         refuse_2d_options(args)
+    with open_output(args.out, inputs=args.inputs):
+        return _predict(args, images, volumes, problems)
+
+
+def _predict(args: argparse.Namespace, images: list[ImageInput], volumes: list[Path], problems: list[str]) -> int:
     for p in problems:
         print(f"segdino predict: {p}", file=sys.stderr)
     from ..ensemble import load_models

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from ..fileio import atomic_path
+from ..fileio import atomic_path, record_written
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 # Read and written through SimpleITK; .mhd and .nhdr are headers naming a separate data file.
@@ -528,6 +528,7 @@ def write_itk(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray) ->
             raise DataError(f"cannot write {path} ({_itk_message(e)})") from None
         written = sorted(tmp.iterdir(), key=lambda p: p.name == path.name)  # the header last
         for f in written:
+            record_written(path.parent / f.name)  # listed as ours before it appears (segdino.outputs)
             os.replace(f, path.parent / f.name)
     except OSError as e:
         raise DataError(f"cannot write {path} ({e})") from None
