@@ -43,15 +43,32 @@ def build_parser() -> argparse.ArgumentParser:
         register = getattr(module, "register", None)
         if register is not None:
             register(sub)
+    _accept_debug_everywhere(parser)
     return parser
+
+
+def _accept_debug_everywhere(parser: argparse.ArgumentParser) -> None:
+    """Let ``--debug`` follow any (sub)command too, as users add it at the end of a failed line.
+
+    SUPPRESS as default: a subcommand that was not given ``--debug`` must not reset the value
+    that the main parser read before it.
+    """
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for child in action.choices.values():
+            if "--debug" not in child._option_string_actions:
+                child.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                   help="show full tracebacks")
+            _accept_debug_everywhere(child)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug = bool(getattr(args, "debug", False))
     args.argv = argv
     if not getattr(args, "func", None):
         parser.print_help()
