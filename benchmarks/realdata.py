@@ -150,7 +150,8 @@ def plot(logs: list[Path], out: Path) -> None:
     fig.savefig(out, dpi=110)
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this script (the docs' commands are checked against it)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("pack")
@@ -178,7 +179,11 @@ def main() -> None:
     g = sub.add_parser("plot")
     g.add_argument("logs", type=Path, nargs="+")
     g.add_argument("--out", type=Path, required=True)
-    args = p.parse_args()
+    return p
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     if args.cmd == "plot":
         plot(args.logs, args.out)
         return

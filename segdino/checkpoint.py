@@ -21,11 +21,11 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
-from .config import ModelConfig
+from .config import MAX_ABS_MEAN, STD_RANGE, ModelConfig
 from .errors import CheckpointError, ConfigError
 from .fileio import atomic_path
+from .memory import check_memory, forward_bytes
 from .model import SegDINO
 
 FORMAT_KEY = "format"
@@ -47,12 +47,52 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta
     """
     path = Path(path)
     with atomic_path(path, error) as tmp:
-        try:
-            save_file(tensors, str(tmp), metadata=metadata)
-        except SafetensorError as e:
-            # safetensors reports the operating system's write errors as its own type.
-            raise OSError(str(e).replace("Error while serializing: ", "")) from None
+        write_safetensors(tmp, tensors, metadata)
     return path
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
+                      metadata: dict[str, str] | None = None) -> None:
+    """Write ``tensors`` to ``path`` in the safetensors format, streaming one tensor at a time.
+
+    safetensors' own writer stages its output in a ``.tmpXXXXXX`` file of its own, which a kill
+    leaves behind beyond our reach; writing the (simple, documented) format here keeps every byte
+    inside our atomic writer's temporary and costs no second copy of the weights in memory.
+    Layout: 8-byte little-endian header length, a JSON header (``dtype``, ``shape``,
+    ``data_offsets`` per tensor, ``__metadata__``) padded with spaces to 8 bytes, then the data.
+    """
+    import sys
+
+    if sys.byteorder != "little":
+        raise OSError("the safetensors format is little-endian; this machine is not")
+    prepared = {}
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: not a tensor")
+        if t.dtype not in _SAFETENSORS_DTYPES:
+            raise TypeError(f"{name}: dtype {t.dtype} has no safetensors name")
+        prepared[name] = t.detach().to("cpu").contiguous()
+    # Larger elements first, so every tensor starts at a multiple of its element size.
+    order = sorted(prepared, key=lambda k: (-prepared[k].element_size(), k))
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    offset = 0
+    for name in order:
+        t = prepared[name]
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[t.dtype], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little"))
+        f.write(text)
+        for name in order:
+            t = prepared[name]
+            if t.numel():
+                f.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
 
 
 def save_model(model: SegDINO, path: str | os.PathLike, extra_metadata: dict[str, str] | None = None) -> Path:
@@ -116,6 +156,7 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         from .weights import load_foreign_model
 
         model = load_foreign_model(p)
+    model.source = p  # named in messages about the model's outputs
     return model.to(map_location).eval()
 
 
@@ -144,8 +185,10 @@ _FIELDS: dict[str, tuple[Any, str]] = {
     "norm": (lambda v: isinstance(v, str), "a normalisation name"),
     "image_size": (lambda v: _list_of(lambda s: _is_int(s) and 16 <= s <= MAX_INPUT_SIDE)(v) and len(v) == 2,
                    f"[height, width], each 16..{MAX_INPUT_SIDE}"),
-    "mean": (_list_of(_is_number, 3), "three finite numbers"),
-    "std": (_list_of(lambda s: _is_number(s) and s > 0, 3), "three finite numbers > 0"),
+    "mean": (_list_of(lambda m: _is_number(m) and abs(m) <= MAX_ABS_MEAN, 3),
+             f"three numbers in -{MAX_ABS_MEAN:g}..{MAX_ABS_MEAN:g}"),
+    "std": (_list_of(lambda s: _is_number(s) and STD_RANGE[0] <= s <= STD_RANGE[1], 3),
+            f"three numbers in {STD_RANGE[0]:g}..{STD_RANGE[1]:g}"),
     "mask_threshold": (lambda v: _is_int(v) and 0 <= v <= 255, "an integer in 0..255"),
     "class_names": (lambda v: v is None or _list_of(lambda s: isinstance(s, str))(v), "null or a list of names"),
     "no_tpa": (lambda v: isinstance(v, bool), "true or false"),
@@ -254,6 +297,9 @@ def _load_ours(path: Path, meta: dict[str, str]) -> SegDINO:
         if dtype != want:
             raise CheckpointError(f"{path}: {k} has dtype {dtype} in the file, the model expects {want} ({ref.dtype})")
     del skeleton, expected
+    h, w = config.image_size
+    check_memory(forward_bytes(config), f"{path}: the model its metadata config describes ({_describe_config(config)}, "
+                 f"input {h}x{w})", CheckpointError)
     model = SegDINO(config)
     from safetensors.torch import load_file
 

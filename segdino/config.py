@@ -15,6 +15,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 NORM_TYPES = ("group", "batch")
 MAX_IMAGE_SIDE = 8192  # the largest model input side a configuration may ask for
+# Normalisation maps pixels in [0, 1] by (x - mean) / std. Beyond these bounds the model's input
+# leaves the range any trained network has seen, and near their ends float32 overflows to
+# infinity (std 1e-300, mean 1e308): such a config is refused rather than giving NaN masks.
+MAX_ABS_MEAN = 1000.0
+STD_RANGE = (1e-3, 1000.0)
 
 
 @dataclass
@@ -73,9 +78,13 @@ class ModelConfig:
         if len(self.image_size) != 2 or any(s <= 0 or s % 16 or s > MAX_IMAGE_SIDE for s in self.image_size):
             raise ConfigError(f"image_size must be (height, width), multiples of 16 up to {MAX_IMAGE_SIDE}, "
                               f"got {self.image_size}")
-        if (len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std)
-                or not all(math.isfinite(v) for v in self.mean + self.std)):
-            raise ConfigError(f"mean and std need 3 finite values each (std > 0), got {self.mean} and {self.std}")
+        if (len(self.mean) != 3 or len(self.std) != 3
+                or not all(math.isfinite(v) for v in self.mean + self.std)
+                or any(abs(m) > MAX_ABS_MEAN for m in self.mean)
+                or any(not STD_RANGE[0] <= v <= STD_RANGE[1] for v in self.std)):
+            raise ConfigError(f"mean and std need 3 values each, mean in -{MAX_ABS_MEAN:g}..{MAX_ABS_MEAN:g} and "
+                              f"std in {STD_RANGE[0]:g}..{STD_RANGE[1]:g} (pixels are scaled to 0..1 first), "
+                              f"got {self.mean} and {self.std}")
         if (not isinstance(self.mask_threshold, int) or isinstance(self.mask_threshold, bool)
                 or not 0 <= self.mask_threshold <= 65535):
             raise ConfigError(f"mask_threshold must be an integer grey level, got {self.mask_threshold!r}")

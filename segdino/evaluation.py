@@ -24,7 +24,6 @@ are index images; ``.npy`` files hold integer label arrays.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -39,7 +38,9 @@ import numpy as np
 import torch
 
 from .data.layouts import nnunet_case_name
+from .data.splits import validate_split_lists
 from .errors import ConfigError, DataError
+from .fileio import read_json
 from .metrics import case_rows, summarize
 from .report import pretrained_of
 
@@ -108,13 +109,8 @@ def _run_splits(run_dir: Path | None) -> dict[str, list[str]] | None:
     if run_dir is None or not (run_dir / SPLITS_FILE).is_file():
         return None
     path = run_dir / SPLITS_FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: cannot read the run's split ({e})") from None
-    if not isinstance(data, dict) or not all(isinstance(data.get(k, []), list) for k in ("train", "val", "test")):
-        raise DataError(f"{path}: expected {{\"train\": [...], \"val\": [...], \"test\": [...]}}")
-    return {k: [str(c) for c in data.get(k, [])] for k in ("train", "val", "test")}
+    # Cases are matched against the dataset afterwards; the file's form is checked by the one rule.
+    return validate_split_lists(path, read_json(path, DataError, "split file"), lambda c: c, required=())
 
 
 def load_split(
@@ -142,6 +138,7 @@ def load_split(
     """
     from .data.dataset import SegmentationDataset
     from .data.layouts import find_pairs
+    from .data.masks import require_foreground
     from .data.splits import resolve_splits
 
     if split not in SPLIT_CHOICES:
@@ -150,6 +147,9 @@ def load_split(
     if not root.is_dir():
         raise DataError(f"{root}: no such dataset folder")
     pairs = find_pairs(root)
+    if num_classes == 1:
+        # Empty masks score a perfect Dice against an empty prediction: refuse what data check refuses.
+        require_foreground((p.masks for p in pairs), root, mask_threshold)
     source = "every case of the dataset"
     splits = None
     if split != "all":
@@ -430,7 +430,7 @@ def evaluate_model(
         DataError: unreadable files, image/mask size mismatches, masks that do not fit the
             model's class count, an empty split. CheckpointError: a bad model file.
     """
-    from .inference import _prepare_model, load_inference_model, model_device, predict_arrays, refuse_volume_model
+    from .inference import _prepare_model, load_inference_model, model_device, predict_arrays, check_input_kind
 
     model_path = None
     if isinstance(model, (str, os.PathLike)):
@@ -443,7 +443,7 @@ def evaluate_model(
         model, dev = _prepare_model(model, device)
     if hasattr(model, "eval"):
         model.eval()
-    refuse_volume_model(model, str(data))
+    check_input_kind(model, "2d", data)
     config = model.config
     num_classes = int(config.num_classes)
     ds, source = load_split(data, split, num_classes=num_classes, image_size=tuple(config.image_size), fold=fold,

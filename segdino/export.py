@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from .config import ModelConfig
 from .errors import CheckpointError, ConfigError, DataError
+from .memory import check_memory
 from .kernels.fold import shifted_interpolation
 from .kernels.resize import bilinear_matrix
 
@@ -673,15 +674,22 @@ class OnnxModel:
             chunk = arr[start : start + step]
             if chunk.shape[0] < step:  # a fixed-batch graph: pad the last chunk
                 pad = np.zeros((step - chunk.shape[0],) + chunk.shape[1:], dtype=np.float32)
-                y = self.session.run([self.output_name], {self.input_name: np.concatenate([chunk, pad])})[0]
-                y = y[: chunk.shape[0]]
+                y = self._run(np.concatenate([chunk, pad]))[: chunk.shape[0]]
             else:
-                y = self.session.run([self.output_name], {self.input_name: chunk})[0]
+                y = self._run(chunk)
             outs.append(y)
         y = outs[0] if len(outs) == 1 else np.concatenate(outs)
         return torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
 
     forward = __call__
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        try:
+            return self.session.run([self.output_name], {self.input_name: batch})[0]
+        except Exception as e:  # ONNX Runtime's own types: a failed allocation, a node that cannot run
+            text = " ".join(str(e).split())
+            raise CheckpointError(f"{self.path}: ONNX Runtime could not run the graph "
+                                  f"({type(e).__name__}: {text[:300]})") from None
 
     def __repr__(self) -> str:
         c = self.config
@@ -721,6 +729,7 @@ def load_onnx_model(path: str | os.PathLike, threads: int | None = None) -> Onnx
     except ImportError:
         raise ConfigError(f"running {p} needs onnxruntime: pip install onnxruntime") from None
     n_threads = int(threads or physical_cores())
+    _check_graph_memory(p)
     try:
         session = ort_session(p, n_threads)
     except Exception as e:  # onnxruntime raises its own exception types for unreadable files
@@ -736,6 +745,45 @@ def load_onnx_model(path: str | os.PathLike, threads: int | None = None) -> Onnx
     config = config_from_metadata(p, meta[CONFIG_KEY])  # checked field by field, errors name the file
     _check_graph(p, session, config)
     return OnnxModel(session, config, p, meta, n_threads)
+
+
+def largest_tensor_bytes(path: str | os.PathLike) -> tuple[int, str]:
+    """Bytes and name of the largest tensor an ONNX graph computes at batch 1, from its shapes alone.
+
+    Shapes come from ONNX shape inference with constant propagation (so a ``ConstantOfShape``
+    fed a constant shape has a size); symbolic dimensions count as 1; tensors whose shape stays
+    unknown are not counted. Returns ``(0, "")`` when the graph cannot be analysed.
+    """
+    import onnx
+    from onnx import helper, shape_inference
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+        inferred = shape_inference.infer_shapes(proto, data_prop=True)
+    except Exception:  # a graph ONNX cannot analyse is left to ONNX Runtime's own checks
+        return 0, ""
+    best, name = 0, ""
+    for info in list(inferred.graph.value_info) + list(inferred.graph.output):
+        t = info.type.tensor_type
+        if not t.HasField("shape"):
+            continue
+        n = 1
+        for d in t.shape.dim:
+            n *= d.dim_value if d.HasField("dim_value") else 1
+        try:
+            size = n * np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type)).itemsize
+        except Exception:
+            size = n
+        if size > best:
+            best, name = size, info.name
+    return best, name
+
+
+def _check_graph_memory(path: Path) -> None:
+    """Refuse, before ONNX Runtime allocates it, a graph whose single tensor exceeds the memory limit."""
+    needed, name = largest_tensor_bytes(path)
+    if needed:
+        check_memory(needed, f"{path}: the graph's tensor {name[:60]!r}", CheckpointError)
 
 
 def _check_graph(path: Path, session, config: ModelConfig) -> None:

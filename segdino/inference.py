@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from .backbone import PATCH_SIZE
 from .config import ModelConfig
 from .data.imageio import as_rgb_array
-from .errors import ConfigError, DataError
+from .errors import CheckpointError, ConfigError, DataError
+from .memory import check_memory, forward_bytes, memory_limit
 from .sliding_window import sliding_window
 
 
@@ -102,7 +103,7 @@ def model_logits_at_size(
     keep_size: bool = False,
 ) -> list[torch.Tensor]:
     """Run ``model`` on a normalised batch and return each image's (K, H, W) float logits at its size."""
-    logits = model(batch).float()
+    logits = check_finite_logits(model(batch).float(), model)
     out = []
     for i, (h, w) in enumerate(sizes):
         li = logits[i : i + 1]
@@ -186,6 +187,7 @@ def load_inference_model(path: str | os.PathLike, device: str | torch.device | N
         from .fast import fast_model
 
         model = fast_model(model, dev)
+    model.source = Path(path)  # named in messages about the model's outputs
     return model.eval()
 
 
@@ -213,12 +215,33 @@ def _compiled(model) -> bool:
     return getattr(model, "compiled", None) is not None
 
 
+def model_source(model) -> str:
+    """The file a model came from (``path`` of ONNX models, ``source`` set on loading), for messages."""
+    where = getattr(model, "path", None) or getattr(model, "source", None)
+    return str(where) if where is not None else "the model"
+
+
+def check_finite_logits(logits: torch.Tensor, model) -> torch.Tensor:
+    """``logits`` unchanged when every value is finite; else :class:`CheckpointError` naming the model.
+
+    NaN logits threshold to background and argmax to class 0, so a model that overflows (a
+    forged or damaged file, a normalisation that divides by almost nothing) would otherwise give
+    empty masks and a successful exit.
+    """
+    if not bool(torch.isfinite(logits).all()):
+        bad = int((~torch.isfinite(logits)).sum())
+        raise CheckpointError(f"{model_source(model)}: the model's outputs hold {bad:,} NaN or infinite value(s) of "
+                              f"{logits.numel():,}; its weights or its config (mean, std) are damaged, so no "
+                              "mask was written from them")
+    return logits
+
+
 def _run(model, x: torch.Tensor, dev: torch.device, batch_size: int) -> torch.Tensor:
     """Logits of a normalised batch; compiled models always see ``batch_size`` images."""
     n = x.shape[0]
     if _compiled(model) and n < batch_size:
         x = torch.cat([x, x.new_zeros((batch_size - n, *x.shape[1:]))])
-    return model(x.to(dev, non_blocking=True))[:n].float()
+    return check_finite_logits(model(x.to(dev, non_blocking=True))[:n].float(), model)
 
 
 def _finish(logits: torch.Tensor, probabilities: bool) -> np.ndarray | Prediction:
@@ -242,27 +265,53 @@ def _check_any_size(model) -> None:
                           f"{h}x{w} inputs only; drop --keep-size, or use the .safetensors checkpoint")
 
 
-def refuse_volume_model(model, inputs: str) -> None:
-    """A model trained on CT/MRI volume slices cannot segment 2D images: say so, naming ``inputs``.
+def _keep_size_batch(config: ModelConfig, padded: tuple[int, int], size: tuple[int, int], batch_size: int) -> int:
+    """How many images of one padded size share a forward pass at their own size, within the memory limit.
 
-    Its input channels are neighbouring slices of one windowed scan (2.5D), so a photograph or a
-    single slice exported as an image would be segmented as nonsense without any error.
+    Raises:
+        DataError: one such image alone is estimated to need more than the limit.
+    """
+    per_image = forward_bytes(config, padded, batch=1)
+    check_memory(per_image, f"an image of {size[1]}x{size[0]} pixels run at its own size (--keep-size)"
+                 f" by {config.backbone}", DataError)
+    return max(1, min(batch_size, memory_limit() // per_image))
+
+
+def volume_model_text(volume: Mapping[str, Any]) -> str:
+    """A model's volume settings in words, e.g. ``CT window lung (-1350..150 HU), axial slices, 2.5D
+    context 1``."""
+    spec = volume.get("intensity") or {}
+    if spec.get("kind") == "ct":
+        preset = f" {spec['preset']}" if spec.get("preset") else ""
+        what = f"CT window{preset} ({spec.get('low', 0):g}..{spec.get('high', 0):g} HU)"
+    else:
+        what = f"intensity percentiles {spec.get('low', '?')}..{spec.get('high', '?')}"
+    context = int(volume.get("context") or 0)
+    return f"{what}, {volume.get('axis', 'axial')} slices" + (f", 2.5D context {context}" if context else "")
+
+
+def check_input_kind(model, kind: str, example: str | os.PathLike | None = None) -> None:
+    """Refuse inputs of the other kind than the model was trained on, in one line.
+
+    ``kind`` is ``"2d"`` (images) or ``"volume"``. A volume model was trained on windowed scanner
+    values (Hounsfield units, MRI intensities) and would segment 8-bit or colour pixels it never
+    saw without complaint; a 2D model knows no intensity window or slice axis for a volume.
+    ConfigError naming the model's training and ``example`` (an input), if given.
     """
     volume = getattr(getattr(model, "config", None), "volume", None)
-    if not volume:
-        return
-    k = int(volume.get("context", 0))
-    spec = volume.get("intensity", {})
-    window = (f"CT window {spec.get('low', 0):g}..{spec.get('high', 0):g} HU" if spec.get("kind") == "ct"
-              else "MRI percentile scaling")
-    raise DataError(f"{inputs}: 2D images, but the model was trained on volume slices ({window}, {2 * k + 1} "
-                    "neighbouring slices per input); give it volumes (NIfTI files, DICOM series folders) or a "
-                    "volume dataset")
+    such = f" such as {example}" if example is not None else ""
+    if kind == "2d" and volume:
+        raise ConfigError(f"this model was trained on volumes ({volume_model_text(volume)}); it cannot segment "
+                          f"2D images{such}: give it volumes (.nii/.nii.gz, .mha, .nrrd files or DICOM series)")
+    if kind == "volume" and not volume:
+        raise ConfigError(f"this model was trained on 2D images (no intensity window or slice axis); it cannot "
+                          f"segment volumes{such}: give it 2D images, or a model trained on volumes")
 
 
 def predict_arrays(model, images: Sequence[np.ndarray], device: torch.device, batch_size: int = 8,
                    keep_size: bool = False, probabilities: bool = False, tile_overlap: float | None = None) -> list:
     """Segment (H, W, 3) uint8 images with a model already on ``device`` (see :func:`predict`)."""
+    check_input_kind(model, "2d")
     config: ModelConfig = model.config
     if tile_overlap is not None:
         # At native resolution, by overlapping tiles of the model's input size (smaller images padded).
@@ -281,7 +330,10 @@ def predict_arrays(model, images: Sequence[np.ndarray], device: torch.device, ba
         groups: dict[tuple[int, int], list[int]] = {}
         for i, (h, w) in enumerate(sizes):
             groups.setdefault(padded_size(h, w), []).append(i)
-        batches = [idx[k : k + batch_size] for idx in groups.values() for k in range(0, len(idx), batch_size)]
+        batches = []
+        for padded, idx in groups.items():
+            step = _keep_size_batch(config, padded, sizes[idx[0]], batch_size)
+            batches += [idx[k : k + step] for k in range(0, len(idx), step)]
     else:
         batches = [list(range(k, min(k + batch_size, len(images)))) for k in range(0, len(images), batch_size)]
     for idx in batches:
@@ -336,8 +388,7 @@ def predict(
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     model, dev = _prepare_model(model, device)
-    refuse_volume_model(model, str(images[0]) if images and isinstance(images[0], (str, os.PathLike))
-                        else "the images given")
+    check_input_kind(model, "2d", images[0] if images and isinstance(images[0], (str, os.PathLike)) else None)
     was_training = bool(getattr(model, "training", False))
     if hasattr(model, "eval"):
         model.eval()

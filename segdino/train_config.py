@@ -14,8 +14,19 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .options import COUNT, FRACTION, GREY_LEVEL, NON_NEGATIVE, POSITIVE, POSITIVE_INT, SEED, check_numbers
 
 RECIPES = ("segdino", "paper")
+
+#: Range of every numeric training option (from flags or a config file alike).
+NUMERIC_RULES = {
+    "epochs": POSITIVE_INT, "batch_size": POSITIVE_INT, "decoder_dim": POSITIVE_INT, "num_classes": POSITIVE_INT,
+    "val_every": POSITIVE_INT, "steps_per_epoch": POSITIVE_INT, "volume_cache": POSITIVE_INT,
+    "num_workers": COUNT, "fold": COUNT, "channel": COUNT, "context": COUNT, "seed": SEED,
+    "lr": POSITIVE, "grad_clip": POSITIVE, "backbone_lr_scale": NON_NEGATIVE, "weight_decay": NON_NEGATIVE,
+    "warmup_epochs": NON_NEGATIVE, "save_every": NON_NEGATIVE, "foreground_ratio": FRACTION,
+    "mask_threshold": GREY_LEVEL,
+}
 
 
 @dataclass
@@ -75,14 +86,9 @@ class TrainConfig:
     def validate(self) -> None:
         if self.recipe not in RECIPES:
             raise ConfigError(f"--recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
-        for name in ("epochs", "batch_size", "decoder_dim", "num_classes", "val_every"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
-        if self.num_workers < 0:
-            raise ConfigError(f"--num-workers must be >= 0, got {self.num_workers}")
-        if self.lr <= 0:
-            raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if not 0.0 <= float(self.foreground_ratio) <= 1.0:
+            raise ConfigError(f"--foreground-ratio must be between 0 and 1, got {self.foreground_ratio}")
+        check_numbers(self, NUMERIC_RULES)
         if self.schedule not in ("cosine", "constant"):
             raise ConfigError(f"--schedule must be cosine or constant, got {self.schedule!r}")
         if self.loss not in ("bce", "bce_dice", "ce", "ce_dice"):
@@ -102,14 +108,6 @@ class TrainConfig:
             )
         if self.init and self.resume:
             raise ConfigError("--init and --resume contradict each other: a resumed run keeps its own weights")
-        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
-            raise ConfigError(f"--steps-per-epoch must be >= 1, got {self.steps_per_epoch}")
-        if not 0.0 <= float(self.foreground_ratio) <= 1.0:
-            raise ConfigError(f"--foreground-ratio must be between 0 and 1, got {self.foreground_ratio}")
-        if not isinstance(self.context, int) or self.context < 0:
-            raise ConfigError(f"--context must be an integer >= 0, got {self.context!r}")
-        if self.volume_cache < 1:
-            raise ConfigError(f"--volume-cache must be >= 1, got {self.volume_cache}")
         if self.freeze_backbone and self.backbone_lr_scale not in (None, 0, 0.0) and "backbone_lr_scale" in self.extra.get("explicit", ()):
             raise ConfigError("--freeze-backbone and --backbone-lr-scale contradict each other: a frozen backbone does not learn")
         if isinstance(self.image_size, int):
@@ -187,11 +185,20 @@ RECORD_KEYS = ("pretrained", "backbone_weights_format", "backbone_weights_sha256
 def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_bytes().decode("utf-8-sig"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: a folder, not a config file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a YAML config: byte {e.start} is not UTF-8 text") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())[:300]})") from None
+    except RecursionError:
+        # PyYAML composes nested values recursively; no option needs more than a few levels.
+        raise ConfigError(f"{path}: not a YAML config: its values are nested too deeply") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

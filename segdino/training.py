@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from .losses import segmentation_loss
 from .model import SegDINO, build_model
 from .progress import Progress
 from .progress import write as progress_write
+from .outputs import OutputFolder, open_output, record_folder
 from .train_config import TrainConfig, dump_yaml
 
 log = logging.getLogger("segdino.train")
@@ -298,8 +298,50 @@ def save_resume_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optim
     save_tensors(path, tensors, {"segdino_resume": json.dumps(meta)})
 
 
+def _check_resume_meta(path: Path, meta: Any, n_groups: int) -> dict[str, Any]:
+    """The loop metadata of a training state, checked field by field (a forged or damaged file is one
+    :class:`CheckpointError` naming the field, never a traceback later)."""
+    def bad(field: str, expected: str) -> CheckpointError:
+        shown = json.dumps(meta.get(field)) if isinstance(meta, dict) else ""
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        return CheckpointError(f"{path}: the training state's field {field!r} must be {expected}, found {shown}")
+
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: the training state's metadata must be a JSON object")
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    for field in ("epoch", "step", "best_epoch"):
+        if not is_int(meta.get(field)) or meta[field] < 0:
+            raise bad(field, "an integer >= 0")
+    if not (is_int(meta.get("best")) or isinstance(meta.get("best"), float)) or math.isnan(meta["best"]):
+        raise bad("best", "a number")
+    if not is_int(meta.get("world", 1)) or meta.get("world", 1) < 1:
+        raise bad("world", "an integer >= 1")
+    if "log" in meta and not isinstance(meta["log"], str):
+        raise bad("log", "the text of log.csv")
+    rng = meta.get("rng_cpu")
+    if not isinstance(rng, list) or not rng or not all(is_int(v) and 0 <= v <= 255 for v in rng):
+        raise bad("rng_cpu", "a list of byte values")
+    groups = meta.get("param_groups")
+    if (not isinstance(groups, list) or len(groups) != n_groups
+            or not all(isinstance(g, dict) and isinstance(g.get("params"), list)
+                       and all(is_int(i) for i in g["params"]) for g in groups)):
+        raise bad("param_groups", f"a list of {n_groups} parameter group(s) of this model")
+    for g in groups:
+        for k, v in g.items():
+            if k in ("lr", "weight_decay", "eps") and not (is_int(v) or isinstance(v, float)):
+                raise CheckpointError(f"{path}: the training state's parameter group field {k!r} must be a number")
+    return meta
+
+
 def load_resume_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
-    """Restore what :func:`save_resume_state` wrote; returns its loop metadata."""
+    """Restore what :func:`save_resume_state` wrote; returns its loop metadata.
+
+    Raises:
+        CheckpointError: the file is unreadable, truncated or forged (a field of the wrong type or
+            range, tensors or parameter groups that do not fit this run), naming the file.
+    """
     from safetensors import safe_open
 
     try:
@@ -308,21 +350,22 @@ def load_resume_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optim
         tensors = load_file(str(path))
     except Exception as e:  # any unreadable state is reported as such
         raise CheckpointError(f"{path}: cannot read the training state to resume ({e})") from None
+    meta = _check_resume_meta(path, meta, len(opt.param_groups))
     model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     try:
         model.load_state_dict(model_sd, strict=True)
     except RuntimeError as e:
         raise CheckpointError(f"{path}: the saved model does not fit this run's configuration ({e})") from None
     state: dict[int, dict[str, torch.Tensor]] = {}
-    for k, v in tensors.items():
-        if k.startswith("optim."):
-            _, pid, name = k.split(".", 2)
-            state.setdefault(int(pid), {})[name] = v
     try:
+        for k, v in tensors.items():
+            if k.startswith("optim."):
+                _, pid, name = k.split(".", 2)
+                state.setdefault(int(pid), {})[name] = v
         opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    except (ValueError, KeyError) as e:
+        torch.set_rng_state(torch.tensor(meta["rng_cpu"], dtype=torch.uint8))
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:
         raise CheckpointError(f"{path}: the saved optimiser does not fit this run ({e})") from None
-    torch.set_rng_state(torch.tensor(meta["rng_cpu"], dtype=torch.uint8))
     return meta
 
 
@@ -385,6 +428,7 @@ class Trainer:
         self.skipped: list[str] = []
         self._native_masks: dict[int, torch.Tensor] = {}
         self._tb: Any = None
+        self._log_text = ""  # log.csv as written so far; saved with the resume state
         self._last_save = -math.inf  # the first epoch is always saved
         self.loss_hook: Callable[[torch.Tensor, dict], torch.Tensor] | None = None  # tests inject faults here
         self.pretrained = is_pretrained(cfg)
@@ -444,8 +488,7 @@ class Trainer:
                 where = (f"non-finite loss at step {self.step + 1} (epoch {epoch + 1}) on cases "
                          f"{', '.join(map(str, batch['case_id']))}")
                 if cfg.on_nan == "stop":
-                    raise TrainingError(f"{where}; stopped, the last good checkpoint in {self.out} is kept "
-                                        "(--on-nan skip skips such steps)")
+                    raise TrainingError(f"{where}; stopped, {self._kept()} (--on-nan skip skips such steps)")
                 log.warning("%s: step skipped", where)
                 self.opt.zero_grad(set_to_none=True)
                 self.step += 1
@@ -574,8 +617,7 @@ class Trainer:
         if improved:
             self.best, self.best_epoch = score, res.epoch
         if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
-            raise TrainingError(f"non-finite weights after epoch {res.epoch}; nothing written, "
-                                f"the last good checkpoint in {self.out} is kept")
+            raise TrainingError(f"non-finite weights after epoch {res.epoch}; nothing written, {self._kept()}")
         if self.is_main:
             meta = {"epoch": str(res.epoch), "val_dice": "" if res.val_dice is None else f"{res.val_dice:.6f}",
                     "pretrained": "true" if self.pretrained else "false"}
@@ -588,7 +630,7 @@ class Trainer:
             if due:
                 save_resume_state(self.out / RESUME_FILE, self.model, self.opt, {
                     "epoch": res.epoch, "step": self.step, "best": self.best, "best_epoch": self.best_epoch,
-                    "world": self.world,
+                    "world": self.world, "log": self._log_text,
                 })
                 self._last_save = time.monotonic()
             best = f"best {self.best:.4f} (epoch {self.best_epoch})" if res.val_dice is not None else ""
@@ -605,6 +647,12 @@ class Trainer:
         old = path.read_text() if path.exists() else ""
         atomic_write_text(path, old + line + "\n")
 
+    def _kept(self) -> str:
+        """What a stopped run leaves to use: its last good checkpoint, or nothing yet."""
+        if (self.out / "last.safetensors").is_file() or (self.out / "best.safetensors").is_file():
+            return f"the last good checkpoint in {self.out} is kept"
+        return f"no checkpoint was written yet (none in {self.out})"
+
     def append_log(self, res: EpochResult) -> None:
         path = self.out / "log.csv"
         row = {
@@ -615,13 +663,13 @@ class Trainer:
         if res.val_dice_per_class and len(res.val_dice_per_class) > 1:
             for c, d in enumerate(res.val_dice_per_class, start=1):
                 row[f"val_dice_class{c}"] = f"{d:.6f}"
-        old = path.read_text() if path.exists() else ""
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(row), lineterminator="\n")
-        if not old:
+        if not self._log_text:
             writer.writeheader()
         writer.writerow(row)
-        atomic_write_text(path, old + buf.getvalue())
+        self._log_text += buf.getvalue()
+        atomic_write_text(path, self._log_text)
         self.tensorboard(res)
 
     def tensorboard(self, res: EpochResult) -> None:
@@ -631,6 +679,7 @@ class Trainer:
             except Exception:  # TensorBoard is optional
                 self._tb = False
                 return
+            record_folder(self.out / "tensorboard")  # TensorBoard writes its own files there
             self._tb = SummaryWriter(str(self.out / "tensorboard"), purge_step=res.epoch)
         if self._tb:
             self._tb.add_scalar("train/loss", res.train_loss, res.epoch)
@@ -651,13 +700,14 @@ class Trainer:
     def resume(self) -> None:
         """Continue from the run folder's last finished epoch."""
         if self.is_main:
-            for folder in (self.out, self.out / RESUME_FILE.parent):
-                for p in remove_stale_temporaries(folder):
-                    log.info("removed %s, left by an interrupted write", p)
+            for p in remove_stale_temporaries(self.out, recursive=True):
+                log.info("--resume: removed %s, left by an interrupted write", p)
         path = self.out / RESUME_FILE
         if not path.is_file():
             # Killed before the end of its first epoch: nothing finished to continue from.
             log.warning("--resume: %s holds no finished epoch; starting the run from the beginning", self.out)
+            if self.is_main and (self.out / "log.csv").exists():
+                (self.out / "log.csv").unlink()  # rows of epochs that no state records
             return
         meta = load_resume_state(path, self.model, self.opt)
         self.start_epoch = int(meta["epoch"])
@@ -670,7 +720,15 @@ class Trainer:
             log.warning("resuming a %s-process run with %d processes: the global batch changes, "
                         "results will differ from an uninterrupted run", meta.get("world", 1), self.world)
         if self.is_main:
-            _trim_log(self.out / "log.csv", self.start_epoch)
+            if "log" in meta:
+                # The log as it stood when this state was saved: rows written after it (by a run
+                # killed before its next state) are dropped, and none is ever repeated.
+                self._log_text = meta["log"]
+                atomic_write_text(self.out / "log.csv", self._log_text)
+            else:  # a state written before the log travelled with it
+                _trim_log(self.out / "log.csv", self.start_epoch)
+                log_path = self.out / "log.csv"
+                self._log_text = log_path.read_text() if log_path.is_file() else ""
         skipped = self.out / "skipped.txt"
         if skipped.is_file():
             self.skipped = [line for line in skipped.read_text().splitlines() if line]
@@ -831,8 +889,16 @@ def init_from(cfg: TrainConfig) -> SegDINO:
     return model
 
 
-def prepare_run_folder(cfg: TrainConfig, write: bool = True) -> Path:
-    """Check the output folder and, on rank 0, create or clear it: never mix two runs."""
+def open_run_folder(cfg: TrainConfig, write: bool = True) -> tuple[Path, OutputFolder | None]:
+    """Check the output folder and, on rank 0 (``write``), hold it: never mix two runs.
+
+    The folder is locked for this process (:func:`segdino.outputs.open_output`: it must not
+    overlap the data or the models it starts from, and may hold only files SegDINO wrote there);
+    with ``--overwrite`` the files the previous run wrote are deleted, and nothing else.
+
+    Returns:
+        ``(folder, held)``: ``held`` is None unless ``write``; close it when the run ends.
+    """
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, not a folder")
@@ -841,15 +907,24 @@ def prepare_run_folder(cfg: TrainConfig, write: bool = True) -> Path:
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
     if cfg.resume and not holds_run:
         raise ConfigError(f"--resume: {out} holds no run to continue")
-    if write:
+    if not write:
+        return out, None
+    held = open_output(out, inputs=[cfg.data, cfg.init, cfg.backbone_weights])
+    try:
         if holds_run and cfg.overwrite:
-            for m in RUN_MARKERS + ("tensorboard", "skipped.txt", "splits.json", "plan.json", "report", TRAIN_LOG):
-                p = out / m
-                if p.is_dir():
-                    shutil.rmtree(p)
-                elif p.exists():
-                    p.unlink()
-        out.mkdir(parents=True, exist_ok=True)
+            for p in held.remove_own_files():
+                log.debug("--overwrite: removed %s", p)
+    except BaseException:
+        held.close()
+        raise
+    return out, held
+
+
+def prepare_run_folder(cfg: TrainConfig, write: bool = True) -> Path:
+    """:func:`open_run_folder` for callers that write into the folder without holding it."""
+    out, held = open_run_folder(cfg, write)
+    if held is not None:
+        held.close()
     return out
 
 
@@ -864,10 +939,34 @@ def check_resumed_config(cfg: TrainConfig, out: Path) -> None:
         raise ConfigError(f"--resume: cannot read {path} ({e})") from None
     for key in ("backbone", "decoder_dim", "num_classes", "image_size", "data", "seed", "batch_size", "recipe"):
         old, new = saved.get(key), cfg.to_dict().get(key)
+        if key == "data" and isinstance(old, str) and isinstance(new, str) and _same_place(old, new):
+            continue  # the same folder spelled otherwise (relative, absolute, trailing slash)
         if old is not None and old != new:
             raise ConfigError(f"--resume: {key} is {new!r} but the run in {out} used {old!r}")
     if int(saved.get("epochs", cfg.epochs)) != cfg.epochs:
         log.info("--resume: epochs changed from %s to %s", saved.get("epochs"), cfg.epochs)
+
+
+def _same_place(a: str, b: str) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def recorded_split(out: Path, pairs: Sequence[Any]):
+    """The split a run recorded (``out/splits.json``), checked against the cases now in the data.
+
+    ``pairs`` are the dataset's :class:`~segdino.data.layouts.Pair` objects. Cases added to the
+    data since are left out (and counted in ``unassigned``); a recorded case that is gone is a
+    :class:`DataError` naming the file.
+    """
+    from .data.splits import read_splits_file
+
+    return read_splits_file(out / "splits.json", list(pairs))
+
+
+def _note_recorded(out: Path, splits) -> None:
+    extra = len(getattr(splits, "unassigned", []) or [])
+    log.info("--resume: training on the split recorded in %s%s", out / "splits.json",
+             f" ({extra} case(s) added to the data since are left out)" if extra else "")
 
 
 def is_volume_data(root: str | os.PathLike) -> bool:
@@ -879,18 +978,31 @@ def is_volume_data(root: str | os.PathLike) -> bool:
         return False
 
 
-def build_datasets(cfg: TrainConfig):
-    """(train, val or None, foreground slice indices or None) of ``cfg.data`` by the split rules."""
+def build_datasets(cfg: TrainConfig, run: Path | None = None):
+    """(train, val or None, foreground slice indices or None) of ``cfg.data`` by the split rules.
+
+    With ``run``, the split that run recorded (``run/splits.json``) is used instead, so a resumed
+    run goes on with the cases it started with whatever was added to the data since.
+    """
     if not Path(cfg.data).is_dir():
         raise DataError(f"--data {cfg.data}: no such folder")
     if is_volume_data(cfg.data):
-        return build_volume_datasets(cfg)
+        return build_volume_datasets(cfg, run)
     from .data.dataset import SegmentationDataset
+    from .data.layouts import find_pairs
+    from .data.masks import require_foreground
 
+    splits = None
+    if run is not None and (run / "splits.json").is_file():
+        splits = recorded_split(run, find_pairs(cfg.data))
+        _note_recorded(run, splits)
     common = dict(num_classes=cfg.num_classes, image_size=cfg.image_size, seed=cfg.seed, fold=cfg.fold,
                   mask_threshold=cfg.mask_threshold, cache=cfg.cache_images)
-    train = SegmentationDataset(cfg.data, split="train", **common)
+    train = SegmentationDataset(cfg.data, split="train", splits=splits, **common)
     val = SegmentationDataset(cfg.data, split="val", splits=train.splits, **common)
+    if cfg.num_classes == 1:
+        # All-empty masks would train to predict nothing and validate at Dice 1: data check refuses them.
+        require_foreground((p.masks for p in train.pairs + val.pairs), cfg.data, cfg.mask_threshold)
     if cfg.cache_images and cfg.on_bad_data == "stop":
         # Decode everything once, up front; with --on-bad-data skip the cache fills as samples
         # are read, so that a bad file is skipped and listed rather than stopping the preload.
@@ -913,7 +1025,8 @@ def volume_settings_of(cfg: TrainConfig, labels: dict[int, str] | None, modality
     return volume_settings(intensity, cfg.slice_axis, cfg.context)
 
 
-def build_volume_datasets(cfg: TrainConfig):
+def build_volume_datasets(cfg: TrainConfig, run: Path | None = None):
+    from .data.layouts import Pair
     from .volumes import VolumeSliceDataset, find_volume_cases
 
     if cfg.folds is not None:
@@ -924,6 +1037,11 @@ def build_volume_datasets(cfg: TrainConfig):
         ensure_folds(cfg.data, [c.case_id for c in scanned.cases if c.subset == "train" and c.label is not None],
                      cfg.folds, cfg.seed)
     found = find_volume_cases(cfg.data, fold=cfg.fold, channel=cfg.channel, seed=cfg.seed)
+    if run is not None and (run / "splits.json").is_file():
+        labelled = [Pair(c.case_id, c.image, [], layout="volumes") for c in found.cases if c.label is not None]
+        recorded = recorded_split(run, labelled)
+        _note_recorded(run, recorded)
+        found.splits = {k: list(recorded[k]) for k in ("train", "val", "test")}
     if found.issues:
         raise DataError(f"{cfg.data}: " + "; ".join(found.issues[:5]))
     if not found.is_3d:
@@ -970,11 +1088,12 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         raise ConfigError("training needs --data DIR and --out RUN_DIR")
     device = resolve_device(cfg.device)
     rank, world, _ = init_distributed(device.type)
+    held = None
     try:
-        out = prepare_run_folder(cfg, write=rank == 0)
+        out, held = open_run_folder(cfg, write=rank == 0)
         if cfg.resume:
             check_resumed_config(cfg, out)
-        train_set, val_set, foreground = build_datasets(cfg)
+        train_set, val_set, foreground = build_datasets(cfg, run=out if cfg.resume else None)
         if len(train_set) == 0:
             raise DataError(f"{cfg.data}: the training split is empty")
         cfg.match_loss_to_classes()
@@ -1005,6 +1124,8 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
                 "has_validation": val_set is not None, "out": str(out), "pretrained": record["pretrained"],
                 **run_files(out)}
     finally:
+        if held is not None:
+            held.close()
         if world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 

@@ -36,6 +36,8 @@ import torch
 from .backbone import BACKBONES, DINOv3Backbone
 from .config import ModelConfig
 from .errors import CheckpointError, ConfigError
+from .fileio import read_json
+from .memory import check_memory, forward_bytes
 
 log = logging.getLogger("segdino.weights")
 
@@ -46,6 +48,7 @@ __all__ = [
     "FORMAT_DESCRIPTIONS",
     "safe_torch_load",
     "read_state_dict",
+    "read_shard_index",
     "detect_format",
     "detect_backbone_format",
     "meta_to_timm",
@@ -102,10 +105,10 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
             warnings.simplefilter("ignore", UserWarning)
             return torch.load(path, weights_only=True, map_location="cpu", mmap=mmap)
     except pickle.UnpicklingError as e:
-        needs = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        needs = _needed_code(str(e))
         if needs:
             raise CheckpointError(
-                f"{path}: refused to load: the pickle needs code ({needs.group(1)}) to be rebuilt, and "
+                f"{path}: refused to load: the pickle needs code ({needs}) to be rebuilt, and "
                 "running code from a file can do anything, so it was not executed. If you trust the file, "
                 "convert it yourself: in a separate Python session run torch.load(path, weights_only=False), "
                 "take its dict of tensors and save it with safetensors.torch.save_file(tensors, "
@@ -123,6 +126,28 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
             f"{path}: cannot read it as a PyTorch checkpoint; the file is truncated or corrupt "
             f"({type(e).__name__}: {_last_line(e)})"
         ) from None
+
+
+# How torch's restricted unpickler has named a refused class or function: "Unsupported global:
+# GLOBAL os.system was not an allowed global" (torch 2.4-2.13), "Trying to load unsupported GLOBAL
+# posix.system whose module posix is blocked" (2.14). Matched on the GLOBAL opcode's name, which
+# every wording gives, with the words around it left free.
+_GLOBAL_NAME = re.compile(r"\bGLOBAL\s+'?([A-Za-z_][\w.]*)")
+_NEEDS_CODE_WORDS = ("unsupported global", "allowed global", "safe_globals", "is blocked", "not an allowed")
+
+
+def _needed_code(message: str) -> str | None:
+    """The class or function a refused pickle asks for, from torch's message (any version's wording).
+
+    Returns None when the message is about something else (a damaged file).
+    """
+    m = _GLOBAL_NAME.search(message)
+    if m:
+        return m.group(1)
+    low = message.lower()
+    if any(w in low for w in _NEEDS_CODE_WORDS):
+        return "a class or function"
+    return None
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -153,11 +178,15 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file")
-    if not path.is_file():
-        raise CheckpointError(f"{path}: not a regular file")
-    if path.stat().st_size == 0:
+    try:
+        if not path.exists():
+            raise CheckpointError(f"{path}: no such file")
+        if not path.is_file():
+            raise CheckpointError(f"{path}: not a regular file")
+        empty = path.stat().st_size == 0
+    except OSError as e:  # a name too long for the file system, a folder we may not enter
+        raise CheckpointError(f"{str(path)[:300]}: cannot read ({e.strerror or type(e).__name__})") from None
+    if empty:
         raise CheckpointError(f"{path}: the file is empty")
 
 
@@ -186,11 +215,8 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 def _read_folder(folder: Path) -> dict[str, torch.Tensor]:
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-            shards = sorted(set(weight_map.values()))
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-            raise CheckpointError(f"{index}: not a valid shard index ({e})") from None
+        weight_map = read_shard_index(index)
+        shards = sorted(set(weight_map.values()))
         state: dict[str, torch.Tensor] = {}
         for shard in shards:
             state.update(_read_safetensors_checked(folder / shard))
@@ -209,6 +235,34 @@ def _read_folder(folder: Path) -> dict[str, torch.Tensor]:
         f"{folder} is a folder; expected model.safetensors, model.safetensors.index.json, pytorch_model.bin "
         f"or exactly one weights file in it, found {found}; pass the file itself"
     )
+
+
+def read_shard_index(index: str | os.PathLike) -> dict[str, str]:
+    """The ``weight_map`` (tensor name -> shard file name) of a ``model.safetensors.index.json``.
+
+    Every shard must be a plain file name in the index's own folder: an index names no file
+    elsewhere (no absolute path, no ``..``, no subfolder), so a downloaded folder reads only
+    itself.
+
+    Raises:
+        CheckpointError: unreadable, not UTF-8 JSON, nested too deeply, no ``weight_map`` object
+            of strings, or a shard name that leaves the folder; the message names the index.
+    """
+    index = Path(index)
+    data = read_json(index, CheckpointError, "shard index")
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index}: not a valid shard index; expected an object with a non-empty "
+                              '"weight_map": {"tensor name": "shard file name", ...}')
+    for key, shard in weight_map.items():
+        if not isinstance(shard, str):
+            raise CheckpointError(f"{index}: not a valid shard index; the shard of {str(key)[:80]!r} is "
+                                  f"{type(shard).__name__} {str(shard)[:40]}, expected a file name")
+        if (not shard or shard in (".", "..") or "/" in shard or "\\" in shard or "\0" in shard
+                or Path(shard).is_absolute()):
+            raise CheckpointError(f"{index}: shard {shard[:120]!r} is not a file name in the index's folder; "
+                                  "an index may name only files beside it")
+    return weight_map
 
 
 def _read_safetensors_checked(path: Path) -> dict[str, torch.Tensor]:
@@ -759,10 +813,17 @@ def load_foreign_model(path: str | os.PathLike) -> "SegDINO":
         )
     ours = authors_to_segdino(state, source=path) if fmt == "segdino_v2" else dict(state)
     config = infer_model_config(ours, path)
-    model = SegDINO(config)
     what = f"a SegDINO model with backbone {config.backbone}, decoder width {config.decoder_dim}, " \
            f"{config.num_classes} class{'es' if config.num_classes > 1 else ''}"
-    fitted = _fit(path, ours, model.state_dict(), what, file_name=_authors_name if fmt == "segdino_v2" else str)
+    # Shapes first, on a skeleton without storage: a file with one oversized tensor must not make us
+    # allocate the (much larger) model that tensor's shape implies.
+    with torch.device("meta"):
+        skeleton = SegDINO(config)
+    fitted = _fit(path, ours, skeleton.state_dict(), what, file_name=_authors_name if fmt == "segdino_v2" else str)
+    del skeleton
+    check_memory(forward_bytes(config), f"{path}: {what} at {config.image_size[0]}x{config.image_size[1]}",
+                 CheckpointError)
+    model = SegDINO(config)
     model.load_state_dict(fitted, strict=True)
     return model
 

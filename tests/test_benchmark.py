@@ -91,6 +91,40 @@ def test_cpu_benchmark_cli_json_shape_and_agreement(trained_like, capsys):
     assert "onnxruntime fp32" in printed and "Dice" in printed
 
 
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny model trained for 6 epochs on discs (val Dice about 0.77) and 5 held-out test images."""
+    from segdino.train_config import resolve_config
+    from segdino.training import run_training
+    from tests.test_training import write_discs
+
+    root = tmp_path_factory.mktemp("trained")
+    data = write_discs(root / "data", n=40, size=32)
+    splits = json.loads((data / "splits.json").read_text())
+    splits["val"], splits["test"] = splits["val"][:5], splits["val"][5:]
+    (data / "splits.json").write_text(json.dumps(splits))
+    run_training(resolve_config(dict(data=str(data), out=str(root / "run"), backbone="vitt16", decoder_dim=16,
+                                     image_size=32, epochs=6, batch_size=8, num_workers=0, device="cpu", quiet=True,
+                                     lr=2e-3, warmup_epochs=0.0, save_every=0.0, augment="none")))
+    return segdino.load_model(root / "run"), data
+
+
+def test_reduced_precision_stays_within_the_documented_dice_of_fp32(trained):
+    """docs/RESULTS.md: every reduced-precision path within 0.005 Dice of eager fp32, bf16 within a
+    relative L2 error of about 5e-3. int8's error is larger on this 32 px model than the documented
+    5e-2 to 8e-2 at 64 px (measured 0.18 here), so its bound is 0.25, not the 0.5 of random weights."""
+    model, data = trained
+    report = run_benchmark(model=model, data=data, batches=(2,), device="cpu", warmup=0, repeats=1,
+                           paths=["eager", "onnx-int8", "bf16"], threads=1)
+    by = {r.name: r for r in report.results}
+    assert by["eager fp32"].dice > 0.6, by["eager fp32"].dice  # a model that segments, so Dice can move
+    int8, bf16 = by["onnxruntime int8"], by["torch bf16 channels-last"]
+    for r in (int8, bf16):
+        assert abs(r.dice_delta_vs_eager) <= 0.005, (r.name, r.dice_delta_vs_eager)
+    assert 0 < bf16.rel_l2_vs_eager <= 1e-2, bf16.rel_l2_vs_eager
+    assert 0 < int8.rel_l2_vs_eager <= 0.25, int8.rel_l2_vs_eager
+
+
 def test_random_weights_default_model(monkeypatch):
     report = run_benchmark("vitt16", (32, 32), batches=(1,), device="cpu", decoder_dim=16, warmup=0, repeats=1,
                            paths=["onnx"], threads=1)

@@ -1,6 +1,7 @@
 """Two gloo processes train like one process with the same global batch and augmentation seeds."""
 
 import csv
+import json
 import os
 import socket
 import sys
@@ -13,7 +14,6 @@ from segdino.train_config import resolve_config
 from segdino.training import run_training
 from tests.test_training import write_discs
 
-pytest.importorskip("torchvision")
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is missing")
 
 
@@ -30,12 +30,30 @@ def _options(data, out, batch):
                 save_every=0.0, seed=3, augment="segdino")
 
 
-def _worker(rank: int, world: int, port: int, data: str, out: str) -> None:
+def _record_case_counts(training_module) -> list:
+    """Record the pooled (|P∩G|, |P|, |G|) of every validation case that is scored from now on."""
+    scored = []
+    real = training_module.dice_from_counts
+
+    def dice_from_counts(counts):
+        scored.append(counts.tolist())
+        return real(counts)
+
+    training_module.dice_from_counts = dice_from_counts
+    return scored
+
+
+def _worker(rank: int, world: int, port: int, data: str, out: str, spy: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
                       LOCAL_RANK=str(rank))
     sys.path.insert(0, os.getcwd())
     torch.set_num_threads(1)
+    import segdino.training
+
+    scored = _record_case_counts(segdino.training)
     run_training(resolve_config(_options(data, out, batch=2)))
+    with open(f"{spy}.{rank}.json", "w") as f:
+        json.dump(scored, f)
 
 
 def _rows(run):
@@ -43,12 +61,17 @@ def _rows(run):
         return list(csv.DictReader(f))
 
 
-def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path, monkeypatch):
+    import segdino.training
+
     data = write_discs(tmp_path / "data", n=18, size=32)  # 13 train, 5 val (odd: split 3 + 2 across ranks)
     torch.set_num_threads(1)
+    monkeypatch.setattr(segdino.training, "dice_from_counts", segdino.training.dice_from_counts)  # undone after
+    scored_one = _record_case_counts(segdino.training)
     run_training(resolve_config(_options(data, tmp_path / "one", batch=4)))
-    torch.multiprocessing.spawn(_worker, args=(2, _free_port(), str(data), str(tmp_path / "two")), nprocs=2,
-                                join=True)
+    spy = tmp_path / "scored"
+    torch.multiprocessing.spawn(_worker, args=(2, _free_port(), str(data), str(tmp_path / "two"), str(spy)),
+                                nprocs=2, join=True)
     one, two = load_file(str(tmp_path / "one" / "last.safetensors")), load_file(str(tmp_path / "two" / "last.safetensors"))
     assert one.keys() == two.keys()
     for k in one:
@@ -62,3 +85,9 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
         assert float(a["val_dice"]) == pytest.approx(float(b["val_dice"]), abs=1e-6)
     # Only rank 0 wrote: one log row per epoch, no stray files from rank 1.
     assert len(r2) == 2
+    # Counted once: every rank pooled exactly the counts one process found, 5 cases in each of the
+    # 2 validations. (Dice is a ratio, so scoring every case on every rank would not change it.)
+    assert len(scored_one) == 10
+    for rank in (0, 1):
+        scored_two = json.loads(spy.with_name(f"scored.{rank}.json").read_text())
+        assert sorted(scored_two) == sorted(scored_one), rank

@@ -1,4 +1,5 @@
-"""Fuzzing the readers: image, mask, volume (NIfTI) and checkpoint (safetensors, .pth).
+"""Fuzzing the readers: image, mask, volume (NIfTI), checkpoint (safetensors, .pth), shard index,
+YAML training config and split file.
 
 Valid files are damaged in seeded ways (random bytes, truncation, bit flips, overwritten header
 bytes, a valid magic number followed by noise) and each reader must either return a well-formed
@@ -26,10 +27,14 @@ import numpy as np
 
 CASE_SECONDS = 10  # a reader slower than this on a file of a few kB is hanging
 STALL_SECONDS = 30  # no case finished for this long: the worker is stuck outside Python
+STARTUP_SECONDS = 180  # importing torch and building the first model, on a busy machine
 MAX_GROWTH_MIB = 1024  # peak memory a single damaged file may add
-READERS = ("image", "mask", "volume", "pth", "safetensors", "model")
+READERS = ("image", "mask", "volume", "pth", "safetensors", "model", "index", "yaml", "splits")
 # Share of the cases per reader (out of 200): the whole-model files are the slowest to read.
-SHARES = {"image": 60, "mask": 30, "volume": 40, "pth": 35, "safetensors": 15, "model": 20}
+SHARES = {"image": 60, "mask": 30, "volume": 40, "pth": 35, "safetensors": 15, "model": 20,
+          "index": 12, "yaml": 12, "splits": 12}
+TEXT_SUFFIXES = (".json", ".yaml")
+SPLIT_CASES = ("c0", "c1", "c2", "c3", "c4")
 
 
 # --- valid files to start from -------------------------------------------------------------------
@@ -78,6 +83,14 @@ def make_seed_files(folder: Path) -> dict[str, list[tuple[Path, str]]]:
     torch.manual_seed(0)
     model = segdino.build_model("vitt16", decoder_dim=16, image_size=(32, 32))
     seeds["model"].append((segdino.save_model(model, folder / "model.safetensors"), ".safetensors"))
+    weight_map = {k: "model-00001.safetensors" for k in tensors}
+    (folder / "index.json").write_text(json.dumps({"metadata": {"total_size": 1}, "weight_map": weight_map}))
+    seeds["index"].append((folder / "index.json", ".json"))
+    (folder / "config.yaml").write_text("epochs: 3\nimage_size: 64\nbackbone: vitt16\nlr: 0.0001\n"
+                                        "augment: [flip, rotate]\nseed: 7\n")
+    seeds["yaml"].append((folder / "config.yaml", ".yaml"))
+    (folder / "splits.json").write_text(json.dumps({"train": ["c0", "c1", "c2.png"], "val": ["c3"], "test": ["c4"]}))
+    seeds["splits"].append((folder / "splits.json", ".json"))
     return seeds
 
 
@@ -93,7 +106,12 @@ def _header_span(data: bytes, suffix: str) -> int:
 
 def damage(data: bytes, suffix: str, r: random.Random) -> tuple[bytes, str]:
     """One seeded damage of ``data``; returns the new bytes and what was done."""
-    kind = r.choice(["random", "truncate", "bitflip", "header", "magic+noise", "bitflip-anywhere"])
+    kinds = ["random", "truncate", "bitflip", "header", "magic+noise", "bitflip-anywhere"]
+    kind = r.choice(kinds + ["deep"] if suffix in TEXT_SUFFIXES else kinds)
+    if kind == "deep":  # valid syntax nested far beyond any recursion limit, somewhere inside
+        depth = r.choice([100, 5_000, 200_000])
+        at = r.randrange(len(data) + 1)
+        return data[:at] + b"[" * depth + b"]" * depth + data[at:], kind
     b = bytearray(data)
     span = _header_span(data, suffix)
     if kind == "random":
@@ -124,6 +142,10 @@ def make_cases(seeds: dict[str, list[tuple[Path, str]]], folder: Path, n: int, s
         source, suffix = r.choice(seeds[reader])
         data, how = damage(source.read_bytes(), suffix, r)
         path = folder / f"case{i:04d}_{reader}{suffix}"
+        if reader == "index":  # an index is read from its folder, beside its shard
+            path = folder / f"case{i:04d}_index" / "model.safetensors.index.json"
+            path.parent.mkdir()
+            (path.parent / "model-00001.safetensors").write_bytes((source.parent / "backbone.safetensors").read_bytes())
         path.write_bytes(data)
         entry = r.choice(["load_model", "read_state_dict", "backbone"]) if reader in ("pth", "safetensors") \
             else reader
@@ -137,7 +159,10 @@ def make_cases(seeds: dict[str, list[tuple[Path, str]]], folder: Path, n: int, s
 def _readers():
     import segdino
     from segdino.data.imageio import read_image
+    from segdino.data.layouts import Pair
     from segdino.data.masks import read_mask
+    from segdino.data.splits import read_splits_file
+    from segdino.train_config import resolve_config
     from segdino.volumes.io import read_volume
     from segdino.weights import load_backbone_weights, read_state_dict
 
@@ -163,8 +188,24 @@ def _readers():
         m = segdino.load_model(p)
         assert all(bool(t.isfinite().all()) for t in m.state_dict().values() if t.is_floating_point())
 
+    def index(p):
+        state = read_state_dict(Path(p).parent)
+        assert state and all(hasattr(t, "shape") for t in state.values())
+
+    def yaml_config(p):
+        cfg = resolve_config({"data": "d", "out": "o"}, p)
+        assert cfg.epochs >= 1
+
+    pairs = [Pair(c, Path(f"{c}.png"), [Path(f"{c}_mask.png")], layout="plain") for c in SPLIT_CASES]
+
+    def splits(p):
+        out = read_splits_file(p, pairs)
+        listed = [c for k in ("train", "val", "test") for c in out[k]]
+        assert len(listed) == len(set(listed)) and set(listed) <= set(SPLIT_CASES)
+
     return {"image": image, "mask": mask, "volume": volume, "read_state_dict": state_dict, "load_model": model,
-            "model": model, "backbone": lambda p: load_backbone_weights(backbone, p)}
+            "model": model, "backbone": lambda p: load_backbone_weights(backbone, p), "index": index,
+            "yaml": yaml_config, "splits": splits}
 
 
 class _Timeout(BaseException):
@@ -222,7 +263,7 @@ def run_worker(cases: list[dict], folder: Path) -> dict[int, dict]:
         lines = results.read_text().splitlines()
         if len(lines) != seen:
             seen, last_progress = len(lines), time.monotonic()
-        elif time.monotonic() - last_progress > STALL_SECONDS:
+        elif time.monotonic() - last_progress > (STALL_SECONDS if seen else STARTUP_SECONDS):
             proc.kill()
             break
     _, stderr = proc.communicate()
@@ -270,7 +311,8 @@ def test_damaged_files_give_a_result_or_our_error(tmp_path):
     # The damage is real: most files are refused, and every reader saw both outcomes' worth of cases.
     assert statuses.count("ours") > len(cases) // 2
     by_reader = {c["reader"] for c in cases}
-    assert {"image", "mask", "volume", "model", "load_model", "read_state_dict", "backbone"} <= by_reader
+    assert {"image", "mask", "volume", "model", "load_model", "read_state_dict", "backbone", "index", "yaml",
+            "splits"} <= by_reader
 
 
 def test_damage_is_deterministic(tmp_path):

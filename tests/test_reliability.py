@@ -8,8 +8,8 @@ SIGKILL sent to a real ``segdino train`` process.
 
 from __future__ import annotations
 
+import contextlib
 import errno
-import importlib.util
 import json
 import os
 import pickle
@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 
 import segdino
 from segdino import checkpoint as ckpt
+from segdino import inference, training
 from segdino.cli import main as cli_main
 from segdino.data import imageio
 from segdino.data.imageio import image_info, read_image
@@ -123,12 +124,8 @@ def test_hostile_pickles_are_refused_by_every_python_entry_point(hostile):
         safe_torch_load,
         lambda p: load_backbone_weights(backbone, p),
         lambda p: segdino.build_model(**TINY, backbone_weights=p),
+        lambda p: inference.load_inference_model(p, device="cpu"),
     ]
-    if importlib.util.find_spec("segdino.inference") is not None:
-        from segdino import inference
-
-        if hasattr(inference, "load_inference_model"):
-            entry_points.append(lambda p: inference.load_inference_model(p, device="cpu"))
     for name, path in files.items():
         for fn in entry_points:
             _refused(fn, path, marker)
@@ -140,7 +137,7 @@ def test_hostile_pickles_are_refused_by_every_python_entry_point(hostile):
 
 
 def _cli_commands(evil: Path, data: Path, out: Path) -> dict[str, list[str]]:
-    """Every command that takes a model, with ``evil`` as that model, where the command exists."""
+    """Every command that takes a model, with ``evil`` as that model."""
     image = sorted((data / "images").iterdir())[0]
     small = ["--image-size", "32", "--device", "cpu"]
     commands = {
@@ -156,8 +153,7 @@ def _cli_commands(evil: Path, data: Path, out: Path) -> dict[str, list[str]]:
         "benchmark": ["benchmark", "--model", str(evil), "--backbone", "vitt16", "--image-size", "32",
                       "--decoder-dim", "16", "--batch", "1", "--repeats", "1", "--warmup", "0", "--device", "cpu"],
     }
-    present = {info for info in os.listdir(Path(segdino.__file__).parent / "cli")}
-    return {k: v for k, v in commands.items() if f"{v[0]}.py" in present}
+    return commands
 
 
 def test_hostile_pickle_is_refused_by_every_command_that_takes_a_model(tmp_path, dataset, capsys):
@@ -217,6 +213,7 @@ FORGERIES = {
                                   ["backbone.vit.cls_token", "(1, 1, 192)", "backbone vits16"]),
     "taps outside the backbone": (lambda s, m: (s, _forge_config(m, taps=[2, 5, 8, 40])), ["taps", "40"]),
     "huge input size": (lambda s, m: (s, _forge_config(m, image_size=[10**9, 10**9])), ["image_size"]),
+    "input just over 8192": (lambda s, m: (s, _forge_config(m, image_size=[8208, 32])), ["image_size", "8192"]),
     "NaN mean": (lambda s, m: (s, dict(m, segdino_config=m["segdino_config"].replace(
         '"mean": [0.485', '"mean": [NaN'))), ["mean"]),
     "threshold as text": (lambda s, m: (s, _forge_config(m, mask_threshold="high")), ["mask_threshold"]),
@@ -262,6 +259,18 @@ def test_forged_config_is_refused_before_a_model_is_allocated(tiny, tmp_path, mo
     with pytest.raises(CheckpointError, match="backbone vit7b16"):
         segdino.load_model(path)
     assert devices == ["meta"]
+
+
+def test_input_size_limit_is_8192_per_side():
+    """A config may ask for up to 8192 px per side; one step (16 px) more is refused by name."""
+    from segdino.config import ModelConfig
+
+    assert ModelConfig(backbone="vitt16", image_size=(8192, 8192)).image_size == (8192, 8192)
+    for size in [(8208, 32), (32, 8208)]:
+        with pytest.raises(segdino.ConfigError, match=r"image_size .*8192"):
+            ModelConfig(backbone="vitt16", image_size=size)
+        with pytest.raises(segdino.ConfigError, match="8192"):
+            segdino.build_model(**dict(TINY, image_size=size))
 
 
 def test_untouched_file_still_loads_bit_identically(tiny):
@@ -398,17 +407,46 @@ def test_non_finite_weights_are_never_written(tiny, tmp_path):
     assert path.read_bytes() == before
 
 
-def test_read_only_folder_is_refused_clearly(tiny, tmp_path):
-    if os.geteuid() == 0:
-        pytest.skip("root writes into read-only folders")
-    folder = tmp_path / "ro"
-    folder.mkdir()
+@contextlib.contextmanager
+def _read_only_folder(previous: dict[str, bytes]):
+    """A folder (holding ``previous`` files) that this process cannot write into, even as root.
+
+    Root ignores permissions, so as root the test runs with the effective user id of ``nobody``
+    (the real id stays 0, which lets it switch back); the folder sits in /tmp, which anyone can
+    traverse.
+    """
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="segdino-ro-", dir="/tmp"))
+    for name, data in previous.items():
+        (folder / name).write_bytes(data)
     folder.chmod(0o555)
+    as_root = os.geteuid() == 0
     try:
+        if as_root:
+            os.seteuid(65534)
+        yield folder
+    finally:
+        if as_root:
+            os.seteuid(0)
+        folder.chmod(0o755)
+        shutil.rmtree(folder)
+
+
+def test_read_only_folder_is_refused_clearly(tiny, tmp_path):
+    model, path, _, _ = tiny
+    before = path.read_bytes()
+    with _read_only_folder({"last.safetensors": before}) as folder:
+        assert not os.access(folder, os.W_OK, effective_ids=os.access in os.supports_effective_ids)
         with pytest.raises(CheckpointError, match="nothing was written"):
             segdino.save_model(tiny[0], folder / "m.safetensors")
-    finally:
-        folder.chmod(0o755)
+        with pytest.raises(CheckpointError, match=r"cannot write .*last\.safetensors.*previous last\.safetensors is intact"):
+            segdino.save_model(model, folder / "last.safetensors")
+        with pytest.raises(SegDINOError, match=r"log\.csv.*nothing was written"):
+            atomic_write_text(folder / "log.csv", "epoch\n1\n")
+        assert sorted(os.listdir(folder)) == ["last.safetensors"]
+        assert (folder / "last.safetensors").read_bytes() == before
 
 
 def test_written_files_get_ordinary_permissions(tiny, tmp_path):
@@ -474,7 +512,7 @@ def test_max_pixels_from_the_environment(monkeypatch):
         assert imageio._max_pixels_from_env() == imageio.DEFAULT_MAX_PIXELS
 
 
-@pytest.mark.parametrize("bits", [10, 12, 16])
+@pytest.mark.parametrize("bits", [10, 12, 14, 16])
 def test_high_bit_depth_png_uses_the_full_8_bit_range(tmp_path, bits):
     top = 2**bits - 1
     ramp = np.linspace(0, top, 64 * 64).round().astype(np.uint16).reshape(64, 64)
@@ -513,6 +551,13 @@ def test_cmyk_jpeg_alpha_and_tiny_images(tmp_path, tiny):
     mask[:4, :, 3] = 255
     Image.fromarray(mask, "RGBA").save(tmp_path / "alpha_mask.png")
     assert read_mask(tmp_path / "alpha_mask.png").tolist() == [[1] * 8] * 4 + [[0] * 8] * 4
+
+    palette = Image.fromarray(np.array([[0, 1], [1, 2]], np.uint8), "P")
+    palette.putpalette([255, 255, 255, 0, 0, 0, 200, 30, 40] + [0] * 759)
+    palette.save(tmp_path / "palette.png")
+    assert Image.open(tmp_path / "palette.png").mode == "P"
+    assert read_image(tmp_path / "palette.png").tolist() == [[[255, 255, 255], [0, 0, 0]],
+                                                             [[0, 0, 0], [200, 30, 40]]]  # colours, not indices
 
     Image.new("L", (1, 1), 200).save(tmp_path / "one.png")
     Image.new("L", (1, 1), 255).save(tmp_path / "one_mask.png")
@@ -605,9 +650,18 @@ def test_volume_of_rgb_voxels_is_refused(tmp_path):
         read_volume(tmp_path / "rgb.nii")
 
 
-# --- training: kills, NaNs, bad data ----------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
+def test_volume_of_complex_voxels_is_refused(tmp_path, dtype):
+    nib = pytest.importorskip("nibabel")
+    from segdino.volumes.io import read_volume
 
-training = pytest.importorskip("segdino.training", reason="training is not part of this build")
+    path = tmp_path / "complex.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 2), dtype), np.eye(4)), str(path))
+    with pytest.raises(DataError, match=rf"{path}: voxel type complex.* is not supported"):
+        read_volume(path)
+
+
+# --- training: kills, NaNs, bad data ----------------------------------------------------------------
 
 TRAIN_ARGS = ["--backbone", "vitt16", "--image-size", "32", "--decoder-dim", "16", "--epochs", "4",
               "--batch-size", "4", "--num-workers", "0", "--device", "cpu", "--seed", "0", "--save-every", "0",
@@ -625,7 +679,8 @@ def _train_process(data: Path, out: Path, *extra: str) -> "subprocess.Popen":
     import subprocess
     import sys
 
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    # Unbuffered: the "epoch N/E" lines of a process killed later must reach the pipe.
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     return subprocess.Popen([sys.executable, "-m", "segdino", "train", "--data", str(data), "--out", str(out),
                              *TRAIN_ARGS, *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
@@ -669,6 +724,25 @@ def _log_columns(run: Path, *names: str) -> list[tuple[str, ...]]:
         return [tuple(row[n] for n in names) for row in csv.DictReader(f)]
 
 
+def _log_rows(run: Path) -> list[dict[str, str]]:
+    import csv
+
+    with open(run / "log.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def _saved_epoch(run: Path) -> int:
+    with safe_open(str(run / "resume" / "state.safetensors"), framework="pt") as f:
+        return int(json.loads(f.metadata()["segdino_resume"])["epoch"])
+
+
+def _epochs_run(stdout: bytes) -> list[int]:
+    """The epochs a ``segdino train`` process finished, from its ``epoch N/E`` lines."""
+    import re
+
+    return [int(n) for n in re.findall(r"^epoch (\d+)/\d+ ", stdout.decode(), flags=re.M)]
+
+
 def _assert_same_file(a: Path, b: Path) -> None:
     ta, tb = load_file(str(a)), load_file(str(b))
     assert ta.keys() == tb.keys()
@@ -692,6 +766,7 @@ def test_sigkill_at_random_moments_then_resume_ends_bit_identical(train_data, tm
     while proc.poll() is None and not (cut / "resume" / "state.safetensors").exists():
         time.sleep(0.005)
     outcomes = []
+    resumes = []  # (saved epoch, log rows up to it, the process resumed from it)
     plan = ["write", "random", "write", "random", "write"]
     for attempt, how in enumerate(plan):
         outcome = _kill_when(proc, cut, how, rng.uniform(0.0, 1.5 if attempt == 0 else 6.0))
@@ -703,11 +778,24 @@ def test_sigkill_at_random_moments_then_resume_ends_bit_identical(train_data, tm
             if (cut / name).exists():
                 segdino.load_model(cut / name)
         assert (cut / "resume" / "state.safetensors").exists()
+        saved = _saved_epoch(cut)
         proc = _train_process(train_data, cut, "--resume")
+        resumes.append((saved, _log_rows(cut)[:saved], proc))
     else:
         outcome = _kill_when(proc, cut, "never", float("inf"))
-    _, err = proc.communicate()
+    last_out, err = proc.communicate()
     assert proc.returncode == 0, err.decode()[-2000:]
+    # Each resumed process continued from the saved epoch (a restart from epoch 1 would reach the
+    # same weights, training being deterministic), and the rows of the epochs before it, wall time
+    # included, are the ones first written.
+    final_rows = _log_rows(cut)
+    ran_after_resumes = []
+    for saved, rows, resumed in resumes:
+        ran = _epochs_run(last_out if resumed is proc else resumed.stdout.read())
+        assert ran == list(range(saved + 1, saved + 1 + len(ran))), (saved, ran)
+        assert final_rows[:saved] == rows
+        ran_after_resumes += ran
+    assert ran_after_resumes and ran_after_resumes[-1] == 4 and 1 not in ran_after_resumes, ran_after_resumes
     assert outcomes.count("killed-writing") >= 1, outcomes  # at least one kill landed mid-write
     assert len([o for o in outcomes if o.startswith("killed")]) >= 2, outcomes
 
@@ -717,6 +805,9 @@ def test_sigkill_at_random_moments_then_resume_ends_bit_identical(train_data, tm
     _assert_same_file(full / "best.safetensors", cut / "best.safetensors")
     columns = ("epoch", "step", "train_loss", "val_dice")
     assert _log_columns(full, *columns) == _log_columns(cut, *columns)
+    from segdino.fileio import stale_temporaries
+
+    assert stale_temporaries(cut, recursive=True) == []  # every kill's leftovers were ours, and removed
 
 
 def test_run_killed_before_its_first_epoch_ends_can_be_resumed(train_data, tmp_path):
@@ -730,8 +821,13 @@ def test_run_killed_before_its_first_epoch_ends_can_be_resumed(train_data, tmp_p
     proc.wait()
     assert not (cut / "resume" / "state.safetensors").exists()
     proc = _train_process(train_data, cut, "--resume")
-    _, err = proc.communicate(timeout=180)
+    out, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err.decode()[-1000:]
+    # It trained the whole run, from the first epoch, into a complete run folder.
+    assert "from the beginning" in err.decode()
+    assert _epochs_run(out) == [1, 2, 3, 4]
+    assert [r["epoch"] for r in _log_rows(cut)] == ["1", "2", "3", "4"]
+    assert _epoch_of(cut / "last.safetensors") == "4" and _saved_epoch(cut) == 4
 
 
 def test_stale_temporaries_of_a_killed_write_are_found_and_removed(tmp_path):
@@ -891,3 +987,58 @@ def test_disk_full_during_training_stops_with_one_clear_line(train_data, tmp_pat
     assert code == 2, err
     assert "state.safetensors" in err and "nothing was written" in err, err
     segdino.load_model(run / "last.safetensors")
+
+
+@pytest.mark.skipif(not hasattr(resource, "RLIMIT_FSIZE"), reason="needs POSIX file-size limits")
+def test_failed_training_state_write_keeps_the_previous_state(train_data, tmp_path, capsys):
+    """Epoch 1 saved; epoch 2's state (66 MB) hits a 40 MB file-size limit: the epoch-1 state survives
+    whole, says so, and the run resumes from it."""
+    run = tmp_path / "run"
+    assert cli_main(["train", "--data", str(train_data), "--out", str(run), *TRAIN_ARGS, "--epochs", "1"]) == 0
+    state = run / "resume" / "state.safetensors"
+    before = state.read_bytes()
+    capsys.readouterr()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (40 << 20, hard))
+    try:
+        code = cli_main(["train", "--data", str(train_data), "--out", str(run), *TRAIN_ARGS, "--epochs", "2",
+                         "--resume"])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old_handler)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert str(state) in err[0] and "the previous state.safetensors is intact" in err[0], err
+    assert state.read_bytes() == before and _saved_epoch(run) == 1
+    assert _writing(run) == []
+    assert cli_main(["train", "--data", str(train_data), "--out", str(run), *TRAIN_ARGS, "--epochs", "2",
+                     "--resume"]) == 0
+    assert _saved_epoch(run) == 2 and [e for e, in _log_columns(run, "epoch")] == ["1", "2"]
+
+
+def test_reports_and_predictions_appear_only_by_rename(tiny, dataset, tmp_path, monkeypatch):
+    """Every file that evaluate and predict leave was moved into place whole (os.replace of a
+    finished temporary), none written where it stands, so a crash cannot leave half of one."""
+    _, model_file, _, _ = tiny
+    placed, real_replace = set(), os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        real_replace(src, dst, *args, **kwargs)
+        placed.add(Path(dst).resolve())
+
+    monkeypatch.setattr(os, "replace", replace)
+    images = dataset / "images"
+    assert cli_main(["evaluate", "--model", str(model_file), "--data", str(dataset), "--out", str(tmp_path / "eval"),
+                     "--device", "cpu"]) == 0
+    assert cli_main(["predict", "--model", str(model_file), str(images), "--out", str(tmp_path / "pred"),
+                     "--probabilities", "--overlays", "--device", "cpu"]) == 0
+    monkeypatch.undo()
+    for folder, expected in ((tmp_path / "eval", {"summary.json", "cases.csv", "report.md"}),
+                             (tmp_path / "pred", {"masks", "overlays", "probabilities"})):
+        # The folder's lock and its append-only manifest of our files are bookkeeping, not outputs.
+        files = [p for p in folder.rglob("*") if p.is_file() and p.name not in (".segdino-lock", ".segdino-files")]
+        assert expected <= {p.relative_to(folder).parts[0] for p in files}, files
+        written_in_place = [p for p in files if p.resolve() not in placed]
+        assert written_in_place == [], written_in_place
+        assert not [p for p in files if p.name.endswith(".tmp")]

@@ -77,29 +77,14 @@ def test_an_empty_split_suggests_split_all(tmp_path, capsys):
     (root / "masks").mkdir()
     for i in range(3):
         Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(root / "images" / f"x{i}.png")
-        Image.fromarray(np.zeros((16, 16), np.uint8)).save(root / "masks" / f"x{i}.png")
+        mask = np.zeros((16, 16), np.uint8)
+        mask[4:10, 4:10] = 255
+        Image.fromarray(mask).save(root / "masks" / f"x{i}.png")
     (root / "splits.json").write_text(json.dumps({"train": ["x0", "x1", "x2"], "val": [], "test": []}))
     assert cli_main(["evaluate", "--predictions", str(root / "masks"), "--data", str(root), "--out",
                      str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--split all" in err[0]
-
-
-def test_a_volume_model_refuses_2d_images_in_one_line(tmp_path, capsys):
-    from segdino.volumes import parse_intensity, volume_settings
-
-    model = segdino.build_model("vitt16", decoder_dim=16, image_size=(32, 32),
-                                volume=volume_settings(parse_intensity("lung"), "axial", 1))
-    segdino.save_model(model, tmp_path / "ct.safetensors")
-    photo = tmp_path / "photo.jpg"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(photo)
-    assert cli_main(["predict", "--model", str(tmp_path / "ct.safetensors"), str(photo), "--out",
-                     str(tmp_path / "p"), "--device", "cpu"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "photo.jpg" in err[0] and "volume slices" in err[0] and "NIfTI" in err[0]
-    assert not (tmp_path / "p").exists()
-    with pytest.raises(segdino.DataError, match="volume slices"):
-        segdino.predict(model, [np.zeros((20, 20, 3), np.uint8)])
 
 
 def test_help_texts_are_plain_and_name_what_they_take():

@@ -14,9 +14,9 @@ import segdino
 from segdino.cli import main as cli_main
 from segdino.errors import ConfigError
 from segdino.train_config import resolve_config
-from segdino.training import EpochSampler, Trainer, TrainingError, build_datasets, make_transform, run_training
+from segdino.training import (EpochSampler, Trainer, TrainingError, build_datasets, dice_from_counts, make_transform,
+                              overlap_counts, run_training)
 
-pytest.importorskip("torchvision")  # the augmentations
 
 
 def write_discs(root: Path, n: int = 32, size: int = 32, seed: int = 0) -> Path:
@@ -98,6 +98,34 @@ def test_best_follows_the_validation_score(discs, tmp_path):
     assert trainer.validate()[0] == pytest.approx(max(dice), abs=1e-6)
 
 
+def test_training_time_dice_from_counts_scores_both_empty_as_one():
+    """The validation Dice that picks the best epoch: 2|P∩G| / (|P|+|G|), 1 when both are empty."""
+    counts = np.array([[3, 4, 6],    # 6 / 10
+                       [0, 0, 0],    # both empty: perfect
+                       [0, 5, 0],    # false positive on an empty mask
+                       [0, 0, 7],    # lesion missed
+                       [9, 9, 9]])  # exact
+    assert dice_from_counts(counts).tolist() == pytest.approx([0.6, 1.0, 0.0, 0.0, 1.0])
+    pred = torch.tensor([[0, 1, 1], [2, 2, 0]])
+    gt = torch.tensor([[0, 1, 0], [2, 0, 0]])
+    assert overlap_counts(pred, gt, 3).tolist() == [[1, 2, 1], [1, 2, 1]]
+    assert overlap_counts(pred, gt, 1).tolist() == [[1, 2, 1]]  # binary: label 1
+    empty = torch.zeros(4, 4, dtype=torch.long)
+    assert dice_from_counts(overlap_counts(empty, empty, 3)).tolist() == [1.0, 1.0]
+
+
+def test_validation_scores_an_empty_case_predicted_empty_as_one(discs, tmp_path):
+    """An empty mask predicted empty counts 1 in the mean (DDTI has seven such cases), not 0 or NaN."""
+    cfg = config(discs, tmp_path / "run")
+    train, val, _ = build_datasets(cfg)
+    trainer = Trainer(cfg, train, val, None, out=tmp_path / "run")
+    with torch.no_grad():  # a model that predicts background everywhere
+        trainer.model.head.conv.weight.zero_()
+        trainer.model.head.conv.bias.fill_(-10.0)
+    trainer.native_mask = lambda index: torch.zeros(tuple(val.native_mask(index).shape), dtype=torch.long)
+    assert trainer.validate() == (1.0, [1.0])
+
+
 # --- resume -----------------------------------------------------------------------------------
 
 
@@ -121,15 +149,100 @@ def test_resume_after_interruption_gives_bit_identical_weights(discs, tmp_path, 
         run_training(config(discs, tmp_path / "cut", epochs=3, steps_per_epoch=2))
     monkeypatch.setattr(Trainer, "end_epoch", original)
     assert len(log_rows(tmp_path / "cut")) == 2
+    before = log_rows(tmp_path / "cut")
     with pytest.raises(ConfigError, match="already holds a run"):
         run_training(config(discs, tmp_path / "cut", epochs=3, steps_per_epoch=2))
+    ran = _record_epochs(monkeypatch)
     run_training(config(discs, tmp_path / "cut", epochs=3, steps_per_epoch=2, resume=True))
+    # It continued: only the third epoch ran (its two steps), and the first two rows, wall time
+    # included, are the ones the interrupted run wrote. A restart from epoch 1 reaches the same
+    # weights (training is deterministic), so the weights alone would not show it.
+    assert ran == [(2, 4, 6)]
+    assert log_rows(tmp_path / "cut")[:2] == before
 
     a, b = weights(tmp_path / "full" / "last.safetensors"), weights(tmp_path / "cut" / "last.safetensors")
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert [r["train_loss"] for r in log_rows(tmp_path / "full")] == [r["train_loss"] for r in log_rows(tmp_path / "cut")]
+
+
+def _record_epochs(monkeypatch) -> list[tuple[int, int, int]]:
+    """Record (epoch index, step before, step after) of every epoch the trainer runs from now on."""
+    ran = []
+    original = Trainer.run_epoch
+
+    def run_epoch(self, epoch, loader, bar):
+        first = self.step
+        result = original(self, epoch, loader, bar)
+        ran.append((epoch, first, self.step))
+        return result
+
+    monkeypatch.setattr(Trainer, "run_epoch", run_epoch)
+    return ran
+
+
+def _resume_epoch(run: Path) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(run / "resume" / "state.safetensors"), framework="pt") as f:
+        return int(json.loads(f.metadata()["segdino_resume"])["epoch"])
+
+
+def _model_epoch(path: Path) -> str:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata()["epoch"]
+
+
+def test_save_every_throttles_saves_and_a_run_resumes_from_the_last_one(discs, tmp_path, monkeypatch):
+    """--save-every 3600: last + state after epoch 1 and the last epoch only; a run interrupted in
+    between resumes from epoch 1, removes the temporaries of killed writes and ends bit-identical."""
+    import segdino.training as training
+
+    saved = []
+    real_save = training.save_resume_state
+    monkeypatch.setattr(training, "save_resume_state",
+                        lambda path, model, opt, meta: (saved.append(meta["epoch"]), real_save(path, model, opt, meta)))
+    opts = dict(epochs=4, steps_per_epoch=1, save_every=3600.0)
+    run_training(config(discs, tmp_path / "full", **opts))
+    assert saved == [1, 4]
+    assert _model_epoch(tmp_path / "full" / "last.safetensors") == "4"
+
+    original = Trainer.end_epoch
+
+    def end_epoch_then_die(self, res):
+        original(self, res)
+        if res.epoch == 3:
+            raise Interrupt()
+
+    monkeypatch.setattr(Trainer, "end_epoch", end_epoch_then_die)
+    with pytest.raises(Interrupt):
+        run_training(config(discs, tmp_path / "cut", **opts))
+    monkeypatch.setattr(Trainer, "end_epoch", original)
+    cut = tmp_path / "cut"
+    assert _resume_epoch(cut) == 1 and _model_epoch(cut / "last.safetensors") == "1"  # epochs 2, 3 not saved
+    assert len(log_rows(cut)) == 3
+    first_row = log_rows(cut)[0]
+    # What a write killed mid-way leaves behind, in both folders a run writes into.
+    leftovers = [cut / ".last.safetensors.k2j4x9_a.tmp", cut / "resume" / ".state.safetensors.p0q1r2s3.tmp"]
+    for p in leftovers:
+        p.write_bytes(b"half a file")
+
+    ran = _record_epochs(monkeypatch)
+    saved.clear()
+    run_training(config(discs, cut, resume=True, **opts))
+    assert [epoch for epoch, _, _ in ran] == [1, 2, 3]  # from the last save, not from the interruption
+    assert ran[0][1] == 1
+    assert saved == [2, 4]  # the first epoch a process runs is saved, then throttled again
+    assert not any(p.exists() for p in leftovers)
+    rows = log_rows(cut)
+    assert [r["epoch"] for r in rows] == ["1", "2", "3", "4"] and rows[0] == first_row
+    assert [r["train_loss"] for r in rows] == [r["train_loss"] for r in log_rows(tmp_path / "full")]
+    a, b = weights(tmp_path / "full" / "last.safetensors"), weights(cut / "last.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert _resume_epoch(cut) == 4
 
 
 def test_resume_refuses_another_model(discs, tmp_path):
@@ -235,7 +348,7 @@ def test_resolved_config_written_and_usable_as_config_file(discs, tmp_path):
     ({"freeze_backbone": True, "backbone_lr_scale": 0.5}, "contradict"),
     ({"image_size": 40}, "multiple of 16"),
     ({"foreground_ratio": 1.5}, "between 0 and 1"),
-    ({"epochs": 0}, "positive"),
+    ({"epochs": 0}, "--epochs must be >= 1"),
 ])
 def test_contradicting_or_invalid_options_are_refused(opts, match):
     with pytest.raises(ConfigError, match=match):

@@ -50,3 +50,33 @@ def test_data_check_flags_num_training_and_missing_dataset_json(tmp_path):
     assert report.problems == [f"{root / 'dataset.json'}: missing; an nnU-Net raw folder (imagesTr/, labelsTr/) "
                                "needs a dataset.json naming channel_names, labels, numTraining and file_ending"]
     assert "no known dataset layout" not in report.format()
+
+
+def test_models_refuse_inputs_of_the_other_kind(tmp_path, capsys):
+    from PIL import Image
+
+    import segdino
+    from segdino.cli import main
+    from segdino.volumes import ct_window, volume_settings
+
+    ct = segdino.build_model("vitt16", num_classes=1, decoder_dim=16, image_size=(32, 32))
+    ct.config.volume = volume_settings(ct_window("lung"), axis="axial", context=1)
+    ct_file = segdino.save_model(ct, tmp_path / "ct.safetensors")
+    rgb = segdino.save_model(segdino.build_model("vitt16", num_classes=1, decoder_dim=16, image_size=(32, 32)),
+                             tmp_path / "rgb.safetensors")
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(np.full((40, 40, 3), 128, np.uint8)).save(photo)
+    scan = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((16, 16, 4), np.int16), np.eye(4)), str(scan))
+
+    for model, item, said in ((ct_file, photo, "trained on volumes (CT window lung (-1350..150 HU), axial slices, "
+                                                "2.5D context 1); it cannot segment 2D images such as"),
+                              (rgb, scan, "trained on 2D images (no intensity window or slice axis); it cannot "
+                                          "segment volumes such as")):
+        out = tmp_path / f"out_{model.stem}"
+        code = main(["predict", "--model", str(model), str(item), "--out", str(out), "--device", "cpu"])
+        err = capsys.readouterr().err.strip()
+        assert code != 0 and said in err and str(item) in err and len(err.splitlines()) == 1, err
+        assert not out.exists()
+    with pytest.raises(segdino.ConfigError, match="trained on volumes"):
+        segdino.predict(ct, [np.zeros((40, 40, 3), np.uint8)])

@@ -475,10 +475,13 @@ def test_plain_layout_and_splits(tmp_path):
     assert found.splits == find_volume_cases(root, seed=1).splits  # seeded: same again
     assert found.splits == seeded_split([c.case_id for c in found.cases], seed=1)
     (root / "splits.json").write_text(json.dumps({"train": ["p00", "p01_seg"], "val": ["p02.nii.gz"], "test": ["p03"]}))
+    # One split rule for 2D and volumes: a name the dataset lacks is refused, not dropped.
+    with pytest.raises(DataError, match="'train' names 1 case.* p01_seg"):
+        find_volume_cases(root)
+    (root / "splits.json").write_text(json.dumps({"train": ["p00", "p01"], "val": ["p02.nii.gz"], "test": ["p03"]}))
     found = find_volume_cases(root)
     assert found.split_source == "splits.json"
-    assert found.splits["train"] == ["p00"] and found.splits["test"] == ["p03"]
-    assert any("unknown case" in s for s in found.issues)
+    assert found.splits["train"] == ["p00", "p01"] and found.splits["test"] == ["p03"]
     report = check_volume_dataset(root)
     assert "dcm01" in report.empty_labels
     assert volume_layout(tmp_path) is None

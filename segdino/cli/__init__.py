@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         register = getattr(module, "register", None)
         if register is not None:
             register(sub)
+    _accept_debug_everywhere(parser)
     return parser
 
 
@@ -80,7 +81,7 @@ def options_namespace(command: Sequence[str], options: Mapping[str, Any], caller
     ns = argparse.Namespace(**parser._defaults)
     actions = {a.dest: a for a in parser._actions if a.dest != "help" and not isinstance(a, argparse._VersionAction)}
     for dest, action in actions.items():
-        setattr(ns, dest, action.default)
+        setattr(ns, dest, False if action.default is argparse.SUPPRESS else action.default)
     for key, value in options.items():
         dest = key.replace("-", "_")
         action = actions.get(dest)
@@ -100,12 +101,28 @@ def options_namespace(command: Sequence[str], options: Mapping[str, Any], caller
     return ns
 
 
+def _accept_debug_everywhere(parser: argparse.ArgumentParser) -> None:
+    """Let ``--debug`` follow any (sub)command too, as users add it at the end of a failed line.
+
+    SUPPRESS as default: a subcommand that was not given ``--debug`` must not reset the value
+    that the main parser read before it.
+    """
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for child in action.choices.values():
+            if "--debug" not in child._option_string_actions:
+                child.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                   help="show full tracebacks")
+            _accept_debug_everywhere(child)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug = bool(getattr(args, "debug", False))
     args.argv = argv
     if not getattr(args, "func", None):
         parser.print_help()

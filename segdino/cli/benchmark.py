@@ -47,6 +47,7 @@ def main(args) -> int:
     from ..errors import ConfigError
     from ..fileio import atomic_write_text
     from ..inference import resolve_device
+    from ..options import COUNT, NON_NEGATIVE, POSITIVE_INT, check_numbers
 
     try:
         batches = [int(b) for b in str(args.batch).split(",") if b.strip()]
@@ -54,12 +55,8 @@ def main(args) -> int:
         raise ConfigError(f"--batch takes comma-separated integers, got {args.batch!r}") from None
     if not batches or any(b < 1 for b in batches):
         raise ConfigError(f"--batch takes positive integers, got {args.batch!r}")
-    if args.wait_quiet < 0:
-        raise ConfigError(f"--wait-quiet must be >= 0 seconds, got {args.wait_quiet}")
-    if args.repeats < 1 or args.warmup < 0:
-        raise ConfigError(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats} and {args.warmup}")
-    if args.threads is not None and args.threads < 1:
-        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    check_numbers(args, {"wait_quiet": NON_NEGATIVE, "repeats": POSITIVE_INT, "warmup": COUNT,
+                         "threads": POSITIVE_INT, "image_size": POSITIVE_INT, "decoder_dim": POSITIVE_INT})
     paths = None
     if args.paths:
         paths = [p.strip() for p in args.paths.split(",") if p.strip()]

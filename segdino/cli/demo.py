@@ -13,6 +13,7 @@ sliding-window prediction, label volumes written in the source geometry, and les
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import time
 from pathlib import Path
@@ -52,18 +53,24 @@ def register(sub) -> None:
     p.set_defaults(func=main)
 
 
-def _prepare(out: Path, overwrite: bool) -> None:
+def _prepare(out: Path, overwrite: bool):
+    """Hold ``out`` (see :func:`segdino.outputs.open_output`); with ``overwrite`` clear an earlier demo
+    there, deleting only what it wrote."""
     from ..errors import ConfigError
+    from ..fileio import MANIFEST_NAME
+    from ..outputs import LOCK_NAME, open_output
 
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise ConfigError(f"{out} is not empty; pass --overwrite to replace the demo there, or another --out")
-        if not (out / "data").is_dir() and not (out / "run").is_dir():
-            raise ConfigError(f"{out} does not hold an earlier demo; refusing to clear it")
-        for name in ("data", "run", "report", "predictions"):
-            if (out / name).is_dir():
-                shutil.rmtree(out / name)
-    out.mkdir(parents=True, exist_ok=True)
+    earlier = out.is_dir() and any(p.name not in (LOCK_NAME, MANIFEST_NAME) for p in out.iterdir())
+    if earlier and not overwrite:
+        raise ConfigError(f"{out} is not empty; pass --overwrite to replace the demo there, or another --out")
+    held = open_output(out)
+    if earlier:
+        try:
+            held.remove_own_files()
+        except BaseException:
+            held.close()
+            raise
+    return held
 
 
 def _train(data: Path, run: Path, settings: dict, args) -> dict:
@@ -136,9 +143,12 @@ def demo_volumes(out: Path, args) -> dict:
 
 
 def main(args) -> int:
+    from ..options import POSITIVE_INT, SEED, check_numbers
+
+    check_numbers(args, {"epochs": POSITIVE_INT, "seed": SEED})
     out = Path(args.out)
-    _prepare(out, args.overwrite)
-    result = demo_volumes(out, args) if args.volumes else demo_images(out, args)
+    with _prepare(out, args.overwrite):
+        result = demo_volumes(out, args) if args.volumes else demo_images(out, args)
     what = "lesion Dice per volume" if args.volumes else "Dice per image"
     print()
     print(f"SegDINO (vitt16, trained here):    test {what} {result['dice']:.3f}")

@@ -94,12 +94,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def evaluate_from_args(args: argparse.Namespace) -> dict:
     """Score as the command does; returns the summary (as in summary.json) with ``outputs``: the files written."""
-    from ..evaluation import evaluate_model, evaluate_predictions, find_run_dir
+    from ..evaluation import find_run_dir
+    from ..options import COUNT, GREY_LEVEL, POSITIVE_INT, SEED, check_numbers
+    from ..outputs import open_output
 
     if (args.model is None) == (args.predictions is None):
         raise ConfigError("give either --model CKPT (to predict and score) or --predictions DIR (to score masks)")
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    check_numbers(args, {"batch_size": POSITIVE_INT, "workers": COUNT, "fold": COUNT, "seed": SEED,
+                         "num_classes": POSITIVE_INT, "mask_threshold": GREY_LEVEL})
     if args.model is not None and (args.num_classes is not None or args.mask_threshold is not None):
         raise ConfigError("--num-classes and --mask-threshold go with --predictions; a model's file sets them")
     if args.run is not None and not Path(args.run).is_dir():
@@ -107,6 +109,14 @@ def evaluate_from_args(args: argparse.Namespace) -> dict:
     run_dir = Path(args.run) if args.run else (find_run_dir(args.model[0]) if args.model and len(args.model) == 1
                                                else None)
     out = _out_folder(args, run_dir)
+    # Checked (and held) before any work, so a report that cannot be written costs nothing.
+    with open_output(out, inputs=[args.data, args.predictions]):
+        return _evaluate(args, out, run_dir)
+
+
+def _evaluate(args: argparse.Namespace, out: Path, run_dir: Path | None) -> dict:
+    from ..evaluation import evaluate_model, evaluate_predictions
+
     if args.model is not None and (len(args.model) > 1 or args.tta or (
             Path(args.model[0]).is_dir() and not (Path(args.model[0]) / "best.safetensors").is_file())):
         from ..ensemble import load_models

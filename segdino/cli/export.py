@@ -45,19 +45,26 @@ def main(args: argparse.Namespace) -> int:
     from ..export import export_onnx
     from ..fileio import atomic_write_text
 
+    from ..options import POSITIVE, POSITIVE_INT, check_number, check_numbers
+    from ..outputs import open_output
+
     size = args.image_size
     if size is not None:
         if len(size) not in (1, 2):
             raise ConfigError(f"--image-size takes N or H W, got {' '.join(map(str, size))}")
+        for s in size:
+            check_number("image_size", s, POSITIVE_INT)
         size = (size[0], size[-1])
-    if not args.tolerance > 0:
-        raise ConfigError(f"--tolerance must be > 0, got {args.tolerance}")
+    check_numbers(args, {"tolerance": POSITIVE, "opset": POSITIVE_INT, "calibration_samples": POSITIVE_INT})
     if args.int8 and not args.calibration_data:
         raise ConfigError("--int8 needs --calibration-data DIR: the int8 scales come from real training images")
     if args.calibration_data and not args.int8:
         raise ConfigError("--calibration-data is used only with --int8")
-    if args.calibration_samples < 1:
-        raise ConfigError(f"--calibration-samples must be >= 1, got {args.calibration_samples}")
+    # Both outputs are checked before the export's work: writable, not a folder, not a file of another tool.
+    open_output(args.out, inputs=[args.model, args.calibration_data], file=True, recognise=_is_our_onnx)
+    if args.json:
+        open_output(args.json, inputs=[args.model, args.calibration_data, args.out], option="--json", file=True,
+                    recognise=_is_json)
     model = load_model(args.model)
     kwargs = dict(image_size=size, opset=args.opset, dynamic_batch=not args.static_batch, check=not args.no_check,
                   tolerance=args.tolerance, fold=not args.no_fold)
@@ -83,6 +90,26 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         atomic_write_text(args.json, json.dumps(result, indent=1) + "\n")
     return 0
+
+
+def _is_our_onnx(path: Path) -> bool:
+    from ..errors import SegDINOError
+    from ..export import CONFIG_KEY, read_onnx_metadata
+
+    try:
+        return CONFIG_KEY in read_onnx_metadata(path)
+    except SegDINOError:
+        return False
+
+
+def _is_json(path: Path) -> bool:
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and {"opset", "image_size", "bytes"} <= set(data)  # an export summary
 
 
 def _export_int8(model, out: Path, args: argparse.Namespace, kwargs: dict) -> dict:

@@ -364,11 +364,12 @@ def predict_from_args(args: argparse.Namespace, on_error: Callable[[str], None] 
     ``args.model`` may also be a loaded model (the Python API). Inputs that cannot be read are
     errors passed to ``on_error`` as they happen; the others are still predicted.
     """
-    from ..inference import _prepare_model, load_inference_model, refuse_volume_model
+    from ..options import COUNT, POSITIVE_INT, check_numbers
+    from ..outputs import open_output
 
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    check_numbers(args, {"batch_size": POSITIVE_INT, "workers": COUNT})
     inputs = [args.inputs] if isinstance(args.inputs, (str, os.PathLike)) else list(args.inputs)
+    args.inputs = inputs
     images, volumes, problems = collect_inputs(inputs)
     if not images and not volumes:
         raise DataError("nothing to predict: " + "; ".join(problems) if problems else "nothing to predict")
@@ -376,10 +377,17 @@ def predict_from_args(args: argparse.Namespace, on_error: Callable[[str], None] 
         raise ConfigError("--channel applies to volume inputs; these are 2D images")
     if volumes:
         refuse_2d_options(args)
+    with open_output(args.out, inputs=inputs):
+        return _predict(args, images, volumes, problems, on_error)
+
+
+def _predict(args: argparse.Namespace, images: list[ImageInput], volumes: list[Path], problems: list[str],
+             on_error: Callable[[str], None] | None) -> dict:
     for p in problems:
         if on_error is not None:
             on_error(p)
     from ..ensemble import load_models
+    from ..inference import _prepare_model, check_input_kind
     from ..sliding_window import check_overlap, ensemble
 
     if args.tile_overlap is not None:
@@ -391,9 +399,11 @@ def predict_from_args(args: argparse.Namespace, on_error: Callable[[str], None] 
         model, _ = _prepare_model(args.model, args.device)
         if args.tta:
             model = ensemble([model], tta=True)
+    # Refused before anything is written: one line naming an input of the wrong kind.
     if images:
-        refuse_volume_model(model, str(images[0].path) + (f" and {len(images) - 1} other input(s)" if len(images) > 1
-                                                          else ""))
+        check_input_kind(model, "2d", images[0].path)
+    if volumes:
+        check_input_kind(model, "volume", volumes[0])
     out = Path(args.out)
 
     def skipped(message: str) -> None:

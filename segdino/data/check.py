@@ -22,9 +22,9 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import SegDINOError
-from .imageio import image_info
+from .imageio import exif_orientation, image_info
 from .layouts import LayoutScan, Pair, detect_layout
-from .masks import DEFAULT_THRESHOLD, index_like, read_mask_file
+from .masks import DEFAULT_THRESHOLD, foreground_rule, index_like, no_foreground_message, read_mask_file
 from .splits import SPLIT_NAMES, resolve_splits
 
 # A mask pixel of an 8-bit binary mask in this open range is neither clearly 0 nor clearly 255.
@@ -248,6 +248,7 @@ class _PairInfo:
     kind: str = ""
     masks: list[_MaskInfo] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    turned: list[Path] = field(default_factory=list)  # files read turned by their EXIF orientation
 
 
 def _histogram(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -269,6 +270,7 @@ def _inspect(pair: Pair) -> _PairInfo:
         info.size, info.kind = size, f"{fmt} {mode}"
     except SegDINOError as e:
         info.errors.append(str(e))
+    info.turned = [p for p in [pair.image, *pair.masks] if exif_orientation(p)]
     for m in pair.masks:
         try:
             values, fmt, mode = read_mask_file(m)
@@ -282,19 +284,12 @@ def _inspect(pair: Pair) -> _PairInfo:
 
 
 def _foreground_pixels(mi: _MaskInfo, threshold: int) -> int:
-    """Foreground pixels of one mask under the binary rule of :func:`segdino.data.masks.binarize`."""
+    """Foreground pixels of one mask under :func:`segdino.data.masks.foreground_rule`."""
     v, c = mi.values, mi.counts
     if not v.size:
         return 0
-    vmax = float(v.max())
-    if np.issubdtype(v.dtype, np.floating) and vmax <= 1.0:
-        return int(c[v > threshold / 255.0].sum())
-    if vmax <= 1 and not mi.lossy:
-        return int(c[v == 1].sum())
-    if vmax <= 255:
-        return int(c[v > threshold].sum())
-    scale = 65535.0 / 255.0 if vmax <= 65535 else vmax / 255.0
-    return int(c[v > threshold * scale].sum())
+    op, cut = foreground_rule(float(v.max()), bool(np.issubdtype(v.dtype, np.floating)), threshold, mi.lossy)
+    return int(c[v == cut].sum()) if op == "==" else int(c[v > cut].sum())
 
 
 def _infer_num_classes(infos: list[_PairInfo]) -> int:
@@ -356,6 +351,10 @@ def check_pairs_2d(scan: LayoutScan, report: CheckReport, opts: CheckOptions) ->
     report.num_classes = num_classes
     report.mask_values = _value_summary(infos)
 
+    turned = [p for info in infos for p in info.turned]
+    if turned:
+        report.notes.append(f"{len(turned)} file(s) carry an EXIF orientation and are read turned as a viewer "
+                            f"shows them (images and masks alike): {_names([str(p) for p in turned], 5)}")
     for info in infos:
         pair = info.pair
         report.problems.extend(info.errors)
@@ -419,8 +418,7 @@ def check_pairs_2d(scan: LayoutScan, report: CheckReport, opts: CheckOptions) ->
                 report.empty_masks.append(pair.case_id)
 
     if num_classes == 1 and report.empty_masks and len(report.empty_masks) == report.pairs:
-        report.problems.append(f"every mask is empty under the binary rule (foreground = value > "
-                               f"{opts.mask_threshold}, 0/1 masks as such): a wrong --mask-threshold?")
+        report.problems.append(no_foreground_message(opts.mask_threshold))
     elif report.empty_masks:
         report.notes.append(f"{len(report.empty_masks)} empty mask(s) (no foreground): they train as all-background")
     if num_classes > 1:

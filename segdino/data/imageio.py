@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DataError
 
@@ -65,6 +65,36 @@ def _too_large(path, w: int, h: int) -> DataError:
     )
 
 
+def _header_size(path: Path, formats: tuple[str, ...]) -> tuple[int, int] | None:
+    """(W, H) from an image's header through the format plugin itself, which (unlike
+    ``Image.open``) applies no decompression-bomb check, or None when no plugin reads it."""
+    try:
+        with open(path, "rb") as fp:
+            prefix = fp.read(16)
+            for fmt in formats:
+                factory, accept = Image.OPEN[fmt]
+                if accept and not accept(prefix):
+                    continue
+                fp.seek(0)
+                try:
+                    img = factory(fp, str(path))
+                except PIL_READ_ERRORS:
+                    continue
+                return img.size
+    except OSError:
+        return None
+    return None
+
+
+def _bomb(path: Path, formats: tuple[str, ...]) -> DataError:
+    """The too-large error for an image whose header Pillow's own guard refused before ours saw it."""
+    size = _header_size(path, formats)
+    if size is not None:
+        return _too_large(path, *size)
+    return DataError(f"{path}: the image is larger than the limit of {MAX_PIXELS:,} pixels, refused before decoding; "
+                     "to read it, raise the limit with the environment variable SEGDINO_MAX_IMAGE_PIXELS")
+
+
 def load_image(path: str | os.PathLike, what: str = "image", reduce: int = 1) -> tuple[Image.Image, tuple[int, int]]:
     """Decode an image file, refusing unknown formats and oversized images from the header.
 
@@ -74,8 +104,11 @@ def load_image(path: str | os.PathLike, what: str = "image", reduce: int = 1) ->
         reduce: decode JPEGs at 1/``reduce`` scale where the codec can (a quick integrity check:
             the whole bitstream is still read); other formats ignore it.
 
+    An EXIF orientation (cameras store photos sideways and say so) is applied, to images and
+    masks alike, so that a mask drawn on the photo as displayed pairs with it pixel for pixel.
+
     Returns:
-        the decoded PIL image (file closed) and the file's own size ``(H, W)``.
+        the decoded PIL image (file closed) and its size ``(H, W)`` as read (after orientation).
 
     Raises:
         DataError: missing, not one of :data:`IMAGE_FORMATS`, larger than :data:`MAX_PIXELS`,
@@ -96,6 +129,13 @@ def load_image(path: str | os.PathLike, what: str = "image", reduce: int = 1) ->
                 if reduce > 1 and img.format == "JPEG":
                     img.draft(img.mode, (max(1, w // reduce), max(1, h // reduce)))
                 img.load()
+                turn = _orientation_of(img, loaded=True)
+                if turn:
+                    fmt = img.format
+                    img = ImageOps.exif_transpose(img)
+                    img.format = fmt
+                    if turn >= 5:
+                        h, w = w, h
                 return img, (h, w)
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
@@ -103,8 +143,37 @@ def load_image(path: str | os.PathLike, what: str = "image", reduce: int = 1) ->
         raise DataError(f"{path}: a folder, not an {what} file") from None
     except UnidentifiedImageError:
         raise _unidentified(path, what) from None
+    except Image.DecompressionBombError:
+        raise _bomb(path, formats) from None
     except PIL_READ_ERRORS as e:
         raise DataError(f"{path}: cannot read {what}: the file is truncated or corrupt ({_reason(e)})") from None
+
+
+# EXIF orientations 2..8 say how a camera's stored pixels must be turned or mirrored to show the
+# picture as taken; masks are drawn on the picture as shown, so images and masks are both read as
+# shown. 5..8 swap width and height.
+def _orientation_of(img: Image.Image, loaded: bool = False) -> int:
+    """The EXIF orientation (2..8) of an open image that must be applied, else 0.
+
+    Header only: Pillow looks for a PNG's EXIF after its pixel data by decoding them, so a PNG
+    whose header holds no EXIF chunk counts as unturned rather than being decoded here.
+    """
+    if img.format == "PNG" and "exif" not in img.info and not loaded:
+        return 0
+    try:
+        value = img.getexif().get(0x0112)
+    except PIL_READ_ERRORS:
+        return 0
+    return int(value) if isinstance(value, int) and 2 <= value <= 8 else 0
+
+
+def exif_orientation(path: str | os.PathLike) -> int:
+    """The EXIF orientation (2..8) a file's pixels are turned by on reading, 0 when none; header only."""
+    try:
+        with Image.open(path, formats=_formats()) as img:
+            return _orientation_of(img)
+    except (FileNotFoundError, IsADirectoryError) + PIL_READ_ERRORS:
+        return 0
 
 
 def _unidentified(path, what: str) -> DataError:
@@ -117,7 +186,7 @@ def _reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
-def _bit_depth_scale(vmax: float) -> float:
+def bit_depth_scale(vmax: float) -> float:
     """The full-scale value of the smallest common bit depth (8, 10, 12, 14, 16, 32) holding ``vmax``."""
     for bits in (8, 10, 12, 14, 16):
         if vmax <= 2**bits - 1:
@@ -151,7 +220,7 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
     if lo < 0.0:
         scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
     else:
-        scaled = arr / _bit_depth_scale(hi) * 255.0
+        scaled = arr / bit_depth_scale(hi) * 255.0
     return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
 
 
@@ -228,6 +297,8 @@ def image_info(path: str | os.PathLike, decode: bool = False) -> tuple[tuple[int
     With ``decode=True`` the pixel data is decoded too, so that a truncated or corrupt file is
     caught; JPEGs are then decoded at 1/8 scale (the whole bitstream is still read, the
     inverse DCT is cheaper), which is what makes checking thousands of photos quick.
+    The size is the one reading gives, after the EXIF orientation (see :func:`load_image`;
+    without ``decode``, a PNG's EXIF is seen only where it precedes the pixel data).
     Oversized images and unknown formats raise :class:`DataError` as :func:`load_image` says.
     """
     path = Path(path)
@@ -238,12 +309,16 @@ def image_info(path: str | os.PathLike, decode: bool = False) -> tuple[tuple[int
         with Image.open(path, formats=_formats()) as img:
             w, h = img.size
             mode, fmt = img.mode, img.format or "?"
+            if _orientation_of(img) >= 5:
+                w, h = h, w  # the size as read: turned by the EXIF orientation
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise DataError(f"{path}: a folder, not an image file") from None
     except UnidentifiedImageError:
         raise _unidentified(path, "image") from None
+    except Image.DecompressionBombError:
+        raise _bomb(path, _formats()) from None
     except PIL_READ_ERRORS as e:
         raise DataError(f"{path}: cannot read image ({_reason(e)})") from None
     if w * h > MAX_PIXELS:

@@ -1,8 +1,9 @@
 """Reading masks as label images (CONTRACTS, "Classes and masks").
 
 Binary task (``num_classes=1``): a pixel is foreground when its grey value is above the
-threshold (127 for 8-bit masks). Masks whose values are all 0 or 1 are read as such; 16-bit
-masks compare against the threshold scaled to 16 bits; float masks in [0, 1] against
+threshold (127 for 8-bit masks). Masks whose values are all 0 or 1 are read as such; masks of more
+than 8 bits compare against the threshold scaled to their bit depth (10, 12, 14 or 16 bits, the
+smallest that holds their largest value, as images are scaled); float masks in [0, 1] against
 threshold / 255. RGB masks are converted to grey first. JPEG masks are always thresholded:
 compression noise makes a 0/1 reading meaningless there. Several masks of one image are united.
 
@@ -23,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError
-from .imageio import load_image
+from .imageio import bit_depth_scale, load_image
 
 DEFAULT_THRESHOLD = 127
 
@@ -138,27 +139,64 @@ def read_mask_file(path: str | os.PathLike) -> MaskFile:
     return MaskFile(mask_values(img, path), img.format or "?", img.mode)
 
 
-def binarize(values: np.ndarray, threshold: int = DEFAULT_THRESHOLD, lossy: bool = False) -> np.ndarray:
-    """Raw mask values (H, W) -> bool foreground (H, W) by the contract's binary rule.
+def foreground_rule(vmax: float, floating: bool, threshold: int = DEFAULT_THRESHOLD,
+                    lossy: bool = False) -> tuple[str, float]:
+    """The binary rule for a mask whose largest value is ``vmax``: ``("==", 1)`` or ``(">", cut)``.
 
-    ``threshold`` is on the 8-bit scale; it is scaled for 16-bit values (max > 255) and for
-    float values in [0, 1]. Values all in {0, 1} are read as such unless ``lossy`` (JPEG).
+    The one rule that reading (:func:`binarize`) and ``data check`` both apply. Values all in
+    {0, 1} are read as such (not for a lossy JPEG). Otherwise ``threshold`` is on the 8-bit scale
+    and is scaled like the image reader scales grey levels: float masks in [0, 1] compare against
+    threshold / 255, and integer values above 255 against the threshold scaled to the smallest of
+    10, 12, 14 and 16 bits that holds ``vmax`` (a 12-bit mask of 0/4095 reads as drawn).
     """
+    if floating and vmax <= 1.0:
+        return ">", threshold / 255.0
+    if vmax <= 1 and not lossy:
+        return "==", 1.0
+    if vmax <= 255:
+        return ">", float(threshold)
+    return ">", threshold * bit_depth_scale(vmax) / 255.0
+
+
+def binarize(values: np.ndarray, threshold: int = DEFAULT_THRESHOLD, lossy: bool = False) -> np.ndarray:
+    """Raw mask values (H, W) -> bool foreground (H, W) by :func:`foreground_rule`."""
     if values.size == 0:
         return np.zeros(values.shape, dtype=bool)
-    if np.issubdtype(values.dtype, np.floating):
-        vmax = float(np.nanmax(values))
-        if vmax <= 1.0:
-            return values > threshold / 255.0
-        scale = 1.0 if vmax <= 255 else 65535.0 / 255.0
-        return values > threshold * scale
-    vmax = int(values.max())
-    if vmax <= 1 and not lossy:
-        return values == 1
-    if vmax <= 255:
-        return values > threshold
-    scale = 65535.0 / 255.0 if vmax <= 65535 else vmax / 255.0
-    return values > threshold * scale
+    floating = bool(np.issubdtype(values.dtype, np.floating))
+    vmax = float(np.nanmax(values)) if floating else float(values.max())
+    op, cut = foreground_rule(vmax, floating, threshold, lossy)
+    return values == cut if op == "==" else values > cut
+
+
+def no_foreground_message(threshold: int) -> str:
+    """What ``data check``, ``train`` and ``evaluate`` say of a binary dataset whose masks are all empty."""
+    return (f"every mask is empty under the binary rule (foreground = value > {threshold}, 0/1 masks as such, "
+            "colour masks by their grey level): a wrong --mask-threshold, or masks drawn in a colour "
+            "darker than the threshold?")
+
+
+def require_foreground(mask_sets: Iterable[Sequence[str | os.PathLike]], where: str | os.PathLike,
+                       threshold: int = DEFAULT_THRESHOLD) -> None:
+    """Refuse a binary dataset in which no mask has a foreground pixel (``data check``'s rule).
+
+    ``mask_sets`` holds the mask file(s) of each image. Masks are read until one has foreground,
+    so a usable dataset costs one mask read; an all-empty one (which would score Dice 1 for an
+    empty prediction) costs one pass.
+
+    Raises:
+        DataError: naming ``where`` and saying why. Unreadable masks are passed over here.
+    """
+    seen = 0
+    for files in mask_sets:
+        try:
+            found = read_mask(files, 1, threshold).any()
+        except DataError:
+            continue  # a bad file is the reader's to report (or to skip, under a skip policy)
+        if found:
+            return
+        seen += 1
+    if seen:
+        raise DataError(f"{where}: {no_foreground_message(threshold)}")
 
 
 def to_labels(values: np.ndarray, num_classes: int, path: Path | str = "<mask>") -> np.ndarray:

@@ -14,15 +14,15 @@ serialises with ``json.dumps``) whose ``source`` attribute says which rule made 
 
 from __future__ import annotations
 
-import json
 import os
 from collections import OrderedDict
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from ..errors import ConfigError, DataError
+from ..fileio import read_json
 from .layouts import Pair
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -66,54 +66,88 @@ def register_split_rule(layout: str, rule: SplitRule, folds: bool = False) -> No
     LAYOUT_SPLIT_RULES[layout] = (rule, folds)
 
 
+def validate_split_lists(path: str | os.PathLike, data: Any, resolve: Callable[[str], "str | None"],
+                         names: Sequence[str] = SPLIT_NAMES, required: Sequence[str] = ("train",),
+                         unknown: list[str] | None = None) -> dict[str, list[str]]:
+    """Check a parsed split object and map its entries to case ids: the one rule of every split file.
+
+    ``data`` must be an object whose keys are among ``names`` (``required`` ones present), each a
+    list of strings; ``resolve`` maps an entry to its case id (None: the dataset has no such case).
+    A case listed twice, in one split or in two, is refused.
+
+    Args:
+        unknown: None refuses entries that name no case; a list collects a message about them
+            instead (for split files that may list cases a dataset copy lacks).
+
+    Returns:
+        split name -> case ids, for every name in ``names`` (absent ones empty).
+
+    Raises:
+        DataError: naming ``path`` and the offending split and entries.
+    """
+    path = Path(path)
+    expected = "{" + ", ".join(f'"{n}": [...]' for n in names) + "}"
+    if not isinstance(data, dict) or any(k not in data for k in required):
+        found = type(data).__name__ + (f" with keys {', '.join(map(str, data))}" if isinstance(data, dict) else "")
+        raise DataError(f"{path}: expected an object {expected} of case names, found {found[:200]}")
+    extra = sorted(str(k) for k in data if k not in names)
+    if extra:
+        raise DataError(f"{path}: unknown split names {', '.join(extra)[:200]} (expected {', '.join(names)})")
+    out: dict[str, list[str]] = {}
+    seen: dict[str, str] = {}
+    for name in names:
+        entries = data.get(name, [])
+        if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+            bad = entries if not isinstance(entries, list) else next(e for e in entries if not isinstance(e, str))
+            raise DataError(f"{path}: {name!r} must be a list of case names (strings), found "
+                            f"{type(bad).__name__} {_short(bad)}")
+        ids, missing = [], []
+        for e in entries:
+            cid = resolve(e)
+            if cid is None:
+                missing.append(e)
+                continue
+            if cid in seen:
+                where = f"twice in {name!r}" if seen[cid] == name else f"in both {seen[cid]!r} and {name!r}"
+                raise DataError(f"{path}: {e!r} is {where}; a case belongs to one split, once")
+            seen[cid] = name
+            ids.append(cid)
+        if missing:
+            shown = ", ".join(missing[:10]) + (f", ... ({len(missing)} in all)" if len(missing) > 10 else "")
+            msg = f"{path}: {name!r} names {len(missing)} case(s) the dataset does not have: {shown}"
+            if unknown is None:
+                raise DataError(msg)
+            unknown.append(msg)
+        out[name] = ids
+    return out
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def read_splits_file(path: str | os.PathLike, pairs: list[Pair]) -> Splits:
-    """Read a ``splits.json`` and check it against the dataset's pairs.
+    """Read a ``splits.json`` and check it against the dataset's pairs (:func:`validate_split_lists`).
 
     Entries are case ids (image stems); an entry with an image suffix (``x.png``) is accepted
     for its stem.
 
     Raises:
         DataError: not JSON, not the expected object, a split naming cases the dataset lacks,
-            or a case in two splits; the message names the file and the cases.
+            or a case listed twice; the message names the file and the cases.
     """
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read ({e})") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict) or "train" not in data:
-        raise DataError(f'{path}: expected an object {{"train": [...], "val": [...], "test": [...]}} '
-                        f"of image names, found {type(data).__name__}"
-                        + (f" with keys {', '.join(map(str, data))}" if isinstance(data, dict) else ""))
-    unknown = sorted(set(data) - set(SPLIT_NAMES))
-    if unknown:
-        raise DataError(f"{path}: unknown split names {', '.join(unknown)} (expected train, val, test)")
+    data = read_json(path, DataError, "split file")
     known = {p.case_id for p in pairs}
     by_stem = {Path(p.case_id).stem: p.case_id for p in pairs}
-    out: dict[str, list[str]] = {}
-    seen: dict[str, str] = {}
-    for name in SPLIT_NAMES:
-        entries = data.get(name, [])
-        if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
-            raise DataError(f"{path}: {name!r} must be a list of image names")
-        ids, missing = [], []
-        for e in entries:
-            cid = e if e in known else by_stem.get(Path(e).stem) if Path(e).suffix else None
-            if cid is None:
-                missing.append(e)
-                continue
-            if cid in seen:
-                where = f"twice in {name!r}" if seen[cid] == name else f"in both {seen[cid]!r} and {name!r}"
-                raise DataError(f"{path}: {e!r} is {where}")
-            seen[cid] = name
-            ids.append(cid)
-        if missing:
-            shown = ", ".join(missing[:10]) + (f", ... ({len(missing)} in all)" if len(missing) > 10 else "")
-            raise DataError(f"{path}: {name!r} names {len(missing)} case(s) the dataset does not have: {shown}")
-        out[name] = ids
-    unassigned = [p.case_id for p in pairs if p.case_id not in seen]
+
+    def resolve(e: str) -> str | None:
+        return e if e in known else by_stem.get(Path(e).stem) if Path(e).suffix else None
+
+    out = validate_split_lists(path, data, resolve)
+    listed = {c for ids in out.values() for c in ids}
+    unassigned = [p.case_id for p in pairs if p.case_id not in listed]
     return Splits(out["train"], out["val"], out["test"], source=str(path.name), unassigned=unassigned)
 
 

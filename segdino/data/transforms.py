@@ -11,8 +11,8 @@ generator per sample, e.g. ``torch.Generator().manual_seed(sample_seed(seed, epo
 whatever the DataLoader's worker count or order.
 
 The pixel work is done by torchvision's ``transforms.v2.functional`` kernels (bilinear for the
-image, nearest for the mask, so labels stay labels); torchvision is the optional ``augment``
-dependency (``pip install segdino[augment]``) and is imported on first use. The random
+image, nearest for the mask, so labels stay labels); torchvision is a core dependency of
+SegDINO, imported on first use so that inference alone never loads it. The random
 parameters are drawn here, because torchvision's random transforms read the global RNG.
 
 Two recipes:
@@ -53,8 +53,8 @@ def _tv():
             from torchvision.transforms import InterpolationMode
         except ImportError as e:
             raise ConfigError(
-                f"augmentations need torchvision ({e}); install it with `pip install segdino[augment]` "
-                "(or train without augmentation)"
+                f"augmentations need torchvision, a dependency of segdino that is missing or broken here ({e}); "
+                "reinstall segdino with its dependencies (or train with --augment none)"
             ) from None
         _TV = (F, InterpolationMode)
     return _TV

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from ..progress import track
-from .io import Volume, read_volume
+from .io import Volume, grid_differences, read_volume
 from .layouts import VolumeCase, VolumeCases, find_volume_cases, volume_layout
 from .slicing import array_axes_of_world
 
@@ -60,6 +60,7 @@ class VolumeCheckReport:
     channel_names: list[str] | None = None
     geometry_mismatches: list[str] = field(default_factory=list)
     empty_labels: list[str] = field(default_factory=list)
+    nonfinite: list[str] = field(default_factory=list)  # cases whose image had NaN/inf voxels
 
     @property
     def summary(self) -> dict[str, Any]:
@@ -92,22 +93,6 @@ class VolumeCheckReport:
 
     def __str__(self) -> str:
         return format_report(self)
-
-
-def _geometry_differences(image: Volume, label: Volume) -> list[str]:
-    out = []
-    if not np.allclose(image.spacing, label.spacing, rtol=1e-3, atol=1e-5):
-        out.append(f"spacing {_fmt_vec(label.spacing)} vs image {_fmt_vec(image.spacing)}")
-    tol = 0.01 * float(np.min(image.spacing))  # 1% of a voxel
-    if not np.allclose(image.origin, label.origin, rtol=0, atol=tol):
-        out.append(f"origin {_fmt_vec(label.origin)} vs image {_fmt_vec(image.origin)}")
-    if not np.allclose(image.direction, label.direction, rtol=0, atol=1e-3):
-        out.append(f"direction {np.round(label.direction, 3).tolist()} vs image {np.round(image.direction, 3).tolist()}")
-    return out
-
-
-def _fmt_vec(v) -> str:
-    return "(" + ", ".join(f"{float(x):.4g}" for x in v) + ")"
 
 
 def _label_counts(array: np.ndarray, path: Path, problems: list[str]) -> dict[int, int] | None:
@@ -181,7 +166,7 @@ def _check_case(case: VolumeCase, found: VolumeCases, report: VolumeCheckReport)
     if case.label is None:
         return
     try:
-        label = read_volume(case.label)
+        label = read_volume(case.label, label=True)
     except DataError as e:
         report.problems.append(str(e))
         return
@@ -190,10 +175,12 @@ def _check_case(case: VolumeCase, found: VolumeCases, report: VolumeCheckReport)
                                f"shape {image.shape}")
         report.geometry_mismatches.append(case.case_id)
     else:
-        diffs = _geometry_differences(image, label)
+        diffs = grid_differences(image, label)
         if diffs:
             report.problems.append(f"{case.label}: label geometry differs from image {case.image}: " + "; ".join(diffs))
             report.geometry_mismatches.append(case.case_id)
+    if image.meta.get("nonfinite"):
+        report.nonfinite.append(case.case_id)
     counts = _label_counts(label.array, case.label, report.problems)
     _check_values(case, counts, found, report, info)
 
@@ -242,6 +229,9 @@ def check_volume_dataset(root: str | os.PathLike, channel: int | str | None = No
     if unlabelled:
         report.notes.append(f"{len(unlabelled)} case(s) without labels (not in any split), e.g. "
                             + ", ".join(c.case_id for c in unlabelled[:5]))
+    if report.nonfinite:
+        report.notes.append(f"{len(report.nonfinite)} image(s) hold NaN or infinite voxels, read as the volume's "
+                            "lowest finite value (+infinity as its highest), e.g. " + ", ".join(report.nonfinite[:5]))
     if report.empty_labels:
         report.notes.append(f"{len(report.empty_labels)} label volume(s) hold background only, e.g. "
                             + ", ".join(report.empty_labels[:5]))

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError
 from .intensity import normalize_intensity, validate_intensity
-from .io import is_volume_path, read_volume, volume_header_info
+from .io import Volume, is_volume_path, read_volume, require_same_grid, volume_header_info
 from .layouts import VolumeCase, find_volume_cases
 from .slicing import context_slice, label_slice, resolve_axis, slice_shape, validate_axis
 
@@ -79,6 +79,7 @@ class VolumeSliceDataset(Dataset):
         self.axes: list[int] = []
         for c in self.cases:
             shape, affine = self._geometry(c)
+            self._check_label_header(c, shape, affine)
             self.shapes.append(shape)
             self.axes.append(resolve_axis(self.axis_setting, affine))
         counts = [s[a] for s, a in zip(self.shapes, self.axes)]
@@ -103,6 +104,18 @@ class VolumeSliceDataset(Dataset):
         vol = read_volume(case.image, case.channel)  # DICOM: headers and pixels come together
         return vol.shape, vol.affine
 
+    @staticmethod
+    def _check_label_header(case: VolumeCase, shape, affine: np.ndarray) -> None:
+        """A label off its image's grid is refused before training starts, from headers."""
+        if not (case.label.is_file() and is_volume_path(case.label)):
+            return  # checked when the case is read
+        lshape, laffine = volume_header_info(case.label)
+        lshape = tuple(int(s) for s in (tuple(lshape) + (1,) * max(0, 3 - len(lshape)))[:3])
+        # Zero-stride arrays: a Volume of the right shape that costs no memory.
+        image = Volume(np.broadcast_to(np.zeros((), np.uint8), shape), affine, case.image)
+        label = Volume(np.broadcast_to(np.zeros((), np.uint8), lshape), laffine, case.label)
+        require_same_grid(image, label)
+
     # -- volumes --
 
     def _load(self, ci: int) -> tuple[np.ndarray, np.ndarray]:
@@ -111,9 +124,8 @@ class VolumeSliceDataset(Dataset):
             return self._cache[ci]
         case = self.cases[ci]
         image = read_volume(case.image, case.channel)
-        label = read_volume(case.label)
-        if label.shape != image.shape:
-            raise DataError(f"{case.label}: label shape {label.shape} differs from image {case.image} shape {image.shape}")
+        label = read_volume(case.label, label=True)
+        require_same_grid(image, label)  # data check's rule: a label off its image trains on wrong voxels
         if image.shape != self.shapes[ci]:
             raise DataError(f"{case.image}: shape {image.shape} differs from its header {self.shapes[ci]}")
         labels = self._labels(label.array, case.label)
@@ -195,7 +207,7 @@ class VolumeSliceDataset(Dataset):
                 if ci in self._cache:
                     labels = self._cache[ci][1]
                 else:
-                    labels = self._labels(read_volume(case.label).array, case.label)
+                    labels = self._labels(read_volume(case.label, label=True).array, case.label)
                 axis = self.axes[ci]
                 moved = np.moveaxis(labels, axis, 0).reshape(labels.shape[axis], -1)
                 for row in moved:

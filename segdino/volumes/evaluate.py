@@ -22,7 +22,6 @@ model, also ``predictions/CASE.<ending>`` (the dataset's file format; ``.nii.gz`
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -31,7 +30,9 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from ..data.splits import validate_split_lists
 from ..errors import ConfigError, DataError
+from ..fileio import read_json
 from ..metrics import NSD_TOLERANCE, case_rows, lesion_metrics, summarize, summarize_lesions
 from ..progress import track
 from ..report import pretrained_of
@@ -217,7 +218,7 @@ def _dataset_classes(found: VolumeCases, cases: list[VolumeCase]) -> int:
         return 1 if len(values) <= 2 else max(values) + 1
     top = 0
     for c in cases:
-        arr = read_volume(c.label).array
+        arr = read_volume(c.label, label=True).array
         if arr.size:
             top = max(top, int(np.max(arr)))
     return 1 if top <= 1 else top + 1
@@ -278,13 +279,10 @@ def _run_split(run_dir: Path, split: str, found: VolumeCases) -> tuple[list[str]
     path = run_dir / "splits.json"
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: cannot read the run's split ({e})") from None
-    if not isinstance(data, dict) or split not in data:
+    data = validate_split_lists(path, read_json(path, DataError, "split file"), lambda c: c, required=())
+    if not data.get(split):
         return None
-    ids = [str(i) for i in data[split]]
+    ids = data[split]
     labelled = {c.case_id for c in found.cases if c.label is not None}
     unknown = [i for i in ids if i not in labelled]
     if unknown:
@@ -395,7 +393,10 @@ def evaluate_volumes(
 
     settings = None
     if model is not None:
+        from ..inference import check_input_kind
         from .intensity import read_volume_settings
+
+        check_input_kind(model, "volume", cases[0].image if cases else None)
 
         settings = read_volume_settings(getattr(model.config, "volume", None))
         num_classes = int(model.config.num_classes)
@@ -418,14 +419,14 @@ def evaluate_volumes(
     resampled: list[str] = []
     pred_dir = out / "predictions"
     for case in track(cases, len(cases), "evaluate", "volume", show=progress):
-        label = read_volume(case.label)
+        label = read_volume(case.label, label=True)
         if model is not None:
             pred_path = _prediction_path(pred_dir, case)
             pred_vol = _predict_case(model, case, label, pred_path, batch_size, device, largest_component,
                                      tile_overlap)
         else:
             pred_path = pred_files[case.case_id]
-            pred_vol = read_volume(pred_path)
+            pred_vol = read_volume(pred_path, label=True)
         pred, moved, was_resampled = prediction_on_label_grid(pred_vol, label, resample)
         if was_resampled:
             resampled.append(case.case_id)
@@ -522,9 +523,9 @@ def _write_outputs(out: Path, rows, lesion_rows, summary, found: VolumeCases, pr
 
     def view(case_id: str) -> _figures.CaseView:
         case = found.case(case_id)
-        label = read_volume(case.label)
+        label = read_volume(case.label, label=True)
         pred_path = pred_files.get(case_id) or _prediction_path(pred_dir, case)
-        pred, _, _ = prediction_on_label_grid(read_volume(pred_path), label, case_id in summary.get("resampled", ()))
+        pred, _, _ = prediction_on_label_grid(read_volume(pred_path, label=True), label, case_id in summary.get("resampled", ()))
         if model is None:
             pred = postprocess_labels(pred, largest_component, summary["num_classes"])
         try:  # the picture only: an unreadable or misplaced image leaves a blank background

@@ -295,7 +295,9 @@ def _draw_lesion(path: Path, view: CaseView, comp: np.ndarray, s: int, kind: str
     dice_text = f"case Dice {case_dice:.3f}" if case_dice is not None and math.isfinite(float(case_dice)) else ""
     if kind != "largest false positive" and row.get("dice") not in (None, ""):
         dice_text += f", lesion Dice {float(row['dice']):.3f}"
-    title = (f"{row['case']}, {row['class_name']}: {kind}\n"
+    # The largest lesion missed is drawn once, as the largest lesion: the title says it was missed.
+    said = f"{kind}, missed" if kind == "largest lesion" and not row.get("found") else kind
+    title = (f"{row['case']}, {row['class_name']}: {said}\n"
              f"{name} slice {s} (of 0-{n_slices - 1}), {diameter:.1f} mm ({int(row['voxels'])} voxels), {dice_text}")
 
     rs, cs = _crop_box(lesion, image.shape)

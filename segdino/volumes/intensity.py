@@ -30,6 +30,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..errors import ConfigError
+from .io import fill_nonfinite
 
 # (level, width) in Hounsfield units.
 CT_WINDOWS: dict[str, tuple[float, float]] = {
@@ -123,7 +124,7 @@ def intensity_bounds(array: np.ndarray, spec: Mapping[str, Any]) -> tuple[float,
     spec = validate_intensity(spec)
     if spec["kind"] == "ct":
         return spec["low"], spec["high"]
-    values = np.asarray(array)
+    values, _ = fill_nonfinite(array)
     if spec["nonzero"]:
         values = values[values != 0]
     if values.size == 0:
@@ -135,8 +136,11 @@ def intensity_bounds(array: np.ndarray, spec: Mapping[str, Any]) -> tuple[float,
 def normalize_intensity(array: np.ndarray, spec: Mapping[str, Any], dtype=np.float32) -> np.ndarray:
     """Map a volume's raw values to [0, 1] under ``spec``: (I, J, K) any dtype -> same shape float.
 
-    A constant volume (percentile bounds equal) maps to 0 everywhere.
+    A constant volume (percentile bounds equal) maps to 0 everywhere. NaN and infinite voxels
+    are replaced first, as :func:`segdino.volumes.io.fill_nonfinite` says, so none reaches the output.
     """
+    # Volumes read from files are already finite; arrays handed in directly get the same rule.
+    array, _ = fill_nonfinite(array)
     lo, hi = intensity_bounds(array, spec)
     out = np.asarray(array, dtype=np.float32)
     if hi <= lo:

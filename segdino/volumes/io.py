@@ -15,6 +15,7 @@ nibabel, SimpleITK and pydicom (with GDCM for compressed pixel data) are optiona
 from __future__ import annotations
 
 import gzip
+import logging
 import math
 import os
 import zlib
@@ -25,7 +26,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from ..fileio import atomic_path
+from ..fileio import atomic_path, record_written
+
+log = logging.getLogger(__name__)
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 # Read and written through SimpleITK; .mhd and .nhdr are headers naming a separate data file.
@@ -528,6 +531,7 @@ def write_itk(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray) ->
             raise DataError(f"cannot write {path} ({_itk_message(e)})") from None
         written = sorted(tmp.iterdir(), key=lambda p: p.name == path.name)  # the header last
         for f in written:
+            record_written(path.parent / f.name)  # listed as ours before it appears (segdino.outputs)
             os.replace(f, path.parent / f.name)
     except OSError as e:
         raise DataError(f"cannot write {path} ({e})") from None
@@ -724,30 +728,86 @@ def read_dicom_series(folder: str | os.PathLike) -> Volume:
     return Volume(array, LPS_TO_RAS @ lps, folder, {"format": "dicom", "files": [s[0] for s in slices]})
 
 
-def read_volume(path: str | os.PathLike, channel: int | None = None) -> Volume:
+def fill_nonfinite(array: np.ndarray) -> tuple[np.ndarray, int]:
+    """A float volume with its NaN and infinite voxels replaced: (I, J, K) -> same, and their count.
+
+    NaN and -inf become the volume's lowest finite value, +inf its highest (0 when no voxel is
+    finite): a voxel without a measurement reads as background (air in CT, 0 in MRI) instead of
+    turning every percentile, window and prediction that touches it into NaN. Integer arrays
+    and finite float arrays are returned as they are (no copy).
+    """
+    a = np.asarray(array)
+    if a.dtype.kind != "f":
+        return a, 0
+    finite = np.isfinite(a)
+    n = int(a.size - np.count_nonzero(finite))
+    if n == 0:
+        return a, 0
+    lo, hi = (float(a[finite].min()), float(a[finite].max())) if n < a.size else (0.0, 0.0)
+    out = np.where(finite, a, np.where(np.isposinf(a), hi, lo)).astype(a.dtype, copy=False)
+    return out, n
+
+
+def grid_differences(image: Volume, label: Volume) -> list[str]:
+    """How ``label``'s voxel grid differs from ``image``'s: shape, spacing, origin, direction.
+
+    Empty when they match (spacing to 0.1%, origin to 1% of a voxel, direction to 1e-3): the
+    one rule by which ``data check`` and training decide that a label volume is on its image.
+    """
+    if label.shape != image.shape:
+        return [f"shape {label.shape} vs image {image.shape}"]
+    out = []
+    if not np.allclose(image.spacing, label.spacing, rtol=1e-3, atol=1e-5):
+        out.append(f"spacing {_fmt_vec(label.spacing)} vs image {_fmt_vec(image.spacing)}")
+    tol = 0.01 * float(np.min(image.spacing))
+    if not np.allclose(image.origin, label.origin, rtol=0, atol=tol):
+        out.append(f"origin {_fmt_vec(label.origin)} vs image {_fmt_vec(image.origin)}")
+    if not np.allclose(image.direction, label.direction, rtol=0, atol=1e-3):
+        out.append(f"direction {np.round(label.direction, 3).tolist()} vs image {np.round(image.direction, 3).tolist()}")
+    return out
+
+
+def require_same_grid(image: Volume, label: Volume) -> None:
+    """Raise :class:`DataError` naming both files when :func:`grid_differences` finds any."""
+    diffs = grid_differences(image, label)
+    if diffs:
+        raise DataError(f"{label.path}: label geometry differs from image {image.path}: " + "; ".join(diffs)
+                        + " (a misregistered label would train on the wrong voxels; resample it onto the image)")
+
+
+def _fmt_vec(v) -> str:
+    return "(" + ", ".join(f"{float(x):.4g}" for x in v) + ")"
+
+
+def read_volume(path: str | os.PathLike, channel: int | None = None, label: bool = False) -> Volume:
     """Read a volume: a NIfTI, MetaImage or NRRD file, or a folder holding one DICOM series.
+
+    Non-finite voxels (NaN, infinity) of an image are replaced as :func:`fill_nonfinite` says,
+    here at read time for every command; their count is in ``meta["nonfinite"]`` and a warning
+    names the file. A label volume (``label=True``) with non-finite values is refused.
 
     Args:
         path: the file (``.nii``, ``.nii.gz``, ``.mha``, ``.mhd``, ``.nrrd``, ``.nhdr``) or folder.
         channel: which channel of a 4D (multi-modal) or vector file to take; required when it
             has more than one.
+        label: the file holds labels (class ids) rather than intensities.
 
     Returns:
         a :class:`Volume` with ``array`` (I, J, K) and its RAS+ affine.
 
     Raises:
-        DataError naming the file when it is missing, truncated, 4D without ``channel``, or a
-        folder with no or several DICOM series.
+        DataError naming the file when it is missing, truncated, 4D without ``channel``, a
+        folder with no or several DICOM series, or a label volume with NaN or infinite values.
     """
     path = Path(path)
     if path.is_dir():
         if channel not in (None, 0):
             raise DataError(f"{path}: --channel {channel} asked for, but a DICOM series has one channel")
-        return read_dicom_series(path)
+        return _finite(read_dicom_series(path), label)
     if is_nifti_path(path):
-        return read_nifti(path, channel)
+        return _finite(read_nifti(path, channel), label)
     if is_itk_path(path):
-        return read_itk(path, channel)
+        return _finite(read_itk(path, channel), label)
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
     raise DataError(f"{path}: not a volume; expected .nii, .nii.gz, .mha, .mhd, .nrrd, .nhdr "
@@ -759,6 +819,18 @@ def volume_header_info(path: str | os.PathLike) -> tuple[tuple[int, ...], np.nda
     if is_itk_path(path):
         return itk_header_info(path)
     return nifti_header_info(path)
+
+
+def _finite(volume: Volume, label: bool) -> Volume:
+    array, n = fill_nonfinite(volume.array)
+    if n and label:
+        raise DataError(f"{volume.path}: label volume has {n:,} NaN or infinite voxel(s); labels must be class ids")
+    if n:
+        log.warning("%s: %d NaN or infinite voxel(s) of %d read as the volume's lowest finite value "
+                    "(+infinity as its highest)", volume.path, n, array.size)
+        volume.array = array
+    volume.meta["nonfinite"] = n
+    return volume
 
 
 def _storable(array: np.ndarray) -> np.ndarray:

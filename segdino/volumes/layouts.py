@@ -29,7 +29,6 @@ no split: they can be segmented but not scored.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -37,7 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from ..data.layouts import NNUNET_CHANNEL_RE
+from ..data.splits import validate_split_lists
 from ..errors import ConfigError, DataError
+from ..fileio import read_json
 from .io import VOLUME_SUFFIXES, is_volume_path, strip_volume_suffix
 
 IMAGE_2D_ENDINGS = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg")
@@ -131,12 +132,7 @@ def _data_stem(name: str) -> str:
 
 
 def _load_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read ({e})") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e})") from None
+    return read_json(path, DataError)
 
 
 def _ending_of(name: str) -> str:
@@ -316,23 +312,13 @@ def _id_aliases(case: VolumeCase) -> set[str]:
 
 
 def _splits_from_file(path: Path, cases: list[VolumeCase], issues: list[str]) -> dict[str, list[str]]:
-    data = _load_json(path)
-    if not isinstance(data, dict) or not any(k in data for k in ("train", "val", "test")):
-        raise DataError(f"{path}: expected {{\"train\": [...], \"val\": [...], \"test\": [...]}}")
+    # The 2D pipeline's validator: one rule for types, duplicates, overlaps and unknown cases.
     alias = {}
     for c in cases:
         for a in _id_aliases(c):
             alias[a] = c.case_id
-    out: dict[str, list[str]] = {}
-    for k in ("train", "val", "test"):
-        ids = data.get(k, [])
-        if not isinstance(ids, list):
-            raise DataError(f"{path}: '{k}' must be a list of case ids")
-        unknown = [str(i) for i in ids if str(i) not in alias]
-        if unknown:
-            issues.append(f"{path}: {k} lists {len(unknown)} unknown case(s), e.g. {', '.join(unknown[:5])}")
-        out[k] = [alias[str(i)] for i in ids if str(i) in alias]
-    return out
+    # An entry may carry its file's suffix (case.nii.gz), as a 2D entry may (x.png).
+    return validate_split_lists(path, _load_json(path), lambda e: alias.get(e) or alias.get(strip_volume_suffix(e)))
 
 
 def _resolve_splits(root: Path, cases: list[VolumeCase], fold: int, seed: int,
@@ -354,14 +340,11 @@ def _resolve_splits(root: Path, cases: list[VolumeCase], fold: int, seed: int,
         if not isinstance(fold, int) or not 0 <= fold < len(folds):
             raise ConfigError(f"{sf}: --fold {fold} asked for, the file has folds 0..{len(folds) - 1}")
         known = set(labelled_train)
-        out = {"test": labelled_test}
-        for k in ("train", "val"):
-            ids = [str(i) for i in folds[fold].get(k, [])]
-            unknown = [i for i in ids if i not in known]
-            if unknown:
-                issues.append(f"{sf}: fold {fold} {k} lists {len(unknown)} case(s) without image and label "
-                              f"in imagesTr/labelsTr, e.g. {', '.join(unknown[:5])}")
-            out[k] = [i for i in ids if i in known]
+        # Folds may list cases this copy of the dataset lacks (labels withheld): noted, not fatal;
+        # anything else wrong with the fold is refused as for splits.json.
+        out = validate_split_lists(f"{sf} fold {fold}", folds[fold], lambda i: i if i in known else None,
+                                   names=("train", "val"), required=(), unknown=issues)
+        out["test"] = labelled_test
         return {k: out[k] for k in ("train", "val", "test")}, f"splits_final.json fold {fold}"
     if labelled_test:
         train, val = _split_by_case(labelled_train, (0.9, 0.1), seed)

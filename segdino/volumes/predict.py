@@ -40,7 +40,7 @@ import torch
 
 from ..errors import ConfigError, SegDINOError
 from ..progress import track
-from ..inference import logits_to_labels, logits_to_probabilities, normalize, resize_image, resize_logits
+from ..inference import check_finite_logits, check_input_kind, logits_to_labels, logits_to_probabilities, normalize, resize_image, resize_logits
 from ..resample import check_spacing
 from ..sliding_window import logits_at_spacing
 from .intensity import normalize_intensity, read_volume_settings
@@ -125,7 +125,7 @@ def _slice_logits(model, volume: Volume, settings: dict, batch_size: int,
                 # A compiled model specialises on the batch shape: the last batch is padded.
                 x = torch.cat([x, x.new_zeros((batch_size - m, *x.shape[1:]))])
             # All slices of a volume share one size: the logits are resized back as one batch.
-            yield from resize_logits(model(x)[:m].float(), size)
+            yield from resize_logits(check_finite_logits(model(x)[:m].float(), model), size)
 
     return axis, run()
 
@@ -377,9 +377,10 @@ def predict_volume_files(
         ConfigError when the model has no volume settings or an option is invalid: nothing
         could be segmented.
     """
-    read_volume_settings(getattr(model.config, "volume", None))  # fail before any file is read
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
+    check_input_kind(model, "volume", inputs[0] if inputs else None)
+    read_volume_settings(getattr(model.config, "volume", None))  # fail before any file is read
     inputs = [Path(p) for p in inputs]
     ch = _channel_index(channel, inputs)
     num_classes = int(model.config.num_classes)
