@@ -60,8 +60,9 @@ train_eval() {  # train_eval NAME DATA TRAIN-ARGS...
 
 if [[ $what == lidc || $what == all ]]; then
   [[ -d .data/lidc-nodules ]] || { echo "missing .data/lidc-nodules (see the header)"; exit 2; }
+  tag=""; [[ $SPACING != auto ]] && tag="-sp$SPACING"
   for seed in $SEEDS; do
-    train_eval "lidc-patches-s$seed" .data/lidc-nodules --intensity lung --spacing "$SPACING" --seed "$seed" \
+    train_eval "lidc-patches$tag-s$seed" .data/lidc-nodules --intensity lung --spacing "$SPACING" --seed "$seed" \
       --augment segdino
   done
   wait

@@ -369,7 +369,7 @@ def test_injected_write_errors_keep_the_previous_file(tiny, tmp_path, monkeypatc
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     if failing == "write":
-        monkeypatch.setattr(ckpt, "save_file", lambda tensors, name, metadata=None: (
+        monkeypatch.setattr(ckpt, "write_safetensors", lambda name, tensors, metadata=None: (
             Path(name).write_bytes(b"partial"), no_space()))
     else:
         monkeypatch.setattr(fileio.os, failing, no_space)
