@@ -52,10 +52,13 @@ train_eval() {  # train_eval NAME DATA TRAIN-ARGS...
   local name=$1 data=$2; shift 2
   local cmd="python3 -m segdino train --data $data --out runs/$name --epochs $EPOCHS --steps-per-epoch $STEPS \
 --num-workers 3 --quiet --overwrite $*"
-  ( OMP_NUM_THREADS=3 timeout "$LIMIT" $cmd > "runs/$name.out" 2>&1
+  # The log goes straight into $OUT so that a call cut short still returns it.
+  local log="$OUT/$name.out"
+  ( OMP_NUM_THREADS=3 timeout "$LIMIT" $cmd > "$log" 2>&1
+    cp "runs/$name/log.csv" "$OUT/$name.log.csv" 2>/dev/null
     python3 -m segdino evaluate --model "runs/$name" --data "$data" --split test --out "runs/$name/report" \
-      >> "runs/$name.out" 2>&1 && result "$name" "runs/$name" "runs/$name/report" "$cmd"
-    tail -n 2 "runs/$name.out" ) &
+      >> "$log" 2>&1 && result "$name" "runs/$name" "runs/$name/report" "$cmd"
+    tail -n 2 "$log" ) &
 }
 
 if [[ $what == lidc || $what == all ]]; then
@@ -82,6 +85,6 @@ print('whole-scan data written')"
   train_eval scan-vits16-resized "$data" --backbone vits16 --intensity ct:-200,250 --image-size 256 --seed 0
   wait
 fi
-tar -cf "$OUT/lesions-logs.tar" runs/*.out runs/*/log.csv runs/*/plan.json runs/*/config.yaml \
+tar -cf "$OUT/lesions-logs$SPACING.tar" runs/*/log.csv runs/*/plan.json runs/*/config.yaml \
   runs/*/report/summary.json 2>/dev/null
 ls "$OUT"

@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from . import run_files
 from .data.layouts import nnunet_case_name
 from .data.splits import validate_split_lists
 from .errors import ConfigError, DataError
@@ -48,8 +49,8 @@ log = logging.getLogger("segdino.evaluation")
 
 #: Files of a training run folder; a folder holding one of them (and a checkpoint's folder
 #: holding one) is treated as the run that made the model.
-RUN_FILES = ("log.csv", "config.yaml")
-SPLITS_FILE = "splits.json"
+RUN_FILES = run_files.RUN_READ_MARKERS
+SPLITS_FILE = run_files.SPLITS
 SPLIT_CHOICES = ("train", "val", "test", "all")
 PREDICTION_SUFFIXES = frozenset({".png", ".bmp", ".tif", ".tiff", ".gif", ".npy", ".jpg", ".jpeg"})
 _PRED_TAGS = ("prediction", "predicted", "pred", "segmentation", "seg", "mask", "label", "labels", "output")

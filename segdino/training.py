@@ -28,7 +28,9 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from . import run_files
 from .checkpoint import load_model, save_model, save_tensors
+from .run_files import RUN_MARKERS
 from .data.dataset import sample_seed
 from .errors import CheckpointError, ConfigError, DataError, SegDINOError
 from .fileio import atomic_write_text, remove_stale_temporaries
@@ -42,8 +44,7 @@ from .train_config import TrainConfig, dump_yaml
 
 log = logging.getLogger("segdino.train")
 
-RUN_MARKERS = ("config.yaml", "last.safetensors", "best.safetensors", "resume", "log.csv")
-RESUME_FILE = Path("resume") / "state.safetensors"
+RESUME_FILE = run_files.RESUME_STATE
 
 
 class TrainingError(SegDINOError):

@@ -1,0 +1,66 @@
+"""The names of every file SegDINO writes into a run folder, a prediction folder and a report folder.
+
+One place for them, so that training, prediction, evaluation, reports and the output guard agree.
+docs/FORMATS.md describes what each file holds. This module imports nothing of the package.
+
+Run folder (``segdino train --out RUN``)::
+
+    RUN/config.yaml            the resolved training configuration
+    RUN/splits.json            the case lists trained, validated and tested on
+    RUN/plan.json              volume runs: the planned spacing and patch size
+    RUN/log.csv                one row per epoch
+    RUN/train.log              the run's log lines
+    RUN/best.safetensors       the weights of the best validation epoch
+    RUN/last.safetensors       the weights of the last epoch
+    RUN/resume/state.safetensors  optimiser, scheduler and sampler state for --resume
+    RUN/tensorboard/           TensorBoard event files (optional)
+
+Prediction folder (``segdino predict --out OUT``): ``OUT/masks/`` and, with ``--save-probabilities``,
+``OUT/probabilities/``. Report folder (``segdino evaluate --out OUT``): ``cases.csv``,
+``summary.json``, ``lesions.csv`` (volumes), ``report.html`` and its figures.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CONFIG = "config.yaml"
+SPLITS = "splits.json"
+FOLD_SPLITS = "splits_final.json"  # nnU-Net's name for a list of cross-validation folds
+PLAN = "plan.json"
+LOG_CSV = "log.csv"
+TRAIN_LOG = "train.log"
+BEST = "best.safetensors"
+LAST = "last.safetensors"
+RESUME_DIR = "resume"
+RESUME_STATE = Path(RESUME_DIR) / "state.safetensors"
+TENSORBOARD = "tensorboard"
+
+# What marks a folder as holding a training run (for --resume and --overwrite decisions).
+RUN_MARKERS = (CONFIG, LAST, BEST, RESUME_DIR, LOG_CSV)
+# What marks a folder as a run folder when it is read back (evaluation, reports).
+RUN_READ_MARKERS = (LOG_CSV, CONFIG)
+
+MASKS = "masks"
+PROBABILITIES = "probabilities"
+
+CASES_CSV = "cases.csv"
+SUMMARY = "summary.json"
+LESIONS_CSV = "lesions.csv"
+REPORT_HTML = "report.html"
+
+
+def is_run_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a training run's files (its config or its log)."""
+    folder = Path(folder)
+    return folder.is_dir() and any((folder / name).is_file() for name in RUN_READ_MARKERS)
+
+
+def run_weights(folder: str | Path) -> Path:
+    """The weights a run folder is used through: its best epoch's file."""
+    return Path(folder) / BEST
+
+
+__all__ = ["BEST", "CASES_CSV", "CONFIG", "FOLD_SPLITS", "LAST", "LESIONS_CSV", "LOG_CSV", "MASKS", "PLAN",
+           "PROBABILITIES", "REPORT_HTML", "RESUME_DIR", "RESUME_STATE", "RUN_MARKERS", "RUN_READ_MARKERS",
+           "SPLITS", "SUMMARY", "TENSORBOARD", "TRAIN_LOG", "is_run_folder", "run_weights"]
