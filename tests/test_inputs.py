@@ -16,7 +16,7 @@ import segdino
 from segdino.cli import main as cli_main
 from segdino.errors import CheckpointError, ConfigError, DataError, SegDINOError
 
-from conftest import randomize_
+from tests.conftest import randomize_
 
 
 def _one_line(capsys, code: int) -> str:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import tiny
+from tests.conftest import tiny
 
 from segdino.cli import main
 from segdino.metrics import case_metrics

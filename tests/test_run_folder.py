@@ -31,7 +31,7 @@ from segdino.fileio import MANIFEST_NAME, is_temporary_name, stale_temporaries
 from segdino.outputs import LOCK_NAME, OutputError, foreign_files, open_output
 from segdino.train_config import resolve_config
 
-from conftest import tiny
+from tests.conftest import tiny
 
 TRAIN = ["--backbone", "vitt16", "--decoder-dim", "16", "--image-size", "32", "--batch-size", "4",
          "--num-workers", "0", "--device", "cpu", "--quiet", "--save-every", "0", "--steps-per-epoch", "2"]
