@@ -1,4 +1,4 @@
-"""Dataset folders as their releases lay them out (CONTRACTS, "Datasets").
+"""Dataset folders as their releases lay them out (docs/FORMATS.md, "Dataset layouts").
 
 A layout knows how to recognise a folder and how to list its image/mask pairs. The 2D layouts:
 
