@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..data.cases import Case
 from ..data.layouts import NNUNET_CHANNEL_RE
 from ..data.splits import resolve_case_splits
 from ..data.splits import seeded_split  # noqa: F401  (the one seeded rule, importable here as before)
@@ -52,8 +53,8 @@ _CHANNEL_RE = NNUNET_CHANNEL_RE
 
 
 @dataclass(frozen=True)
-class VolumeCase:
-    """One case of a volume dataset.
+class VolumeCase(Case):
+    """One case of a volume dataset: the volume :class:`~segdino.data.cases.Case`.
 
     ``image`` is what to read (a NIfTI file, a 2D file, or a DICOM folder) and ``channel`` the
     channel to take inside a 4D file (None for 3D files). ``channel_files`` lists every channel
@@ -67,6 +68,14 @@ class VolumeCase:
     channel: int | None = None
     subset: str = "train"
     channel_files: tuple[Path, ...] = ()
+
+    @property
+    def image_files(self) -> tuple[Path, ...]:
+        return self.channel_files or (self.image,)
+
+    @property
+    def label_files(self) -> tuple[Path, ...]:
+        return (self.label,) if self.label is not None else ()
 
 
 @dataclass
