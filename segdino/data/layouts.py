@@ -1,4 +1,4 @@
-"""Dataset folders as their releases lay them out (CONTRACTS, "Datasets").
+"""Dataset folders as their releases lay them out (docs/FORMATS.md, "Dataset layouts").
 
 A layout knows how to recognise a folder and how to list its image/mask pairs. The 2D layouts:
 
@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import DataError
+from .cases import Case
 from .imageio import is_image_file
+from .readers import PLUGINS
 
 # Words that mark a file as the mask of the image whose stem precedes them.
 MASK_TAGS = (
@@ -58,8 +60,8 @@ def in_nnunet_images_folder(path: str | os.PathLike) -> bool:
 
 
 @dataclass
-class Pair:
-    """One image with its mask file(s).
+class Pair(Case):
+    """One image with its mask file(s): the 2D :class:`~segdino.data.cases.Case`.
 
     Attributes:
         case_id: unique name of the sample: the image's file stem (prefixed by its subset,
@@ -81,6 +83,10 @@ class Pair:
     def __post_init__(self) -> None:
         if not self.group:
             self.group = self.case_id
+
+    @property
+    def label_files(self) -> tuple[Path, ...]:
+        return tuple(self.masks)
 
 
 @dataclass
@@ -329,9 +335,8 @@ def _describe_layouts() -> str:
     return "; ".join(lay.description for lay in LAYOUTS)
 
 
-# Modules that add layouts (and their split rules and checkers) through a ``register()`` function,
-# loaded on first use so that reading a 2D folder never pays for them up front.
-PLUGINS = ("segdino.volumes.plugin",)
+# The modules of readers.PLUGINS add layouts (and their split rules, checkers and file formats)
+# through a ``register()`` function, loaded on first use so that reading a 2D folder never pays for them.
 _plugins_loaded = False
 
 
