@@ -33,6 +33,8 @@ EXTRAS_OF_FILES = {
     "segdino/data/synthetic.py": {"volumes"},  # the CT-like demo volumes are written as NIfTI
     "segdino/data/whole_scan.py": {"volumes"},  # generated whole scans, written as NIfTI
     "segdino/export.py": {"onnx"},
+    "segdino/onnx_runtime.py": {"onnx"},
+    "segdino/quantize.py": {"onnx"},
     "segdino/benchmark.py": {"onnx"},
 }
 # Modules only probed for (the import sits in a try that treats failure as "not available") and
