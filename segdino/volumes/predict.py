@@ -306,20 +306,11 @@ def _read(job: _Job, channel: int | None) -> Volume:
     return read_volume(job.source, channel)
 
 
-def predict_volume_files(
-    model,
-    inputs: str | os.PathLike | Sequence[str | os.PathLike],
-    out: str | os.PathLike,
-    *,
-    probabilities: bool = False,
-    largest_component: bool | Iterable[int] = False,
-    batch_size: int = 8,
-    device: str | torch.device | None = None,
-    channel: int | str | None = None,
-    overlays: bool = False,
-    tile_overlap: float | None = None,
-    progress: bool | str = False,
-) -> list[tuple[str, str | None, str | None]]:
+def predict_volume_files(model, inputs: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike, *,
+                         probabilities: bool = False, largest_component: bool | Iterable[int] = False,
+                         batch_size: int = 8, device: str | torch.device | None = None,
+                         channel: int | str | None = None, overlays: bool = False,
+                         tile_overlap: float | None = None, progress: bool | str = False) -> list[tuple[str, str | None, str | None]]:
     """Segment volume files and write each label volume in its source geometry and format.
 
     Args:
@@ -369,28 +360,24 @@ def predict_volume_files(
     written: dict[Path, Path] = {}
     for job in track(jobs, len(jobs), "predict", "volume", show=progress):
         source = str(job.source)
-        if job.error is not None:
-            results.append((source, None, job.error))
-            log.warning("skipped %s: %s", source, job.error)
-            continue
-        ending = prediction_ending(job.source)
-        target = writer.volume_mask_path(job.case, ending)
-        if target in written:
-            msg = f"{target.name} was already written from {written[target]}; rename one of the inputs"
-            results.append((source, None, msg))
-            log.warning("skipped %s: %s", source, msg)
-            continue
-        try:
-            volume = _read(job, ch)
-            with torch.inference_mode():
-                labels, prob = _predict(predictor, volume, batch_size, None, probabilities, tile_overlap)
-            labels = postprocess_labels(labels, largest_component, num_classes)
-            writer.write_volume(job.case, labels, volume.affine, prob, ending)
-            if overlays:
-                _write_overlays(out / OVERLAYS, job.case, model, volume, labels)
-        except SegDINOError as e:  # unreadable, wrong channel, unwritable: this volume only
-            results.append((source, None, str(e)))
-            log.warning("skipped %s: %s", source, e)
+        target = writer.volume_mask_path(job.case, prediction_ending(job.source))
+        error = job.error
+        if error is None and target in written:
+            error = f"{target.name} was already written from {written[target]}; rename one of the inputs"
+        if error is None:
+            try:
+                volume = _read(job, ch)
+                with torch.inference_mode():
+                    labels, prob = _predict(predictor, volume, batch_size, None, probabilities, tile_overlap)
+                labels = postprocess_labels(labels, largest_component, num_classes)
+                writer.write_volume(job.case, labels, volume.affine, prob, prediction_ending(job.source))
+                if overlays:
+                    _write_overlays(out / OVERLAYS, job.case, model, volume, labels)
+            except SegDINOError as e:  # unreadable, wrong channel, unwritable: this volume only
+                error = str(e)
+        if error is not None:
+            results.append((source, None, error))
+            log.warning("skipped %s: %s", source, error)
             continue
         written[target] = job.source
         results.append((source, str(target), None))
