@@ -1,4 +1,4 @@
-"""Dataset folders as their releases lay them out (CONTRACTS, "Datasets").
+"""Dataset folders as their releases lay them out (docs/FORMATS.md, "Dataset layouts").
 
 A layout knows how to recognise a folder and how to list its image/mask pairs. The 2D layouts:
 
@@ -29,7 +29,7 @@ from typing import Callable
 from ..errors import DataError
 from .cases import Case
 from .imageio import is_image_file
-from .readers import PLUGINS
+from .readers import PLUGINS, load_plugins  # noqa: F401  (importable here as before)
 
 # Words that mark a file as the mask of the image whose stem precedes them.
 MASK_TAGS = (
@@ -336,24 +336,8 @@ def _describe_layouts() -> str:
 
 
 # The modules of readers.PLUGINS add layouts (and their split rules, checkers and file formats)
-# through a ``register()`` function, loaded on first use so that reading a 2D folder never pays for them.
-_plugins_loaded = False
-
-
-def load_plugins() -> None:
-    """Register the layouts of :data:`PLUGINS` (once; a plugin that is not installed is skipped)."""
-    global _plugins_loaded
-    if _plugins_loaded:
-        return
-    _plugins_loaded = True
-    import importlib
-
-    for name in PLUGINS:
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        module.register()
+# through a ``register()`` function; readers.load_plugins loads them on first use, so that reading a
+# 2D folder never pays for them.
 
 
 def detect_layout(root: str | os.PathLike) -> Layout:

@@ -69,7 +69,9 @@ def register_format(fmt: Format) -> None:
     FORMATS[:] = [f for f in FORMATS if f.name != fmt.name] + [fmt]
 
 
-def _load_plugins() -> None:
+def load_plugins() -> None:
+    """Import the modules of :data:`PLUGINS` and call their ``register()`` (once; a plugin that is
+    not installed is skipped): their layouts, split rules, checkers and formats join the registries."""
     global _plugins_loaded
     if _plugins_loaded:
         return
@@ -105,7 +107,7 @@ def format_of(path: str | os.PathLike) -> Format:
     path = Path(path)
     fmt = _match(path)
     if fmt is None:
-        _load_plugins()
+        load_plugins()
         fmt = _match(path)
     if fmt is None:
         known = ", ".join(sorted({s for f in FORMATS for s in f.suffixes}))
@@ -167,5 +169,5 @@ def _write_png(path: Path, array: np.ndarray, geometry: Geometry) -> Path:
 register_format(Format("image", tuple(sorted(IMAGE_SUFFIXES)), _read_image, _image_header, _write_png))
 
 
-__all__ = ["FORMATS", "Format", "PLUGINS", "format_of", "read_array", "read_geometry", "register_format",
+__all__ = ["FORMATS", "Format", "PLUGINS", "format_of", "load_plugins", "read_array", "read_geometry", "register_format",
            "write_array"]
