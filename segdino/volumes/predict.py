@@ -40,7 +40,8 @@ import torch
 
 from ..errors import ConfigError, SegDINOError
 from ..progress import track
-from ..inference import check_input_kind, logits_to_labels, logits_to_probabilities, normalize, resize_image
+from ..inference import check_input_kind
+from ..ops import logits_to_labels, logits_to_probabilities, normalize, resize_image
 from ..prediction_writer import PredictionWriter
 from ..predictor import Predictor
 from ..run_files import OVERLAYS
