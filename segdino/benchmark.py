@@ -355,30 +355,32 @@ def dice_by_path(fns: dict[str, Callable], config, data: str | os.PathLike, spli
                  batch_size: int = 8, limit: int | None = None) -> tuple[dict[str, float], int]:
     """Mean Dice of each path on ``split`` of ``data``, predicted at each image's own size.
 
-    Images are resized to the model's input size, logits resized back (bilinear) and thresholded
-    or argmaxed, as :func:`segdino.predict` does. Dice is averaged over foreground classes, then
-    images. Returns ``({path: mean Dice}, number of images)``.
+    Each path runs through a :class:`segdino.predictor.Predictor`, as :func:`segdino.predict`
+    does: images resized to the model's input size, logits resized back (bilinear) and
+    thresholded or argmaxed. Dice is averaged over foreground classes, then images. Returns
+    ``({path: mean Dice}, number of images)``.
     """
     from .data.dataset import SegmentationDataset
     from .errors import DataError
-    from .inference import logits_to_labels, preprocess, resize_logits
+    from .inference import preprocess
     from .metrics import case_metrics
+    from .predictor import Predictor
 
     ds = SegmentationDataset(data, split=split, num_classes=config.num_classes, image_size=None,
                              mask_threshold=config.mask_threshold)
     n = len(ds) if limit is None else min(limit, len(ds))
     if n == 0:
         raise DataError(f"{data}: the '{split}' split is empty; no Dice to measure")
+    predictors = {name: Predictor(fn, batch_size=batch_size, config=config) for name, fn in fns.items()}
     scores: dict[str, list[float]] = {name: [] for name in fns}
     for start in range(0, n, batch_size):
         items = [ds.load_native(i) for i in range(start, min(n, start + batch_size))]
         x = torch.stack([preprocess(im, config) for im, _ in items])
-        for name, fn in fns.items():
+        for name, predictor in predictors.items():
             with torch.inference_mode():
-                logits = fn(x).float()
-            for i, (im, gt) in enumerate(items):
-                pred = logits_to_labels(resize_logits(logits[i : i + 1], gt.shape))[0].numpy()
-                per_class = case_metrics(pred, gt, config.num_classes)
+                preds = predictor.labels_at_sizes(x, [gt.shape for _, gt in items])
+            for pred, (_, gt) in zip(preds, items):
+                per_class = case_metrics(pred.cpu().numpy(), gt, config.num_classes)
                 scores[name].append(float(np.mean([m["dice"] for m in per_class.values()])))
     return {name: float(np.mean(v)) for name, v in scores.items()}, n
 

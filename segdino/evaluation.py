@@ -431,17 +431,16 @@ def evaluate_model(
         DataError: unreadable files, image/mask size mismatches, masks that do not fit the
             model's class count, an empty split. CheckpointError: a bad model file.
     """
-    from .inference import _prepare_model, load_inference_model, model_device, predict_arrays, check_input_kind
+    from .inference import check_input_kind
+    from .predictor import Predictor
 
     model_path = None
     if isinstance(model, (str, os.PathLike)):
         model_path = Path(model)
         if run_dir is None:
             run_dir = find_run_dir(model_path)
-        model = load_inference_model(model_path, device if device is not None else "auto")
-        dev = model_device(model)
-    else:
-        model, dev = _prepare_model(model, device)
+    predictor = Predictor(model, device, batch_size=batch_size, keep_size=keep_size)
+    model, dev = predictor.model, predictor.device
     if hasattr(model, "eval"):
         model.eval()
     check_input_kind(model, "2d", data)
@@ -475,7 +474,7 @@ def evaluate_model(
             batch.append((i, image, gt))
             if len(batch) < batch_size and i != indices[-1]:
                 continue
-            masks = predict_arrays(model, [b[1] for b in batch], dev, batch_size, keep_size)
+            masks = predictor.labels([b[1] for b in batch])
             for (j, image, gt), pred in zip(batch, masks):
                 case = ds.case_ids[j]
                 max_label = max(max_label, int(gt.max(initial=0)))

@@ -135,28 +135,44 @@ def atomic_write_with(path: str | os.PathLike, writer: Callable[[Path], None],
         writer(tmp)
 
 
-def read_json(path: str | os.PathLike, error: type[SegDINOError] = SegDINOError, what: str = "JSON file"):
-    """Parse a JSON file that a user or another program wrote; every failure is one ``error``.
+def read_text(path: str | os.PathLike, error: type[SegDINOError] = SegDINOError, what: str = "text file",
+              missing: str = "no such file") -> str:
+    """The UTF-8 text of a file a user or another program wrote; every failure is one ``error``.
 
-    A missing or unreadable file, bytes that are not UTF-8, invalid JSON and nesting too deep
-    for the parser (a few thousand levels: no file we read needs more than five) all raise
-    ``error`` naming ``path``.
+    The one ladder of read failures, each a one-line ``error`` naming ``path``: ``missing`` when
+    the file does not exist, "a folder, not a {what}", "cannot read (why)" for any other
+    ``OSError``, and "not a {what}: byte N is not UTF-8 text". A UTF-8 byte-order mark is dropped.
     """
     path = Path(path)
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        return path.read_bytes().decode("utf-8-sig")
     except FileNotFoundError:
-        raise error(f"{path}: no such file") from None
+        raise error(f"{path}: {missing}") from None
+    except IsADirectoryError:
+        raise error(f"{path}: a folder, not a {what}") from None
     except OSError as e:
         raise error(f"{path}: cannot read ({_reason(e)})") from None
     except UnicodeDecodeError as e:
         raise error(f"{path}: not a {what}: byte {e.start} is not UTF-8 text") from None
+
+
+def read_json(path: str | os.PathLike, error: type[SegDINOError] = SegDINOError, what: str = "JSON file"):
+    """Parse a JSON file that a user or another program wrote; every failure is one ``error``.
+
+    Reading fails as :func:`read_text` says; invalid JSON and nesting too deep for the parser
+    (a few thousand levels: no file we read needs more than five) also raise ``error`` naming
+    ``path``.
+    """
+    path = Path(path)
+    text = read_text(path, error, what)
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise error(f"{path}: not valid JSON ({e})") from None
     except RecursionError:
         raise error(f"{path}: not a {what}: its values are nested too deeply to be one") from None
+
+
 # --- which files are ours ------------------------------------------------------------------------
 
 #: In an output folder, the names of the files written there by SegDINO, one relative path a line

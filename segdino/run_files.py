@@ -17,7 +17,8 @@ Run folder (``segdino train --out RUN``)::
 
 Prediction folder (``segdino predict --out OUT``): ``OUT/masks/`` and, with ``--save-probabilities``,
 ``OUT/probabilities/``. Report folder (``segdino evaluate --out OUT``): ``cases.csv``,
-``summary.json``, ``lesions.csv`` (volumes), ``report.html`` and its figures.
+``summary.json``, ``lesions.csv`` (volumes), ``report.md``, ``report.html``, ``figures/`` and, for
+a model's volumes, ``predictions/``.
 """
 
 from __future__ import annotations
@@ -47,7 +48,10 @@ PROBABILITIES = "probabilities"
 CASES_CSV = "cases.csv"
 SUMMARY = "summary.json"
 LESIONS_CSV = "lesions.csv"
+REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
+FIGURES = "figures"  # the report's pictures, linked from report.md
+PREDICTIONS = "predictions"  # a volume evaluation's predictions made by the model
 
 
 def is_run_folder(folder: str | Path) -> bool:
@@ -61,6 +65,7 @@ def run_weights(folder: str | Path) -> Path:
     return Path(folder) / BEST
 
 
-__all__ = ["BEST", "CASES_CSV", "CONFIG", "FOLD_SPLITS", "LAST", "LESIONS_CSV", "LOG_CSV", "MASKS", "PLAN",
-           "PROBABILITIES", "REPORT_HTML", "RESUME_DIR", "RESUME_STATE", "RUN_MARKERS", "RUN_READ_MARKERS",
-           "SPLITS", "SUMMARY", "TENSORBOARD", "TRAIN_LOG", "is_run_folder", "run_weights"]
+__all__ = ["BEST", "CASES_CSV", "CONFIG", "FIGURES", "FOLD_SPLITS", "LAST", "LESIONS_CSV", "LOG_CSV", "MASKS",
+           "PLAN", "PREDICTIONS", "PROBABILITIES", "REPORT_HTML", "REPORT_MD", "RESUME_DIR",
+           "RESUME_STATE", "RUN_MARKERS", "RUN_READ_MARKERS", "SPLITS", "SUMMARY", "TENSORBOARD",
+           "TRAIN_LOG", "is_run_folder", "run_weights"]

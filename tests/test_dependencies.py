@@ -31,6 +31,7 @@ PACKAGE = ROOT / "segdino"
 EXTRAS_OF_FILES = {
     "segdino/volumes/": {"volumes"},
     "segdino/data/synthetic.py": {"volumes"},  # the CT-like demo volumes are written as NIfTI
+    "segdino/data/synthetic_volumes.py": {"volumes"},
     "segdino/data/whole_scan.py": {"volumes"},  # generated whole scans, written as NIfTI
     "segdino/export.py": {"onnx"},
     "segdino/benchmark.py": {"onnx"},

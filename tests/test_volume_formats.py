@@ -213,7 +213,7 @@ def test_dicom_series_mixing_sizes(tmp_path):
 def test_nnunet_dataset_in_itk_format_is_checked_predicted_and_scored(tmp_path, ending, capsys):
     import json
 
-    from test_volume_eval import ThresholdModel
+    from tests.test_volume_eval import ThresholdModel
 
     from segdino.cli import main
     from segdino.data.synthetic import write_volume_dataset
@@ -285,7 +285,7 @@ def test_nnunet_dataset_of_detached_headers(tmp_path):
     predictions come out as one-file .mha."""
     import json
 
-    from test_volume_eval import ThresholdModel
+    from tests.test_volume_eval import ThresholdModel
 
     from segdino.data.synthetic import write_volume_dataset
     from segdino.volumes import check_volume_dataset, ct_window, find_volume_cases
@@ -315,7 +315,7 @@ def test_undecodable_dicom_names_the_file_and_the_syntax(tmp_path, monkeypatch):
     gdcm = pytest.importorskip("gdcm")
     import pydicom
 
-    from segdino.volumes import io
+    from segdino.volumes import dicom
 
     write_dicom_series(tmp_path / "plain", n=2)
     (tmp_path / "jpeg").mkdir()
@@ -327,6 +327,6 @@ def test_undecodable_dicom_names_the_file_and_the_syntax(tmp_path, monkeypatch):
 
     # As on a machine without GDCM: pydicom cannot decode, and the message says what to install.
     monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(no_decoder))
-    monkeypatch.setattr(io, "_has_gdcm", lambda: False)
+    monkeypatch.setattr(dicom, "_has_gdcm", lambda: False)
     _one_error(tmp_path / "jpeg", r"img\d+\.dcm: cannot decode pixel data, transfer syntax JPEG Lossless.*"
                                   r"1\.2\.840\.10008\.1\.2\.4\.70.*segdino\[volumes\]")

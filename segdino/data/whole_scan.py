@@ -13,15 +13,14 @@ Labels: 0 background, 1 lesion.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
 from ..errors import DataError
-from ..fileio import atomic_write_bytes, atomic_write_text
-from .synthetic import _nifti_bytes, _prepare_root, volume_affine
+from ..fileio import atomic_write_bytes
+from .synthetic_volumes import _nifti_bytes, case_files, finish_nnunet_dataset, start_nnunet_dataset, volume_affine
 
 WHOLE_SCAN_LABELS = {"background": 0, "lesion": 1}
 WHOLE_SCAN_SHAPE = (40, 512, 512)
@@ -125,25 +124,9 @@ def write_whole_scan_dataset(root, n_train: int, n_val: int, n_test: int, shape=
     with one fold. Case ``i`` depends only on ``(seed, i)``; ``workers`` processes write cases
     side by side. Returns ``root``.
     """
-    try:
-        import nibabel  # noqa: F401
-    except ImportError:
-        raise DataError("writing NIfTI volumes needs nibabel: pip install 'segdino[volumes]'") from None
-    counts = (n_train, n_val, n_test)
-    if any(int(c) != c or c < 0 for c in counts):
-        raise DataError(f"dataset sizes must be non-negative integers, got {counts}")
-    root = Path(root)
-    total = sum(counts)
-    cases = [f"scan_{i:03d}" for i in range(total)]
-    tr, ts = cases[: n_train + n_val], cases[n_train + n_val :]
-    names = {"imagesTr": {f"{c}_0000.nii.gz" for c in tr}, "labelsTr": {f"{c}.nii.gz" for c in tr},
-             "imagesTs": {f"{c}_0000.nii.gz" for c in ts}, "labelsTs": {f"{c}.nii.gz" for c in ts}}
-    _prepare_root(root, tuple(names), names)
-    jobs = []
-    for i, case in enumerate(cases):
-        img_dir, lab_dir = ("imagesTr", "labelsTr") if i < len(tr) else ("imagesTs", "labelsTs")
-        jobs.append((root / img_dir / f"{case}_0000.nii.gz", root / lab_dir / f"{case}.nii.gz", seed, i,
-                     tuple(shape), tuple(spacing), tuple(lesions), tuple(diameters)))
+    root, cases, n_tr = start_nnunet_dataset(root, (n_train, n_val, n_test), "scan")
+    jobs = [(*case_files(root, case, i < n_tr), seed, i, tuple(shape), tuple(spacing), tuple(lesions),
+             tuple(diameters)) for i, case in enumerate(cases)]
     if workers > 1:
         from concurrent.futures import ProcessPoolExecutor
 
@@ -154,12 +137,8 @@ def write_whole_scan_dataset(root, n_train: int, n_val: int, n_test: int, shape=
             _write_case(job)
     dataset = {"name": "SyntheticWholeScan",
                "description": "Generated whole CT sections with a few small lesions darker than their surroundings",
-               "channel_names": {"0": "CT"}, "labels": dict(WHOLE_SCAN_LABELS), "numTraining": len(tr),
-               "file_ending": ".nii.gz"}
-    atomic_write_text(root / "dataset.json", json.dumps(dataset, indent=1) + "\n")
-    splits = [{"train": cases[:n_train], "val": cases[n_train : n_train + n_val]}]
-    atomic_write_text(root / "splits_final.json", json.dumps(splits, indent=1) + "\n")
-    return root
+               "channel_names": {"0": "CT"}, "labels": dict(WHOLE_SCAN_LABELS)}
+    return finish_nnunet_dataset(root, dataset, cases, n_train, n_val)
 
 
 __all__ = ["WHOLE_SCAN_LABELS", "WHOLE_SCAN_SHAPE", "WHOLE_SCAN_SPACING", "make_whole_scan",

@@ -27,7 +27,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..fileio import atomic_write_bytes
-from ..report import BOTH_COLOUR, CLASS_COLOURS, GT_COLOUR, PRED_COLOUR, overlay, overlay_prediction
+from ..report.pictures import BOTH_COLOUR, CLASS_COLOURS, GT_COLOUR, PRED_COLOUR, overlay, overlay_prediction
 from .io import Volume
 from .slicing import AXIS_NAMES, array_axes_of_world
 
@@ -394,7 +394,7 @@ def write_volume_overlays(out_dir: str | os.PathLike, case: str, image_u8: np.nd
     other_axes = tuple(a for a in range(3) if a != axis)
     indices = np.flatnonzero(np.any(labels != 0, axis=other_axes))
     written: list[Path] = []
-    from ..report import _encode_png
+    from ..report.pictures import _encode_png
 
     if indices.size:
         image, lab = (display_volume(np.take(a, indices, axis=axis), affine, axis) for a in (image_u8, labels))

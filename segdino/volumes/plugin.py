@@ -7,6 +7,7 @@
   :class:`segdino.data.dataset.SegmentationDataset` trains on them; the split rule reads
   ``splits_final.json`` folds; the check is the 2D one, with the class count taken from
   ``dataset.json`` so label values it does not name are reported.
+- the ``volume`` file format (NIfTI, MetaImage, NRRD, DICOM series) in the reader registry.
 - ``volumes`` (kind ``3d``): nnU-Net raw, Decathlon and ``images/`` + ``labels/`` volume
   folders; ``segdino data check`` on them runs :func:`segdino.volumes.check_volume_dataset`
   and fills the common report. Their pairs list is empty: volumes train through
@@ -137,10 +138,15 @@ def _check_volumes(scan, report, opts):
 
 
 def register() -> None:
-    """Add the nnU-Net 2D and volume layouts, their split rule and checkers to :mod:`segdino.data`."""
+    """Add the nnU-Net 2D and volume layouts, their split rule and checkers, and the volume file
+    formats (:mod:`segdino.data.readers`) to :mod:`segdino.data`."""
     from ..data.check import register_checker
     from ..data.layouts import Layout, register_layout
+    from ..data.readers import Format, register_format
     from ..data.splits import register_split_rule
+    from .io import VOLUME_SUFFIXES, read_array, read_header, write_array
+
+    register_format(Format("volume", VOLUME_SUFFIXES, read_array, read_header, write_array, folders=True))
 
     register_layout(Layout("nnunet-2d", NNUNET_2D_DESCRIPTION, lambda r: volume_layout(r) == "nnunet-2d",
                            _scan_nnunet_2d, kind="nnunet-2d"), first=True)

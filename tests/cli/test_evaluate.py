@@ -1,5 +1,4 @@
-"""Results a user can read and trust: learning curves, which split a report scored, models that
-refuse inputs of the wrong kind, clean help texts."""
+"""``segdino evaluate``: which split a report scores, and what it says when a split is empty."""
 
 import json
 
@@ -9,28 +8,7 @@ import yaml
 from PIL import Image
 
 import segdino
-from segdino.cli import build_parser
 from segdino.cli import main as cli_main
-from segdino.report import learning_curve_panels, learning_curves_figure
-
-
-def test_learning_curves_show_loss_and_validation_only_at_whole_epochs(tmp_path):
-    log = tmp_path / "log.csv"
-    log.write_text("epoch,step,train_loss,val_dice,lr,seconds,images_per_s,val_dice_class1,val_dice_class2\n"
-                   "1,10,0.9,0.2,1e-3,3.1,40,0.3,0.1\n2,20,0.6,0.5,9e-4,3.0,41,0.6,0.4\n"
-                   "3,30,0.4,0.7,5e-4,2.9,42,0.8,0.6\n")
-    xname, panels = learning_curve_panels(log)
-    assert xname == "epoch"
-    assert [(title, sorted(cols)) for title, cols in panels] == [
-        ("training loss", ["train_loss"]), ("validation", ["val_dice", "val_dice_class1", "val_dice_class2"])]
-    fig = learning_curves_figure(log)
-    axes = [ax for ax in fig.axes if ax.get_visible()]
-    assert len(axes) == 2
-    for ax in axes:
-        fig.canvas.draw()
-        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
-        assert ticks and all(float(t).is_integer() for t in ticks), ticks
-    assert axes[1].get_ylim() == (0.0, 1.0)
 
 
 @pytest.fixture(scope="module")
@@ -85,13 +63,3 @@ def test_an_empty_split_suggests_split_all(tmp_path, capsys):
                      str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--split all" in err[0]
-
-
-def test_help_texts_are_plain_and_name_what_they_take():
-    def sub(name):
-        action = next(a for a in build_parser()._actions if hasattr(a, "choices") and isinstance(a.choices, dict))
-        return action.choices[name]
-
-    assert "``" not in sub("demo").format_help()
-    export = sub("export").format_help()
-    assert "RUN_DIR" in export

@@ -1,7 +1,5 @@
-"""Evaluation files: per-case CSV, strict summary JSON, overlays and the Markdown report."""
+"""The Markdown and HTML report of 2D and 3D evaluations."""
 
-import csv
-import json
 import re
 
 import numpy as np
@@ -10,126 +8,11 @@ from PIL import Image
 
 from segdino import DataError
 from segdino.metrics import case_rows, lesion_metrics, summarize, summarize_lesions
-from segdino.report import (
-    BOTH_COLOUR,
-    GT_COLOUR,
-    PRED_COLOUR,
-    contour,
-    overlay,
-    read_log,
-    worst_slice,
-    write_case_csv,
-    write_report,
-    write_summary_json,
-)
-
-
-def square(shape, top, left, size, value=1):
-    m = np.zeros(shape, dtype=np.uint8)
-    m[top : top + size, left : left + size] = value
-    return m
-
-
-@pytest.fixture
-def cases_2d():
-    shape = (32, 40)
-    rng = np.random.default_rng(0)
-    image = rng.integers(0, 255, size=(*shape, 3), dtype=np.uint8)
-    gt = square(shape, 8, 8, 12)
-    return {
-        "perfect": (image, gt, gt.copy()),
-        "shifted": (image, gt, square(shape, 8, 11, 12)),
-        "half": (image, gt, square(shape, 8, 8, 6)),
-        "missed": (image, gt, np.zeros(shape, np.uint8)),
-    }
+from segdino.report import GT_COLOUR, write_report
 
 
 def rows_of(cases, num_classes=1, spacing=None):
     return [r for name, (_, g, p) in cases.items() for r in case_rows(name, p, g, num_classes, spacing)]
-
-
-def test_case_csv_round_trip(tmp_path, cases_2d):
-    rows = rows_of(cases_2d)
-    path = tmp_path / "out" / "cases.csv"
-    write_case_csv(path, rows)
-    with open(path, newline="") as f:
-        back = list(csv.DictReader(f))
-    assert [r["case"] for r in back] == list(cases_2d)
-    assert list(back[0])[:3] == ["case", "class", "class_name"]
-    missed = back[3]
-    assert missed["hd95"] == "" and missed["hd95_failed"] == "1"
-    assert back[0]["hd95_failed"] == "0"
-    assert float(back[1]["dice"]) == pytest.approx(rows[1]["dice"])
-    assert not list(path.parent.glob(".*.tmp"))  # no temporary file left behind
-
-
-def test_summary_json_is_strict(tmp_path, cases_2d):
-    summary = summarize(rows_of(cases_2d))
-    path = tmp_path / "summary.json"
-    write_summary_json(path, summary)
-
-    def refuse(const):
-        raise AssertionError(f"non-standard JSON constant {const}")
-
-    back = json.loads(path.read_text(), parse_constant=refuse)
-    hd = back["per_class"]["1"]["hd95"]
-    assert hd["failures"] == 1 and hd["count"] == 3
-    assert hd["with_failures_as_diagonal"]["count"] == 4
-    one = summarize(rows_of({"m": cases_2d["missed"]}))
-    write_summary_json(path, one)
-    back = json.loads(path.read_text(), parse_constant=refuse)
-    assert back["per_class"]["1"]["hd95"]["mean"] is None  # NaN written as null
-    assert back["per_class"]["1"]["dice"]["std"] is None  # one value: no sample std
-
-
-def test_contour_and_overlay_colours():
-    gt = square((12, 12), 2, 2, 5)
-    edge = contour(gt)
-    assert edge.sum() == 16 and not edge[4, 4] and edge[2, 2]
-    pred = square((12, 12), 2, 4, 5)
-    img = np.full((12, 12, 3), 50, dtype=np.uint8)
-    out = overlay(img, gt, pred)
-    assert out.shape == (12, 12, 3) and out.dtype == np.uint8
-    assert tuple(out[4, 2]) == GT_COLOUR  # GT left edge only
-    assert tuple(out[4, 8]) == PRED_COLOUR  # prediction right edge only
-    assert tuple(out[2, 5]) == BOTH_COLOUR  # shared top edge
-    assert tuple(out[4, 5]) == (50, 50, 50)  # interior untouched
-    assert tuple(img[4, 2]) == (50, 50, 50)  # input not modified
-    grey = overlay(np.linspace(-1000, 400, 144).reshape(12, 12), gt, pred)
-    assert grey.shape == (12, 12, 3) and grey[..., 0].max() == 255
-    with pytest.raises(DataError, match="same height and width"):
-        overlay(img, gt[:10], pred)
-
-
-def test_overlay_thickens_on_large_images():
-    gt = square((1080, 1920), 300, 300, 200)
-    out = overlay(np.zeros((1080, 1920, 3), np.uint8), gt, gt)
-    # A 5-pixel-wide line across the square's top edge (rows 296..304 at most).
-    column = np.all(out[:, 400] == BOTH_COLOUR, axis=-1)
-    assert 4 <= column[280:320].sum() <= 9
-
-
-def test_worst_slice():
-    gt = np.zeros((6, 8, 8), dtype=np.uint8)
-    gt[1:5, 2:6, 2:6] = 1
-    pred = gt.copy()
-    pred[3, 0:8, 0:3] = 1  # most wrong voxels on slice 3
-    assert worst_slice(pred, gt, axis=0) == 3
-    assert worst_slice(np.moveaxis(pred, 0, 2), np.moveaxis(gt, 0, 2), axis=2) == 3
-    assert worst_slice(gt, gt) == 1  # no error: most foreground, lowest index
-    assert worst_slice(np.zeros_like(gt), np.zeros_like(gt)) == 3
-    with pytest.raises(DataError):
-        worst_slice(gt[0], gt[0])
-
-
-def test_read_log_takes_numeric_columns(tmp_path):
-    log = tmp_path / "log.csv"
-    log.write_text("epoch,train_loss,val_dice,lr,note\n0,0.9,,0.001,warmup\n1,0.7,0.4,0.001,\n2,0.5,0.6,0.0005,x\n")
-    xname, curves = read_log(log)
-    assert xname == "epoch" and set(curves) == {"train_loss", "val_dice", "lr"}
-    assert curves["val_dice"] == ([1.0, 2.0], [0.4, 0.6])
-    with pytest.raises(DataError, match="no such"):
-        read_log(tmp_path / "absent.csv")
 
 
 def linked_images(md_text):
