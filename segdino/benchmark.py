@@ -314,7 +314,9 @@ def build_cpu_paths(model: SegDINO, paths: Sequence[str], workdir: Path, image_s
     ONNX files are written to ``workdir``. Returns the paths by display name, and notes about
     paths that could not be built (the benchmark goes on without them).
     """
-    from .export import export_onnx, fold_tpa, load_onnx_model, quantize_onnx
+    from .export import export_onnx, fold_tpa
+    from .onnx_runtime import load_onnx_model
+    from .quantize import quantize_onnx
 
     built: dict[str, Callable] = {}
     notes: list[str] = []
@@ -496,7 +498,7 @@ def run_benchmark(backbone: str = "vits16", image_size: tuple[int, int] = (256, 
     counts = model.count_parameters()
     probe = torch.randn(1, 3, *image_size, device=device)
     if device.type == "cpu":
-        from .export import physical_cores
+        from .onnx_runtime import physical_cores
 
         threads = int(threads or physical_cores())
         with _torch_threads(threads):
@@ -583,7 +585,7 @@ def _run_cpu(report, model, image_size, batches, warmup, repeats, compile_mode, 
     with _torch_threads(threads), tempfile.TemporaryDirectory(prefix="segdino-bench-") as tmp:
         calibration = None
         if "onnx-int8" in paths:
-            from .export import calibration_inputs
+            from .quantize import calibration_inputs
 
             calibration = calibration_inputs(data, model.config, seed=seed)
         fns, notes = build_cpu_paths(model, paths, Path(tmp), image_size, threads, calibration, compile_mode)

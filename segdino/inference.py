@@ -24,60 +24,13 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .backbone import PATCH_SIZE
 from .config import ModelConfig
 from .errors import CheckpointError, ConfigError, DataError
 from .memory import check_memory, forward_bytes, memory_limit
-
-
-def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (3, H, W) float in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
-
-
-def normalize(x: torch.Tensor, config: ModelConfig) -> torch.Tensor:
-    """Mean/std normalisation of a (..., 3, H, W) tensor in [0, 1]."""
-    mean = torch.tensor(config.mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
-    std = torch.tensor(config.std, dtype=x.dtype, device=x.device).view(3, 1, 1)
-    return (x - mean) / std
-
-
-def resize_image(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear, antialiased resize of a (B, C, H, W) or (C, H, W) float image."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    squeeze = x.dim() == 3
-    if squeeze:
-        x = x[None]
-    x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
-    return x[0] if squeeze else x
-
-
-def padded_size(h: int, w: int, multiple: int = PATCH_SIZE) -> tuple[int, int]:
-    return (-(-h // multiple) * multiple, -(-w // multiple) * multiple)
-
-
-def resize_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of (B, K, h, w) logits to ``size``."""
-    if tuple(logits.shape[-2:]) == tuple(size):
-        return logits
-    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
-
-
-def logits_to_labels(logits: torch.Tensor) -> torch.Tensor:
-    """(B, K, H, W) logits -> (B, H, W) uint8 labels (K=1: logit > 0, i.e. sigmoid > 0.5)."""
-    if logits.shape[1] == 1:
-        return (logits[:, 0] > 0).to(torch.uint8)
-    return logits.argmax(dim=1).to(torch.uint8)
-
-
-def logits_to_probabilities(logits: torch.Tensor) -> torch.Tensor:
-    """(B, K, H, W) logits -> foreground probability (K=1) or per-class softmax."""
-    if logits.shape[1] == 1:
-        return torch.sigmoid(logits)
-    return torch.softmax(logits, dim=1)
+# The tensor ops live in segdino.ops; they are named here too, where callers have long found them.
+from .ops import (logits_to_labels, logits_to_probabilities, normalize, padded_size,  # noqa: F401
+                  preprocess, resize_image, resize_logits, to_tensor)
 
 
 @dataclass
@@ -86,17 +39,6 @@ class Prediction:
 
     mask: np.ndarray  # (H, W) uint8 labels
     probabilities: np.ndarray | None = None  # (K, H, W) float32, or (1, H, W) for binary
-
-
-def preprocess(image: np.ndarray, config: ModelConfig, keep_size: bool = False) -> torch.Tensor:
-    """(H, W, 3) uint8 -> normalised (3, h, w) model input (resized, or padded when keep_size)."""
-    x = to_tensor(image)
-    if keep_size:
-        h, w = x.shape[-2:]
-        ph, pw = padded_size(h, w)
-        x = normalize(x, config)
-        return F.pad(x, (0, pw - w, 0, ph - h))  # zero = the mean colour after normalisation
-    return normalize(resize_image(x, config.image_size), config)
 
 
 def default_device() -> torch.device:
