@@ -20,6 +20,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from .. import run_files
+from ..data.transforms import recipe_for_modality, single_channel_images
 from ..errors import ConfigError, DataError, SegDINOError
 from ..train_config import TrainConfig
 
@@ -121,6 +122,9 @@ def build_datasets(cfg: TrainConfig, run: Path | None = None) -> TrainingData:
     common = dict(num_classes=cfg.num_classes, image_size=cfg.image_size, seed=cfg.seed, fold=cfg.fold,
                   mask_threshold=cfg.mask_threshold, cache=cfg.cache_images)
     train = SegmentationDataset(cfg.data, split="train", splits=splits, **common)
+    settings = {}
+    if cfg.augment == "segdino":  # greyscale images (ultrasound): intensity augmentation, no colour jitter
+        settings["augment"] = recipe_for_modality(cfg.augment, single_channel_images(p.image for p in train.pairs))
     val = SegmentationDataset(cfg.data, split="val", splits=train.splits, **common)
     if cfg.num_classes == 1:
         # All-empty masks would train to predict nothing and validate at Dice 1: data check refuses them.
@@ -131,7 +135,7 @@ def build_datasets(cfg: TrainConfig, run: Path | None = None) -> TrainingData:
         threads = max(1, min(8, os.cpu_count() or 1))
         train.preload(num_threads=threads)
         val.preload(num_threads=threads)
-    return TrainingData(train, val if len(val) else None, splits=_splits_of(train))
+    return TrainingData(train, val if len(val) else None, settings=settings, splits=_splits_of(train))
 
 
 def volume_settings_of(cfg: TrainConfig, labels: dict[int, str] | None, modality: str | None) -> dict[str, Any]:
@@ -183,18 +187,18 @@ def _volume_decisions(cfg: TrainConfig, found) -> tuple[dict[str, Any], dict[str
     extra: dict[str, Any] = {"volume": volume_settings_of(cfg, found.labels, modality)}
     if found.labels and num_classes == len(found.labels):
         extra["class_names"] = [found.labels.get(i, str(i)) for i in range(num_classes)]
-    # No colour jitter on slices: intensity augmentation instead.
-    augment = "segdino-intensity" if cfg.augment == "segdino" else cfg.augment
+    augment = recipe_for_modality(cfg.augment, True)  # slices are not colours: no colour jitter
     return {"num_classes": num_classes, "augment": augment}, extra
 
 
 def build_volume_datasets(cfg: TrainConfig, run: Path | None = None) -> TrainingData:
     """The slice (or, with ``--spacing``/``--patch-size``, patch) datasets of a volume dataset."""
     from ..volumes import VolumeSliceDataset
+    from ..volumes.planning import wants_patches
 
     found = _volume_cases(cfg, run)
     settings, extra = _volume_decisions(cfg, found)
-    if cfg.spacing is not None or cfg.patch_size is not None:
+    if wants_patches(cfg):
         return _patch_data(cfg, found, settings, extra)
     vol = extra["volume"]
     common = dict(axis=vol["axis"], context=vol["context"], intensity=vol["intensity"],
