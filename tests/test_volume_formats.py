@@ -12,7 +12,7 @@ pytest.importorskip("nibabel")
 pytest.importorskip("pydicom")
 sitk = pytest.importorskip("SimpleITK")
 
-from tests.test_volumes import (  # noqa: E402
+from tests.volumes.files import (  # noqa: E402
     DIRECTION,
     MARKERS,
     ORIGIN,
