@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import segdino
 from segdino.tpa import SCALE_FACTORS, FoldedTokenPyramidAdaptation, TokenPyramidAdaptation
 from tests.conftest import randomize_
 
@@ -38,3 +39,16 @@ def test_a_refine_conv_that_cannot_fold_keeps_the_direct_computation():
     maps = _maps(seed=1)
     for y, ref in zip(tpa.fold()(maps), tpa(maps)):
         assert (y - ref).abs().max() < 1e-10
+
+
+@pytest.mark.parametrize("size", [(256, 256), (320, 224)])
+def test_pyramid_strides(size):
+    model = segdino.build_model("vitt16", decoder_dim=32).eval()
+    shapes = []
+    h = model.tpa.register_forward_hook(lambda m, a, o: shapes.extend(t.shape[-2:] for t in o))
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, *size))
+    h.remove()
+    H, W = size
+    assert [tuple(s) for s in shapes] == [(H // s, W // s) for s in (2, 4, 8, 16)]
+    assert out.shape[-2:] == size
