@@ -403,7 +403,7 @@ def test_resume_removes_and_lists_every_temporary_left_by_a_kill(trained, tmp_pa
 
 def test_kill_between_log_row_and_state_leaves_no_repeated_row(data, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    real = training.save_resume_state
+    real = training.checkpoints.save_resume_state
     calls = {"n": 0}
 
     def killed_at_second_state(*a, **k):
@@ -412,11 +412,11 @@ def test_kill_between_log_row_and_state_leaves_no_repeated_row(data, tmp_path, m
             raise KeyboardInterrupt  # as a kill: the epoch-2 row is in log.csv, its state is not
         return real(*a, **k)
 
-    monkeypatch.setattr(training, "save_resume_state", killed_at_second_state)
+    monkeypatch.setattr(training.checkpoints, "save_resume_state", killed_at_second_state)
     with pytest.raises(KeyboardInterrupt):
         training.run_training(_config(data, run, epochs=3))
     assert _log_epochs(run) == ["1", "2"]
-    monkeypatch.setattr(training, "save_resume_state", real)
+    monkeypatch.setattr(training.checkpoints, "save_resume_state", real)
     with open(run / "log.csv", "a") as f:  # and a row no state knows of, duplicated
         f.write("1,2,0.5,0.5,1e-3,1.0,1.0\n")
     training.run_training(_config(data, run, epochs=3, resume=True))
@@ -429,7 +429,7 @@ def test_kill_in_the_first_epoch_restarts_the_log(data, tmp_path, monkeypatch):
     def killed(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(training, "save_resume_state", killed)
+    monkeypatch.setattr(training.checkpoints, "save_resume_state", killed)
     with pytest.raises(KeyboardInterrupt):
         training.run_training(_config(data, run, epochs=2))
     assert _log_epochs(run) == ["1"]

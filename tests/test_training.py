@@ -199,11 +199,11 @@ def _model_epoch(path: Path) -> str:
 def test_save_every_throttles_saves_and_a_run_resumes_from_the_last_one(discs, tmp_path, monkeypatch):
     """--save-every 3600: last + state after epoch 1 and the last epoch only; a run interrupted in
     between resumes from epoch 1, removes the temporaries of killed writes and ends bit-identical."""
-    import segdino.training as training
+    import segdino.training.checkpoints as checkpoints
 
     saved = []
-    real_save = training.save_resume_state
-    monkeypatch.setattr(training, "save_resume_state",
+    real_save = checkpoints.save_resume_state
+    monkeypatch.setattr(checkpoints, "save_resume_state",
                         lambda path, model, opt, meta: (saved.append(meta["epoch"]), real_save(path, model, opt, meta)))
     opts = dict(epochs=4, steps_per_epoch=1, save_every=3600.0)
     run_training(config(discs, tmp_path / "full", **opts))
