@@ -3,7 +3,6 @@
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -19,7 +18,6 @@ from segdino.export import (  # noqa: E402
     ExportError,
     export_onnx,
     fold_tpa,
-    upsample_conv3x3,
     load_onnx_model,
     physical_cores,
     read_onnx_metadata,
@@ -54,25 +52,6 @@ def test_export_reports_check_and_writes_one_file(exported):
     assert result["bytes"] == path.stat().st_size
     # Atomic write: nothing but the file itself beside it.
     assert sorted(p.name for p in path.parent.iterdir()) == ["model.onnx"]
-
-
-@pytest.mark.parametrize("h,w,factor", [(16, 16, 8), (3, 5, 4), (1, 1, 2), (2, 7, 8)])
-def test_folded_upsample_conv_is_resize_then_conv(h, w, factor):
-    g = torch.Generator().manual_seed(h * 100 + w)
-    x = torch.randn(2, 6, h, w, generator=g, dtype=torch.float64)
-    weight = torch.randn(4, 6, 3, 3, generator=g, dtype=torch.float64)
-    up = torch.nn.functional.interpolate(x, size=(h * factor, w * factor), mode="bilinear", align_corners=False)
-    direct = torch.nn.functional.conv2d(up, weight, padding=1)
-    assert rel_l2(upsample_conv3x3(x, weight, factor), direct) < 1e-13
-
-
-@pytest.mark.parametrize("n,factor", [(1, 2), (5, 4), (16, 8), (7, 3)])
-def test_interpolation_matrix_is_pytorchs_bilinear_rule(n, factor):
-    from segdino.export import interpolation_matrix
-
-    eye = torch.eye(n, dtype=torch.float64)[None, None]
-    expected = torch.nn.functional.interpolate(eye, size=(factor * n, n), mode="bilinear", align_corners=False)[0, 0]
-    assert np.abs(interpolation_matrix(n, factor) - expected.numpy()).max() < 1e-15
 
 
 def test_fold_tpa_keeps_function_and_parameters(model):

@@ -18,17 +18,20 @@ def registered():
     """Register the volume layouts for one test, restoring the registries afterwards."""
     from segdino.data import check as dcheck
     from segdino.data import layouts as dlayouts
+    from segdino.data import readers as dreaders
     from segdino.data import splits as dsplits
     from segdino.volumes import plugin
 
+    # The plugin loader's once-only flag (segdino.data.readers) is restored with the registries,
+    # so that a later test loads the plugins again.
     saved = (list(dlayouts.LAYOUTS), dict(dsplits.LAYOUT_SPLIT_RULES), dict(dcheck.CHECKERS),
-             getattr(dlayouts, "_plugins_loaded", None))
+             dreaders._plugins_loaded, list(dreaders.FORMATS))
     plugin.register()
     plugin.register()  # twice is harmless
     yield
     dlayouts.LAYOUTS = saved[0]
-    if saved[3] is not None:
-        dlayouts._plugins_loaded = saved[3]
+    dreaders._plugins_loaded = saved[3]
+    dreaders.FORMATS[:] = saved[4]
     dsplits.LAYOUT_SPLIT_RULES.clear()
     dsplits.LAYOUT_SPLIT_RULES.update(saved[1])
     dcheck.CHECKERS.clear()
