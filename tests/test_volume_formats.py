@@ -25,6 +25,7 @@ from tests.test_volumes import (  # noqa: E402
 )
 
 from segdino import DataError  # noqa: E402
+from segdino.summary_file import read_summary  # noqa: E402
 from segdino.volumes.io import prediction_ending, read_volume, strip_volume_suffix, write_volume  # noqa: E402
 
 
@@ -248,7 +249,7 @@ def test_nnunet_dataset_in_itk_format_is_checked_predicted_and_scored(tmp_path, 
                  "--out", str(tmp_path / "from_files"), "--nsd-tolerance", "2"])
     cap = capsys.readouterr()
     assert code == 0, cap.err
-    from_files = json.loads((tmp_path / "from_files" / "summary.json").read_text())
+    from_files = read_summary(tmp_path / "from_files" / "summary.json")
     assert from_files["per_class"] == from_model["per_class"]
     assert from_files["nsd_tolerance"] == 2.0 and "NSD at 2 mm" in cap.out
     assert "| NSD at 2 mm |" in (tmp_path / "from_files" / "report.md").read_text()
