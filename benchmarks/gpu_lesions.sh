@@ -12,15 +12,15 @@
 #   bash benchmarks/gpu_lesions.sh lidc      # or: scan, or: all (two device calls are safer)
 # Results: $OUT/lesions-<name>.json (per-volume test Dice, HD95, lesion detection F1, the command,
 # GPU and versions) and $OUT/lesions-logs.tar (training logs, plans, configs, summaries).
-# Variables: EPOCHS, STEPS (default 30 x 100 as in today's baseline), SPACING (LIDC: auto = the
-# training median; a finer value such as 0.35 gives the stride-16 ViT more tokens per nodule),
+# Variables: EPOCHS, STEPS (default 30 x 100 as in today's baseline), SPACING (LIDC: plan = the
+# default plan, auto = the training median unrefined; a finer value such as 0.35 gives the stride-16 ViT more tokens per nodule),
 # SEEDS (default "0 1 2"), LIMIT (seconds per training, default 420).
 set -u
 what=${1:-all}
 export PYTHONPATH="$PWD/.data/pylib:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export NCCL_NVLS_ENABLE=0
 EPOCHS=${EPOCHS:-30}; STEPS=${STEPS:-100}; SEEDS=${SEEDS:-"0 1 2"}; LIMIT=${LIMIT:-420}
-SPACING=${SPACING:-auto}
+SPACING=${SPACING:-plan}  # plan: the default plan (no --spacing flag)
 export OUT=${OUT:-results/gpu}
 mkdir -p runs "$OUT"
 python3 -c "import nibabel" 2>/dev/null || { echo "nibabel missing: carry .data/pylib (see the header)"; exit 2; }
@@ -63,9 +63,9 @@ train_eval() {  # train_eval NAME DATA TRAIN-ARGS...
 
 if [[ $what == lidc || $what == all ]]; then
   [[ -d .data/lidc-nodules ]] || { echo "missing .data/lidc-nodules (see the header)"; exit 2; }
-  tag=""; [[ $SPACING != auto ]] && tag="-sp$SPACING"
+  tag="-sp$SPACING"; spacing=(--spacing "$SPACING"); [[ $SPACING == plan ]] && { tag="-plan"; spacing=(); }
   for seed in $SEEDS; do
-    train_eval "lidc-patches$tag-s$seed" .data/lidc-nodules --intensity lung --spacing "$SPACING" --seed "$seed" \
+    train_eval "lidc-patches$tag-s$seed" .data/lidc-nodules --intensity lung "${spacing[@]}" --seed "$seed" \
       --augment segdino
   done
   wait

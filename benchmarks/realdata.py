@@ -93,7 +93,8 @@ def run(args) -> dict:
     opts = dict(data=str(args.data), out=str(args.out), recipe=args.recipe, seed=args.seed, epochs=args.epochs,
                 backbone=args.backbone, device=args.device, num_workers=args.num_workers, quiet=True,
                 **({"resume": True} if resuming else {"overwrite": True}))
-    for extra in ("batch_size", "lr", "freeze_backbone", "compile", "steps_per_epoch", "image_size", "decoder_dim"):
+    for extra in ("batch_size", "lr", "freeze_backbone", "compile", "steps_per_epoch", "image_size", "decoder_dim",
+                  "augment", "loss", "schedule", "weight_decay"):
         v = getattr(args, extra)
         if v is not None:
             opts[extra] = v
@@ -175,6 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--decoder-dim", type=int)
     r.add_argument("--freeze-backbone", action="store_true", default=None)
     r.add_argument("--compile", action="store_true", default=None)
+    r.add_argument("--augment", choices=["segdino", "paper", "none"])
+    r.add_argument("--loss")
+    r.add_argument("--schedule", choices=["cosine", "constant"])
+    r.add_argument("--weight-decay", type=float)
     r.add_argument("--resume", action="store_true", help="continue the run in --out if it has a resume state")
     g = sub.add_parser("plot")
     g.add_argument("logs", type=Path, nargs="+")

@@ -87,7 +87,7 @@ def predict(model, images: Iterable | Any, out: str | os.PathLike | None = None,
     (H, W) uint8 masks of images (paths, PIL images or HxWxC uint8 arrays), and (D, H, W) label
     volumes, in the file's array order, of volume paths (NIfTI files, DICOM series folders).
     Options: ``batch_size``, ``keep_size``, ``device``, ``probabilities`` (see
-    :func:`segdino.inference.predict`).
+    :func:`segdino.predictor.predict`).
 
     With ``out``: writes what ``segdino predict INPUT... --out OUT`` writes (``masks/``, and with
     ``probabilities=True`` / ``overlays=True`` those folders), taking any of its options by name,
@@ -97,7 +97,7 @@ def predict(model, images: Iterable | Any, out: str | os.PathLike | None = None,
     """
     if out is None:
         from .inference import load_inference_model
-        from .inference import predict as predict_images
+        from .predictor import predict as predict_images
 
         items = [images] if isinstance(images, (str, bytes, os.PathLike)) or hasattr(images, "shape") \
             or hasattr(images, "mode") else list(images)

@@ -13,8 +13,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, DataError
-
-PATCH_SIZE = 16
+from .ops import PATCH_SIZE  # noqa: F401  (named here too: the ViT's patch side)
 
 
 @dataclass(frozen=True)

@@ -314,7 +314,9 @@ def build_cpu_paths(model: SegDINO, paths: Sequence[str], workdir: Path, image_s
     ONNX files are written to ``workdir``. Returns the paths by display name, and notes about
     paths that could not be built (the benchmark goes on without them).
     """
-    from .export import export_onnx, fold_tpa, load_onnx_model, quantize_onnx
+    from .export import export_onnx, fold_tpa
+    from .onnx_runtime import load_onnx_model
+    from .quantize import quantize_onnx
 
     built: dict[str, Callable] = {}
     notes: list[str] = []
@@ -355,30 +357,32 @@ def dice_by_path(fns: dict[str, Callable], config, data: str | os.PathLike, spli
                  batch_size: int = 8, limit: int | None = None) -> tuple[dict[str, float], int]:
     """Mean Dice of each path on ``split`` of ``data``, predicted at each image's own size.
 
-    Images are resized to the model's input size, logits resized back (bilinear) and thresholded
-    or argmaxed, as :func:`segdino.predict` does. Dice is averaged over foreground classes, then
-    images. Returns ``({path: mean Dice}, number of images)``.
+    Each path runs through a :class:`segdino.predictor.Predictor`, as :func:`segdino.predict`
+    does: images resized to the model's input size, logits resized back (bilinear) and
+    thresholded or argmaxed. Dice is averaged over foreground classes, then images. Returns
+    ``({path: mean Dice}, number of images)``.
     """
     from .data.dataset import SegmentationDataset
     from .errors import DataError
-    from .inference import logits_to_labels, preprocess, resize_logits
+    from .inference import preprocess
     from .metrics import case_metrics
+    from .predictor import Predictor
 
     ds = SegmentationDataset(data, split=split, num_classes=config.num_classes, image_size=None,
                              mask_threshold=config.mask_threshold)
     n = len(ds) if limit is None else min(limit, len(ds))
     if n == 0:
         raise DataError(f"{data}: the '{split}' split is empty; no Dice to measure")
+    predictors = {name: Predictor(fn, batch_size=batch_size, config=config) for name, fn in fns.items()}
     scores: dict[str, list[float]] = {name: [] for name in fns}
     for start in range(0, n, batch_size):
         items = [ds.load_native(i) for i in range(start, min(n, start + batch_size))]
         x = torch.stack([preprocess(im, config) for im, _ in items])
-        for name, fn in fns.items():
+        for name, predictor in predictors.items():
             with torch.inference_mode():
-                logits = fn(x).float()
-            for i, (im, gt) in enumerate(items):
-                pred = logits_to_labels(resize_logits(logits[i : i + 1], gt.shape))[0].numpy()
-                per_class = case_metrics(pred, gt, config.num_classes)
+                preds = predictor.labels_at_sizes(x, [gt.shape for _, gt in items])
+            for pred, (_, gt) in zip(preds, items):
+                per_class = case_metrics(pred.cpu().numpy(), gt, config.num_classes)
                 scores[name].append(float(np.mean([m["dice"] for m in per_class.values()])))
     return {name: float(np.mean(v)) for name, v in scores.items()}, n
 
@@ -494,7 +498,7 @@ def run_benchmark(backbone: str = "vits16", image_size: tuple[int, int] = (256, 
     counts = model.count_parameters()
     probe = torch.randn(1, 3, *image_size, device=device)
     if device.type == "cpu":
-        from .export import physical_cores
+        from .onnx_runtime import physical_cores
 
         threads = int(threads or physical_cores())
         with _torch_threads(threads):
@@ -581,7 +585,7 @@ def _run_cpu(report, model, image_size, batches, warmup, repeats, compile_mode, 
     with _torch_threads(threads), tempfile.TemporaryDirectory(prefix="segdino-bench-") as tmp:
         calibration = None
         if "onnx-int8" in paths:
-            from .export import calibration_inputs
+            from .quantize import calibration_inputs
 
             calibration = calibration_inputs(data, model.config, seed=seed)
         fns, notes = build_cpu_paths(model, paths, Path(tmp), image_size, threads, calibration, compile_mode)

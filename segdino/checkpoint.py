@@ -1,10 +1,11 @@
 """Our model file: one .safetensors file whose metadata holds the model config.
 
-``load_model`` also accepts a run folder (its ``best.safetensors``) and the foreign formats that
-:mod:`segdino.weights` converts (the authors' whole-model state dict).
+``load_model`` also accepts a run folder (its ``best.safetensors``) and the foreign whole-model
+files that :mod:`segdino.conversion` converts (the authors' state dict), through
+:func:`load_foreign_model`.
 
 A model file is untrusted input. Reading one runs no code (safetensors holds only tensors and
-strings; ``.pth`` files go through :func:`segdino.weights.safe_torch_load`), and the metadata
+strings; ``.pth`` files go through :func:`segdino.weight_files.safe_torch_load`), and the metadata
 config is checked field by field, then every tensor's name, shape and dtype is compared with the
 model that config describes *before* the model is built or any tensor is read, so a forged config
 cannot make us allocate a model the file does not hold. Any mismatch is a
@@ -16,21 +17,24 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
 
 from .config import MAX_ABS_MEAN, STD_RANGE, ModelConfig
+from .conversion import (BACKBONE_FORMATS, FORMAT_DESCRIPTIONS, authors_name, authors_to_segdino, detect_format,
+                         infer_model_config)
 from .errors import CheckpointError, ConfigError
 from .fileio import atomic_path
 from .memory import check_memory, forward_bytes
 from .model import SegDINO
+from .weight_files import CONFIG_KEY, FORMAT_KEY, FORMAT_NAME, list_keys, read_metadata, read_state_dict
+from .weights import fit_state_dict
 
-FORMAT_KEY = "format"
-FORMAT_NAME = "segdino"
-CONFIG_KEY = "segdino_config"
 FORMAT_VERSION = "1"
 
 # Largest input side a model file may ask for. Inference resizes every image to the model's input
@@ -61,8 +65,6 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
     Layout: 8-byte little-endian header length, a JSON header (``dtype``, ``shape``,
     ``data_offsets`` per tensor, ``__metadata__``) padded with spaces to 8 bytes, then the data.
     """
-    import sys
-
     if sys.byteorder != "little":
         raise OSError("the safetensors format is little-endian; this machine is not")
     prepared = {}
@@ -131,15 +133,6 @@ def resolve_model_path(path: str | os.PathLike) -> Path:
     return p
 
 
-def read_metadata(path: Path) -> dict[str, str] | None:
-    """The safetensors header metadata, or None when ``path`` is not a safetensors file."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return f.metadata() or {}
-    except (SafetensorError, OSError, ValueError, RuntimeError):
-        return None
-
-
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> SegDINO:
     """Load a whole model: our ``.safetensors``, a run folder, or the authors' state dict.
 
@@ -153,8 +146,6 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     if meta is not None and meta.get(FORMAT_KEY) == FORMAT_NAME:
         model = _load_ours(p, meta)
     else:
-        from .weights import load_foreign_model
-
         model = load_foreign_model(p)
     model.source = p  # named in messages about the model's outputs
     return model.to(map_location).eval()
@@ -301,8 +292,6 @@ def _load_ours(path: Path, meta: dict[str, str]) -> SegDINO:
     check_memory(forward_bytes(config), f"{path}: the model its metadata config describes ({_describe_config(config)}, "
                  f"input {h}x{w})", CheckpointError)
     model = SegDINO(config)
-    from safetensors.torch import load_file
-
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, RuntimeError, ValueError) as e:
@@ -346,3 +335,41 @@ def describe(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{p} is not a SegDINO model file")
     _check_format_version(p, meta)
     return json.loads(meta[CONFIG_KEY]) if config_from_metadata(p, meta.get(CONFIG_KEY)) else {}
+
+
+def load_foreign_model(path: str | os.PathLike) -> SegDINO:
+    """A :class:`~segdino.model.SegDINO` from a whole-model file that is not our own safetensors.
+
+    Accepts the authors' state dict (format 4) and a state dict in our own keys without config;
+    the config is inferred from the tensor shapes (see :func:`segdino.conversion.infer_model_config`). A backbone-only
+    file raises :class:`CheckpointError` saying so.
+    """
+    path = Path(path)
+    state = read_state_dict(path)
+    fmt = detect_format(state)
+    if fmt in BACKBONE_FORMATS:
+        raise CheckpointError(
+            f"{path} is {FORMAT_DESCRIPTIONS[fmt]}, not a whole model; expected a SegDINO model file (ours, or "
+            "the authors' state dict). To start from this backbone, pass it as backbone_weights= to "
+            "segdino.build_model() (--backbone-weights on the command line)"
+        )
+    if fmt is None:
+        raise CheckpointError(
+            f"{path}: not a SegDINO model; expected our .safetensors file or the authors' state dict "
+            f"(backbone.* and decoder.* keys), found {list_keys(sorted(state), 6)}"
+        )
+    ours = authors_to_segdino(state, source=path) if fmt == "segdino_v2" else dict(state)
+    config = infer_model_config(ours, path)
+    what = f"a SegDINO model with backbone {config.backbone}, decoder width {config.decoder_dim}, " \
+           f"{config.num_classes} class{'es' if config.num_classes > 1 else ''}"
+    # Shapes first, on a skeleton without storage: a file with one oversized tensor must not make us
+    # allocate the (much larger) model that tensor's shape implies.
+    with torch.device("meta"):
+        skeleton = SegDINO(config)
+    fitted = fit_state_dict(path, ours, skeleton.state_dict(), what, file_name=authors_name if fmt == "segdino_v2" else str)
+    del skeleton
+    check_memory(forward_bytes(config), f"{path}: {what} at {config.image_size[0]}x{config.image_size[1]}",
+                 CheckpointError)
+    model = SegDINO(config)
+    model.load_state_dict(fitted, strict=True)
+    return model

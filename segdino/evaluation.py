@@ -42,6 +42,7 @@ from .data.masks import read_mask_file, require_foreground
 from .data.splits import resolve_splits
 from .errors import ConfigError, DataError
 from .evaluator import ScoredCase, Source, evaluate
+from .predictor import Predictor
 from .prediction_files import (  # noqa: F401  (kept importable from here)
     PREDICTION_SUFFIXES,
     match_predictions,
@@ -169,26 +170,18 @@ def _model_title(model_path: Path | None, model) -> str:
         f"{model_path.parent.name}/{model_path.name}"
 
 
-def _open_model(model, device):
-    """(model ready for inference, its device, its file or None)."""
-    from .inference import _prepare_model, load_inference_model, model_device
-
-    model_path = None
-    if isinstance(model, (str, os.PathLike)):
-        model_path = Path(model)
-        model = load_inference_model(model_path, device if device is not None else "auto")
-        dev = model_device(model)
-    else:
-        model, dev = _prepare_model(model, device)
-    if hasattr(model, "eval"):
-        model.eval()
-    return model, dev, model_path
+def _open_model(model, device, batch_size: int, keep_size: bool):
+    """(the :class:`~segdino.predictor.Predictor` of ``model``, its file or None)."""
+    model_path = Path(model) if isinstance(model, (str, os.PathLike)) else None
+    predictor = Predictor(model, device, batch_size=batch_size, keep_size=keep_size)
+    if hasattr(predictor.model, "eval"):
+        predictor.model.eval()
+    return predictor, model_path
 
 
-def _model_cases(model, dev, ds, who: str, batch_size: int, keep_size: bool, workers: int,
-                 packed: dict) -> Iterator[ScoredCase]:
-    """Each case of ``ds`` predicted by ``model`` in batches, at the image's own size."""
-    from .inference import predict_arrays
+def _model_cases(predictor: Predictor, ds, who: str, workers: int, packed: dict) -> Iterator[ScoredCase]:
+    """Each case of ``ds`` predicted in batches, at the image's own size."""
+    batch_size = predictor.batch_size
 
     def load(i: int) -> tuple[np.ndarray, np.ndarray]:
         image = ds.native_image(i)
@@ -208,7 +201,7 @@ def _model_cases(model, dev, ds, who: str, batch_size: int, keep_size: bool, wor
             batch.append((i, image, gt))
             if len(batch) < batch_size and i != indices[-1]:
                 continue
-            masks = predict_arrays(model, [b[1] for b in batch], dev, batch_size, keep_size)
+            masks = predictor.labels([b[1] for b in batch])
             for (j, _, gt), pred in zip(batch, masks):
                 packed[ds.case_ids[j]] = _pack(pred)
                 yield _image_case(ds.case_ids[j], pred, gt)
@@ -261,7 +254,8 @@ def evaluate_model(
 
     if isinstance(model, (str, os.PathLike)) and run_dir is None:
         run_dir = find_run_dir(model)
-    model, dev, model_path = _open_model(model, device)
+    predictor, model_path = _open_model(model, device, batch_size, keep_size)
+    model, dev = predictor.model, predictor.device
     check_input_kind(model, "2d", data)
     config = model.config
     num_classes = int(config.num_classes)
@@ -289,7 +283,7 @@ def evaluate_model(
         missing_warning=(f"never occur in the ground truth of this split; check that the model's {num_classes} "
                          "classes match the dataset's masks"),
     )
-    cases = _model_cases(model, dev, ds, who, batch_size, keep_size, workers, packed)
+    cases = _model_cases(predictor, ds, who, workers, packed)
     return evaluate(cases, source, out, total=len(ds), progress=progress)
 
 

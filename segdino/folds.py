@@ -17,6 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .data.splits import read_nnunet_folds
 from .errors import ConfigError, DataError
 from .fileio import atomic_write_text
 
@@ -66,11 +67,9 @@ def make_folds(case_ids: Sequence[str], k: int, seed: int = 0, groups: Sequence[
 
 
 def read_folds(path: Path) -> list[dict[str, list[str]]]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: cannot read the folds ({e})") from None
-    if not isinstance(data, list) or not all(isinstance(f, dict) and "val" in f for f in data):
+    """The folds of a ``splits_final.json`` (:func:`segdino.data.splits.read_nnunet_folds`), each with a val list."""
+    data = read_nnunet_folds(path)
+    if not all("val" in f for f in data):
         raise DataError(f"{path}: expected a list of folds, each {{\"train\": [...], \"val\": [...]}}")
     return data
 

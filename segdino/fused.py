@@ -2,8 +2,8 @@
 
 :func:`fuse_model` returns a copy of a model whose decoder runs
 
-- TPA folded (:func:`segdino.kernels.fold.upsample_conv3x3_cl`: the x8/x4/x2 resize and 3x3 conv
-  done at 16x16 and expanded by two matrix products, channels-last);
+- TPA folded (:meth:`segdino.tpa.TokenPyramidAdaptation.fold` with ``channels_last=True``: the
+  x8/x4/x2 resize and 3x3 conv done at 16x16 and expanded by two matrix products);
 - SAD's top-down ``up(x) + l`` with the resize as two matrix products with fixed interpolation
   matrices (:func:`segdino.kernels.resize.resize_bilinear_matmul`, tensor cores; the add fuses into
   the neighbouring elementwise pass under ``torch.compile``), or as a one-pass Triton kernel
@@ -21,50 +21,20 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .backbone import PATCH_SIZE
 from .head import SegmentationHead
 from .kernels import resize_bilinear, upsample_add
-from .kernels.fold import upsample_conv3x3_cl
 from .kernels.resize import resize_bilinear_matmul
 from .kernels.rope import CachedRope, cache_rope
 from .kernels.sad import residual_block
 from .sad import ScaleAwareDecoder
-from .tpa import SCALE_FACTORS, TokenPyramidAdaptation
+from .tpa import FoldedTokenPyramidAdaptation, TokenPyramidAdaptation
 
 
-def _foldable(conv: nn.Module) -> bool:
-    return (isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
-            and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
-            and conv.padding_mode == "zeros")
-
-
-class FusedTokenPyramid(nn.Module):
-    """:class:`segdino.tpa.TokenPyramidAdaptation` with every resize + 3x3 conv folded (same parameters)."""
-
-    def __init__(self, tpa: TokenPyramidAdaptation):
-        super().__init__()
-        self.resample = tpa.resample
-        self.projections = tpa.projections
-        self.refine = tpa.refine
-
-    def forward(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
-        pyramid = []
-        for proj, conv, factor, x in zip(self.projections, self.refine, SCALE_FACTORS, maps):
-            x = proj(x)
-            if self.resample and factor != 1 and _foldable(conv):
-                y = upsample_conv3x3_cl(x, conv.weight, factor)
-                if conv.bias is not None:
-                    y = y + conv.bias.view(1, -1, 1, 1)
-            else:
-                if self.resample and factor != 1:
-                    h, w = x.shape[-2:]
-                    x = F.interpolate(x, size=(h * factor, w * factor), mode="bilinear", align_corners=False)
-                y = conv(x)
-            pyramid.append(y)
-        return pyramid
+# Fused models have long named their TPA so; it is the folded TPA, arranged for channels-last maps.
+FusedTokenPyramid = FoldedTokenPyramidAdaptation
 
 
 def upsample_add_matmul(x: torch.Tensor, addend: torch.Tensor) -> torch.Tensor:
@@ -130,7 +100,7 @@ def fuse_model(model: nn.Module, rope_cache: bool = True, resize: str = "matmul"
     """
     fused = copy.deepcopy(model)
     if isinstance(getattr(fused, "tpa", None), TokenPyramidAdaptation):
-        fused.tpa = FusedTokenPyramid(fused.tpa)
+        fused.tpa = fused.tpa.fold(channels_last=True)
     if isinstance(getattr(fused, "sad", None), ScaleAwareDecoder):
         fused.sad = FusedScaleAwareDecoder(fused.sad, resize=resize, fused_blocks=fused_blocks)
     if isinstance(getattr(fused, "head", None), SegmentationHead):

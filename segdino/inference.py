@@ -1,8 +1,13 @@
-"""Inference at each image's own size (CONTRACTS, "Inference resolution").
+"""Models made ready for inference, and the rules every prediction shares.
 
-Default: resize to the model's input size, predict, resize the logits back to the image's
-size (bilinear), then threshold (binary) or argmax (multi-class). ``keep_size=True`` instead
-pads the image to a multiple of 16 and crops the logits.
+Loading a model file for inference (:func:`load_inference_model`), choosing and checking the
+device (:func:`resolve_device`, :func:`prepare_model`), the image preprocessing, logits to labels
+and probabilities, and the checks on a model's outputs and inputs. :mod:`segdino.predictor` runs
+models with these; docs/ARCHITECTURE.md describes the layers.
+
+Inference resolution: by default an image is resized to the model's input size, its logits
+resized back to the image's size (bilinear), then thresholded (binary) or argmaxed
+(multi-class); ``keep_size=True`` instead pads the image to a multiple of 16 and crops the logits.
 
 A model here is anything that maps a normalised (B, 3, H, W) float batch to (B, K, H, W)
 logits and carries ``config`` (a :class:`ModelConfig`): a :class:`segdino.SegDINO`, the fast
@@ -15,66 +20,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .backbone import PATCH_SIZE
 from .config import ModelConfig
-from .data.imageio import as_rgb_array
 from .errors import CheckpointError, ConfigError, DataError
 from .memory import check_memory, forward_bytes, memory_limit
-from .sliding_window import sliding_window
-
-
-def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (3, H, W) float in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
-
-
-def normalize(x: torch.Tensor, config: ModelConfig) -> torch.Tensor:
-    """Mean/std normalisation of a (..., 3, H, W) tensor in [0, 1]."""
-    mean = torch.tensor(config.mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
-    std = torch.tensor(config.std, dtype=x.dtype, device=x.device).view(3, 1, 1)
-    return (x - mean) / std
-
-
-def resize_image(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear, antialiased resize of a (B, C, H, W) or (C, H, W) float image."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    squeeze = x.dim() == 3
-    if squeeze:
-        x = x[None]
-    x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
-    return x[0] if squeeze else x
-
-
-def padded_size(h: int, w: int, multiple: int = PATCH_SIZE) -> tuple[int, int]:
-    return (-(-h // multiple) * multiple, -(-w // multiple) * multiple)
-
-
-def resize_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of (B, K, h, w) logits to ``size``."""
-    if tuple(logits.shape[-2:]) == tuple(size):
-        return logits
-    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
-
-
-def logits_to_labels(logits: torch.Tensor) -> torch.Tensor:
-    """(B, K, H, W) logits -> (B, H, W) uint8 labels (K=1: logit > 0, i.e. sigmoid > 0.5)."""
-    if logits.shape[1] == 1:
-        return (logits[:, 0] > 0).to(torch.uint8)
-    return logits.argmax(dim=1).to(torch.uint8)
-
-
-def logits_to_probabilities(logits: torch.Tensor) -> torch.Tensor:
-    """(B, K, H, W) logits -> foreground probability (K=1) or per-class softmax."""
-    if logits.shape[1] == 1:
-        return torch.sigmoid(logits)
-    return torch.softmax(logits, dim=1)
+# The tensor ops live in segdino.ops; they are named here too, where callers have long found them.
+from .ops import (logits_to_labels, logits_to_probabilities, normalize, padded_size,  # noqa: F401
+                  preprocess, resize_image, resize_logits, to_tensor)
 
 
 @dataclass
@@ -83,33 +39,6 @@ class Prediction:
 
     mask: np.ndarray  # (H, W) uint8 labels
     probabilities: np.ndarray | None = None  # (K, H, W) float32, or (1, H, W) for binary
-
-
-def preprocess(image: np.ndarray, config: ModelConfig, keep_size: bool = False) -> torch.Tensor:
-    """(H, W, 3) uint8 -> normalised (3, h, w) model input (resized, or padded when keep_size)."""
-    x = to_tensor(image)
-    if keep_size:
-        h, w = x.shape[-2:]
-        ph, pw = padded_size(h, w)
-        x = normalize(x, config)
-        return F.pad(x, (0, pw - w, 0, ph - h))  # zero = the mean colour after normalisation
-    return normalize(resize_image(x, config.image_size), config)
-
-
-def model_logits_at_size(
-    model: torch.nn.Module,
-    batch: torch.Tensor,
-    sizes: Sequence[tuple[int, int]],
-    keep_size: bool = False,
-) -> list[torch.Tensor]:
-    """Run ``model`` on a normalised batch and return each image's (K, H, W) float logits at its size."""
-    logits = check_finite_logits(model(batch).float(), model)
-    out = []
-    for i, (h, w) in enumerate(sizes):
-        li = logits[i : i + 1]
-        li = li[..., :h, :w] if keep_size else resize_logits(li, (h, w))
-        out.append(li[0])
-    return out
 
 
 def default_device() -> torch.device:
@@ -191,8 +120,19 @@ def load_inference_model(path: str | os.PathLike, device: str | torch.device | N
     return model.eval()
 
 
-def _prepare_model(model, device: str | torch.device | None):
-    """The model to run and its device; a plain module is moved to an explicitly named device."""
+def prepare_model(model, device: str | torch.device | None = None):
+    """The model to run and its device: the one place a model is made ready for prediction.
+
+    Args:
+        model: a loaded model, or a model file / run folder / ``.onnx`` file (loaded with
+            :func:`load_inference_model` on ``device``, ``auto`` when None).
+        device: None keeps a loaded model where it is; a named device moves a plain module there.
+            A model with a ``device`` attribute (fast and ONNX models) was built for that device:
+            ``auto`` means it, and another device is a :class:`ConfigError`.
+
+    Returns:
+        ``(model, device)``.
+    """
     if isinstance(model, (str, os.PathLike)):
         model = load_inference_model(model, device if device is not None else "auto")
         return model, model_device(model)
@@ -208,11 +148,6 @@ def _prepare_model(model, device: str | torch.device | None):
         raise ConfigError(f"this model was prepared for {current}, not {dev}; load it again with "
                           f"load_inference_model(path, device={str(dev)!r})")
     return model.to(dev), dev
-
-
-def _compiled(model) -> bool:
-    # A compiled fast model specialises on the input shape: keep batch shapes fixed.
-    return getattr(model, "compiled", None) is not None
 
 
 def model_source(model) -> str:
@@ -236,24 +171,7 @@ def check_finite_logits(logits: torch.Tensor, model) -> torch.Tensor:
     return logits
 
 
-def _run(model, x: torch.Tensor, dev: torch.device, batch_size: int) -> torch.Tensor:
-    """Logits of a normalised batch; compiled models always see ``batch_size`` images."""
-    n = x.shape[0]
-    if _compiled(model) and n < batch_size:
-        x = torch.cat([x, x.new_zeros((batch_size - n, *x.shape[1:]))])
-    return check_finite_logits(model(x.to(dev, non_blocking=True))[:n].float(), model)
-
-
-def _finish(logits: torch.Tensor, probabilities: bool) -> np.ndarray | Prediction:
-    """(K, H, W) logits of one image -> its mask (or a :class:`Prediction`)."""
-    mask = logits_to_labels(logits[None])[0].cpu().numpy()
-    if not probabilities:
-        return mask
-    prob = logits_to_probabilities(logits[None])[0].to(torch.float32).cpu().numpy()
-    return Prediction(mask, prob)
-
-
-def _check_any_size(model) -> None:
+def check_any_size(model) -> None:
     """Refuse ``keep_size`` for an ONNX export, whose graph is fixed to one input size."""
     try:
         from .export import OnnxModel
@@ -265,7 +183,7 @@ def _check_any_size(model) -> None:
                           f"{h}x{w} inputs only; drop --keep-size, or use the .safetensors checkpoint")
 
 
-def _keep_size_batch(config: ModelConfig, padded: tuple[int, int], size: tuple[int, int], batch_size: int) -> int:
+def keep_size_batch(config: ModelConfig, padded: tuple[int, int], size: tuple[int, int], batch_size: int) -> int:
     """How many images of one padded size share a forward pass at their own size, within the memory limit.
 
     Raises:
@@ -306,99 +224,3 @@ def check_input_kind(model, kind: str, example: str | os.PathLike | None = None)
     if kind == "volume" and not volume:
         raise ConfigError(f"this model was trained on 2D images (no intensity window or slice axis); it cannot "
                           f"segment volumes{such}: give it 2D images, or a model trained on volumes")
-
-
-def predict_arrays(model, images: Sequence[np.ndarray], device: torch.device, batch_size: int = 8,
-                   keep_size: bool = False, probabilities: bool = False, tile_overlap: float | None = None) -> list:
-    """Segment (H, W, 3) uint8 images with a model already on ``device`` (see :func:`predict`)."""
-    check_input_kind(model, "2d")
-    config: ModelConfig = model.config
-    if tile_overlap is not None:
-        # At native resolution, by overlapping tiles of the model's input size (smaller images padded).
-        out = []
-        for im in images:
-            x = normalize(to_tensor(im), config)[None]
-            out.append(_finish(sliding_window(model, x.to(device), config.image_size, tile_overlap, batch_size)[0],
-                               probabilities))
-        return out
-    if keep_size:
-        _check_any_size(model)
-    sizes = [tuple(int(s) for s in im.shape[:2]) for im in images]
-    results: list = [None] * len(images)
-    if keep_size:
-        # Only images of the same padded size can share a batch.
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, (h, w) in enumerate(sizes):
-            groups.setdefault(padded_size(h, w), []).append(i)
-        batches = []
-        for padded, idx in groups.items():
-            step = _keep_size_batch(config, padded, sizes[idx[0]], batch_size)
-            batches += [idx[k : k + step] for k in range(0, len(idx), step)]
-    else:
-        batches = [list(range(k, min(k + batch_size, len(images)))) for k in range(0, len(images), batch_size)]
-    for idx in batches:
-        x = torch.stack([preprocess(images[i], config, keep_size=keep_size) for i in idx])
-        logits = _run(model, x, device, batch_size)
-        for j, i in enumerate(idx):
-            h, w = sizes[i]
-            li = logits[j : j + 1]
-            li = li[..., :h, :w] if keep_size else resize_logits(li, (h, w))
-            results[i] = _finish(li[0], probabilities)
-    return results
-
-
-@torch.inference_mode()
-def predict(
-    model,
-    images: Iterable,
-    batch_size: int = 8,
-    keep_size: bool = False,
-    device: str | torch.device | None = None,
-    probabilities: bool = False,
-    tile_overlap: float | None = None,
-) -> list[np.ndarray] | list[Prediction]:
-    """Segment raw images at their own sizes.
-
-    Args:
-        model: a SegDINO model, a fast or ONNX model from :func:`load_inference_model`, or a
-            model file / run folder (loaded with :func:`load_inference_model`). Its ``config``
-            gives the input size and normalisation.
-        images: one or several paths, PIL images or (H, W) / (H, W, C) uint8 arrays.
-        batch_size: images per forward pass.
-        keep_size: run at the native size padded to a multiple of 16 instead of resizing
-            (images of one padded size share a batch).
-        device: None keeps the model where it is; ``auto``/``cpu``/``cuda``/``mps`` moves a
-            SegDINO model there (fast and ONNX models must be loaded for their device).
-        probabilities: return :class:`Prediction` objects with probability maps too:
-            (1, H, W) sigmoid foreground probability for a binary model, (K, H, W) softmax else.
-        tile_overlap: run each image at its own resolution by overlapping tiles of the model's
-            input size, blended with a Gaussian weight (:func:`segdino.sliding_window.sliding_window`);
-            the value is the share of a tile its neighbours overlap, e.g. 0.5.
-
-    Returns:
-        one (H, W) uint8 label mask per image, at that image's size, in input order
-        (or :class:`Prediction` objects).
-
-    Raises:
-        DataError: an image cannot be read or is not an image array (the message names it).
-    """
-    if isinstance(images, (str, bytes, os.PathLike)) or hasattr(images, "shape") or hasattr(images, "mode"):
-        images = [images]
-    images = list(images)
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-    model, dev = _prepare_model(model, device)
-    check_input_kind(model, "2d", images[0] if images and isinstance(images[0], (str, os.PathLike)) else None)
-    was_training = bool(getattr(model, "training", False))
-    if hasattr(model, "eval"):
-        model.eval()
-    try:
-        results: list = []
-        # Decode one batch at a time so that a long list of paths is never all in memory.
-        for start in range(0, len(images), batch_size):
-            chunk = [as_rgb_array(im) for im in images[start : start + batch_size]]
-            results += predict_arrays(model, chunk, dev, batch_size, keep_size, probabilities, tile_overlap)
-        return results
-    finally:
-        if was_training:
-            model.train()

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 
-from .backbone import BACKBONES, PATCH_SIZE
+from .backbone import BACKBONES
 from .config import ModelConfig
+from .ops import PATCH_SIZE, padded_size
 
 GIB = 1024**3
 ENV_VAR = "SEGDINO_MAX_MEMORY_GB"
@@ -73,7 +74,7 @@ def forward_bytes(config: ModelConfig, size: tuple[int, int] | None = None, batc
     (heads x T^2 floats for T tokens); the estimate counts both with a margin.
     """
     h, w = size or config.image_size
-    h, w = -(-int(h) // PATCH_SIZE) * PATCH_SIZE, -(-int(w) // PATCH_SIZE) * PATCH_SIZE
+    h, w = padded_size(int(h), int(w))
     spec = BACKBONES.get(config.backbone)
     tokens = (h // PATCH_SIZE) * (w // PATCH_SIZE)
     heads, width = (spec.heads, spec.width) if spec else (1, 1)

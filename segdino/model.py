@@ -14,6 +14,7 @@ from .errors import ConfigError
 from .head import SegmentationHead
 from .sad import ScaleAwareDecoder
 from .tpa import TokenPyramidAdaptation
+from .weights import load_backbone_weights
 
 
 class SegDINO(nn.Module):
@@ -106,8 +107,6 @@ def build_model(
         raise ConfigError(f"build_model: {e}") from None
     model = SegDINO(cfg)
     if backbone_weights is not None:
-        from .weights import load_backbone_weights
-
         load_backbone_weights(model.backbone, backbone_weights)
     if freeze_backbone:
         model.freeze_backbone(True)

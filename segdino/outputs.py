@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from .errors import ConfigError
-from .fileio import (MANIFEST_NAME, is_temporary_name, read_manifest, remove_stale_temporaries, track_writes,
+from .fileio import (MANIFEST_NAME, is_temporary_name, read_manifest, record_written, remove_stale_temporaries, track_writes,
                      untrack_writes)
 
 log = logging.getLogger("segdino")
@@ -347,6 +347,4 @@ def _refuse_foreign(p: Path, option: str) -> None:
 
 def record_folder(path: str | os.PathLike) -> None:
     """Mark a folder whose whole content another library writes (TensorBoard's) as ours."""
-    from .fileio import record_written
-
     record_written(path, folder=True)

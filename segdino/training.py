@@ -1000,6 +1000,10 @@ def build_datasets(cfg: TrainConfig, run: Path | None = None):
     common = dict(num_classes=cfg.num_classes, image_size=cfg.image_size, seed=cfg.seed, fold=cfg.fold,
                   mask_threshold=cfg.mask_threshold, cache=cfg.cache_images)
     train = SegmentationDataset(cfg.data, split="train", splits=splits, **common)
+    from .data.transforms import recipe_for_modality, single_channel_images
+
+    if cfg.augment == "segdino":  # greyscale images (ultrasound): intensity augmentation, no colour jitter
+        cfg.augment = recipe_for_modality(cfg.augment, single_channel_images(p.image for p in train.pairs))
     val = SegmentationDataset(cfg.data, split="val", splits=train.splits, **common)
     if cfg.num_classes == 1:
         # All-empty masks would train to predict nothing and validate at Dice 1: data check refuses them.
@@ -1055,9 +1059,11 @@ def build_volume_datasets(cfg: TrainConfig, run: Path | None = None):
         cfg.num_classes = 1 if len(found.labels) <= 2 else len(found.labels)
     if found.labels and cfg.num_classes == len(found.labels):
         cfg.extra["class_names"] = [found.labels.get(i, str(i)) for i in range(cfg.num_classes)]
-    if cfg.augment == "segdino":  # no colour jitter on slices: intensity augmentation instead
-        cfg.augment = "segdino-intensity"
-    if cfg.spacing is not None or cfg.patch_size is not None:
+    from .data.transforms import recipe_for_modality
+    from .volumes.planning import wants_patches
+
+    cfg.augment = recipe_for_modality(cfg.augment, True)  # slices are not colours: no colour jitter
+    if wants_patches(cfg):
         from .volumes.patches import patch_datasets
 
         return patch_datasets(cfg, found, settings)

@@ -34,6 +34,8 @@ EXTRAS_OF_FILES = {
     "segdino/data/synthetic_volumes.py": {"volumes"},
     "segdino/data/whole_scan.py": {"volumes"},  # generated whole scans, written as NIfTI
     "segdino/export.py": {"onnx"},
+    "segdino/onnx_runtime.py": {"onnx"},
+    "segdino/quantize.py": {"onnx"},
     "segdino/benchmark.py": {"onnx"},
 }
 # Modules only probed for (the import sits in a try that treats failure as "not available") and

@@ -60,7 +60,7 @@ def test_every_reliability_statement_names_tests_that_exist():
             bullets.append((default.group(1) if default else "test_reliability.py", bullet))
     assert len(bullets) >= 15, len(bullets)
     for default, bullet in bullets:
-        named = re.findall(r"`(?:(test_\w+\.py)::)?(test_\w+)`", bullet)
+        named = re.findall(r"`(?:((?:\w+/)*test_\w+\.py)::)?(test_\w+)`", bullet)
         assert named, f"docs/RELIABILITY.md names no test for: {' '.join(bullet.split())[:120]}"
         for file, name in named:
             path = ROOT / "tests" / (file or default)

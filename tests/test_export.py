@@ -22,11 +22,11 @@ from segdino.export import (  # noqa: E402
     upsample_conv3x3,
     load_onnx_model,
     physical_cores,
-    quantize_onnx,
     read_onnx_metadata,
     rel_l2,
 )
 
+from segdino.quantize import quantize_onnx  # noqa: E402
 from tests.conftest import randomize_  # noqa: E402
 
 

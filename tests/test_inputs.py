@@ -400,7 +400,7 @@ def test_keep_size_splits_a_batch_to_fit_the_memory_limit(monkeypatch):
     config = segdino.build_model("vitt16", decoder_dim=16, image_size=(32, 32)).config
     per = memory.forward_bytes(config, (512, 512))
     monkeypatch.setenv("SEGDINO_MAX_MEMORY_GB", str(2.5 * per / memory.GIB))
-    assert inference._keep_size_batch(config, (512, 512), (500, 500), 8) == 2
+    assert inference.keep_size_batch(config, (512, 512), (500, 500), 8) == 2
 
 
 # --- non-finite outputs ---------------------------------------------------------------------------

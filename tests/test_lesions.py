@@ -379,3 +379,45 @@ def test_bad_fold_and_patch_requests_are_one_line_naming_the_file(scans, tmp_pat
     r = _cli("train", "--data", scans, "--spacing", "auto", "--patch-size", "256", *common)
     assert r.returncode != 0 and "Traceback" not in r.stderr and "_0000.nii.gz" in r.stderr
     assert not (tmp_path / "r" / "config.yaml").exists()
+
+
+def test_the_default_plan_refines_the_median_spacing_until_slices_are_tokens_wide(scans):
+    from types import SimpleNamespace
+
+    from segdino.volumes import find_volume_cases
+    from segdino.volumes.planning import MAX_REFINE, plan_volumes, refine_for_tokens, wants_patches
+
+    cases = find_volume_cases(scans).split_cases("train")
+    plan = plan_volumes(cases, "axial", None, None, min_tokens=8)  # 80 x 64 px at 1 mm: 4 tokens across
+    assert plan.spacing == pytest.approx((0.5, 0.5)) and plan.median_shape == (160, 128)
+    assert plan.patch_size == (160, 128) and "refined 2x" in plan.spacing_source
+    assert plan_volumes(cases, "axial", None, None, min_tokens=4).spacing == pytest.approx((1.0, 1.0))
+    # LIDC-like crops of 48 px at 0.7 mm: 3 tokens, refined to 8 (128 px at 0.2625 mm).
+    sp, factor = refine_for_tokens((0.7, 0.7), (48, 48), 8)
+    assert factor == pytest.approx(128 / 48) and sp == pytest.approx((0.2625, 0.2625))
+    assert refine_for_tokens((1.0, 1.0), (8, 8), 8)[1] == MAX_REFINE  # never more than MAX_REFINE
+    assert refine_for_tokens((0.7, 0.7), (512, 512), 8) == ((0.7, 0.7), 1.0)
+    cfg = lambda spacing=None, patch=None, explicit=(): SimpleNamespace(spacing=spacing, patch_size=patch,  # noqa: E731
+                                                                          extra={"explicit": list(explicit)})
+    assert wants_patches(cfg()) and wants_patches(cfg("auto")) and wants_patches(cfg(patch=(32, 32)))
+    assert not wants_patches(cfg(explicit=["image_size"]))
+    assert wants_patches(cfg(patch=(32, 32), explicit=["image_size"]))
+
+
+def test_greyscale_images_get_intensity_augmentation_and_colour_photographs_colour_jitter(tmp_path):
+    from PIL import Image
+
+    from segdino.data.transforms import recipe_for_modality, single_channel_images
+
+    rng = np.random.default_rng(0)
+    grey = tmp_path / "grey.png"
+    Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(grey)
+    grey_rgb = tmp_path / "grey_rgb.png"  # ultrasound saved as RGB: three equal channels
+    Image.fromarray(np.repeat(rng.integers(0, 255, (16, 16, 1), dtype=np.uint8), 3, axis=2)).save(grey_rgb)
+    colour = tmp_path / "colour.png"
+    Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(colour)
+    assert single_channel_images([grey, grey_rgb]) and not single_channel_images([grey, colour])
+    assert not single_channel_images([])
+    assert recipe_for_modality("segdino", True) == "segdino-intensity"
+    assert recipe_for_modality("segdino", False) == "segdino"
+    assert recipe_for_modality("paper", True) == "paper" and recipe_for_modality("none", True) == "none"

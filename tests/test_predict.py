@@ -12,7 +12,8 @@ from segdino.cli import main
 from segdino.cli.predict import ImageInput, output_names
 from segdino.errors import ConfigError
 from segdino.fast import FastModel
-from segdino.inference import load_inference_model, predict
+from segdino.inference import load_inference_model
+from segdino.predictor import predict
 from tests.conftest import tiny
 
 

@@ -36,7 +36,8 @@ from segdino.data.imageio import image_info, read_image
 from segdino.data.masks import read_mask
 from segdino.errors import CheckpointError, DataError, SegDINOError
 from segdino.fileio import atomic_write_text
-from segdino.weights import load_backbone_weights, load_foreign_model, read_state_dict, safe_torch_load
+from segdino.checkpoint import load_foreign_model
+from segdino.weights import load_backbone_weights, read_state_dict, safe_torch_load
 
 TINY = dict(backbone="vitt16", decoder_dim=16, image_size=(32, 32))
 

@@ -12,7 +12,7 @@ pytest.importorskip("nibabel")
 pytest.importorskip("pydicom")
 sitk = pytest.importorskip("SimpleITK")
 
-from tests.test_volumes import (  # noqa: E402
+from tests.volumes.files import (  # noqa: E402
     DIRECTION,
     MARKERS,
     ORIGIN,
@@ -316,7 +316,7 @@ def test_undecodable_dicom_names_the_file_and_the_syntax(tmp_path, monkeypatch):
     gdcm = pytest.importorskip("gdcm")
     import pydicom
 
-    from segdino.volumes import io
+    from segdino.volumes import dicom
 
     write_dicom_series(tmp_path / "plain", n=2)
     (tmp_path / "jpeg").mkdir()
@@ -328,6 +328,6 @@ def test_undecodable_dicom_names_the_file_and_the_syntax(tmp_path, monkeypatch):
 
     # As on a machine without GDCM: pydicom cannot decode, and the message says what to install.
     monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(no_decoder))
-    monkeypatch.setattr(io, "_has_gdcm", lambda: False)
+    monkeypatch.setattr(dicom, "_has_gdcm", lambda: False)
     _one_error(tmp_path / "jpeg", r"img\d+\.dcm: cannot decode pixel data, transfer syntax JPEG Lossless.*"
                                   r"1\.2\.840\.10008\.1\.2\.4\.70.*segdino\[volumes\]")

@@ -94,7 +94,7 @@ def main(args: argparse.Namespace) -> int:
 
 def _is_our_onnx(path: Path) -> bool:
     from ..errors import SegDINOError
-    from ..export import CONFIG_KEY, read_onnx_metadata
+    from ..onnx_runtime import CONFIG_KEY, read_onnx_metadata
 
     try:
         return CONFIG_KEY in read_onnx_metadata(path)
@@ -117,7 +117,8 @@ def _export_int8(model, out: Path, args: argparse.Namespace, kwargs: dict) -> di
     import dataclasses
     import tempfile
 
-    from ..export import calibration_inputs, export_onnx, quantize_onnx
+    from ..export import export_onnx
+    from ..quantize import calibration_inputs, quantize_onnx
 
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:

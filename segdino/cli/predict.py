@@ -303,10 +303,10 @@ def predict_files(model, images: Sequence[ImageInput], out: Path, *, batch_size:
     import torch
 
     from ..evaluation import prefetch
-    from ..inference import model_device, predict_arrays
+    from ..predictor import Predictor
 
     names = output_names(images)
-    dev = model_device(model)
+    predictor = Predictor(model, batch_size=batch_size, keep_size=keep_size, tile_overlap=tile_overlap)
     num_classes = int(model.config.num_classes)
     written: list[Path] = []
     errors: list[str] = []
@@ -321,8 +321,7 @@ def predict_files(model, images: Sequence[ImageInput], out: Path, *, batch_size:
         if not batch:
             return
         with torch.inference_mode():
-            preds = predict_arrays(model, [b[1] for b in batch], dev, batch_size, keep_size, probabilities,
-                                   tile_overlap)
+            preds = predictor.predict([b[1] for b in batch], probabilities)
         for (name, image), pred in zip(batch, preds):
             written.append(write_outputs(out, name, image, pred, num_classes, probabilities, probability_format,
                                          overlays, label_values))
@@ -387,7 +386,7 @@ def _predict(args: argparse.Namespace, images: list[ImageInput], volumes: list[P
         if on_error is not None:
             on_error(p)
     from ..ensemble import load_models
-    from ..inference import _prepare_model, check_input_kind
+    from ..inference import check_input_kind, prepare_model
     from ..sliding_window import check_overlap, ensemble
 
     if args.tile_overlap is not None:
@@ -396,7 +395,7 @@ def _predict(args: argparse.Namespace, images: list[ImageInput], volumes: list[P
     if isinstance(paths, (list, tuple)) and all(isinstance(m, (str, os.PathLike)) for m in paths):
         model = load_models(list(paths), args.device, tta=args.tta)
     else:  # a loaded model (the Python API)
-        model, _ = _prepare_model(args.model, args.device)
+        model, _ = prepare_model(args.model, args.device)
         if args.tta:
             model = ensemble([model], tta=True)
     # Refused before anything is written: one line naming an input of the wrong kind.

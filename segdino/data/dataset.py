@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError
-from ..inference import resize_image, to_tensor
+from ..ops import resize_image, to_tensor
 from .imageio import read_image
 from .layouts import Pair, find_pairs
 from .masks import DEFAULT_THRESHOLD, read_mask
@@ -40,9 +40,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
     ``dataset[i]`` is a dict:
 
     - ``image``: (3, h, w) float32 in [0, 1], ``(h, w) = image_size`` (bilinear, antialiased,
-      as :func:`segdino.inference.resize_image`), then rounded to 1/255 steps so that the
+      as :func:`segdino.ops.resize_image`), then rounded to 1/255 steps so that the
       in-memory cache changes nothing. Not normalised: the model's mean/std are applied by
-      the caller (:func:`segdino.inference.normalize`), as at inference.
+      the caller (:func:`segdino.ops.normalize`), as at inference.
     - ``mask``: (h, w) int64 labels (0/1 binary, 0..K-1 multi-class), nearest resize.
     - ``case_id``: str; ``orig_size``: int64 tensor ``(H, W)``, the image's own size;
       ``index``: int, ``i``.

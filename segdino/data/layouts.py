@@ -1,4 +1,4 @@
-"""Dataset folders as their releases lay them out (CONTRACTS, "Datasets").
+"""Dataset folders as their releases lay them out (docs/FORMATS.md, "Dataset layouts").
 
 A layout knows how to recognise a folder and how to list its image/mask pairs. The 2D layouts:
 
@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import DataError
+from .cases import Case
 from .imageio import is_image_file
+from .readers import PLUGINS, load_plugins  # noqa: F401  (importable here as before)
 
 # Words that mark a file as the mask of the image whose stem precedes them.
 MASK_TAGS = (
@@ -58,8 +60,8 @@ def in_nnunet_images_folder(path: str | os.PathLike) -> bool:
 
 
 @dataclass
-class Pair:
-    """One image with its mask file(s).
+class Pair(Case):
+    """One image with its mask file(s): the 2D :class:`~segdino.data.cases.Case`.
 
     Attributes:
         case_id: unique name of the sample: the image's file stem (prefixed by its subset,
@@ -81,6 +83,10 @@ class Pair:
     def __post_init__(self) -> None:
         if not self.group:
             self.group = self.case_id
+
+    @property
+    def label_files(self) -> tuple[Path, ...]:
+        return tuple(self.masks)
 
 
 @dataclass
@@ -329,26 +335,9 @@ def _describe_layouts() -> str:
     return "; ".join(lay.description for lay in LAYOUTS)
 
 
-# Modules that add layouts (and their split rules and checkers) through a ``register()`` function,
-# loaded on first use so that reading a 2D folder never pays for them up front.
-PLUGINS = ("segdino.volumes.plugin",)
-_plugins_loaded = False
-
-
-def load_plugins() -> None:
-    """Register the layouts of :data:`PLUGINS` (once; a plugin that is not installed is skipped)."""
-    global _plugins_loaded
-    if _plugins_loaded:
-        return
-    _plugins_loaded = True
-    import importlib
-
-    for name in PLUGINS:
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        module.register()
+# The modules of readers.PLUGINS add layouts (and their split rules, checkers and file formats)
+# through a ``register()`` function; readers.load_plugins loads them on first use, so that reading a
+# 2D folder never pays for them.
 
 
 def detect_layout(root: str | os.PathLike) -> Layout:

@@ -1,4 +1,4 @@
-"""Reading masks as label images (CONTRACTS, "Classes and masks").
+"""Reading masks as label images (docs/FORMATS.md, "Masks and labels").
 
 Binary task (``num_classes=1``): a pixel is foreground when its grey value is above the
 threshold (127 for 8-bit masks). Masks whose values are all 0 or 1 are read as such; masks of more

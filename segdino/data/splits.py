@@ -1,4 +1,6 @@
-"""Train/val/test splits (CONTRACTS, "Datasets": the first rule that applies wins).
+"""Train/val/test splits of 2D and volume datasets: the one home of every split rule and split file.
+
+For a 2D dataset the first rule that applies wins (docs/FORMATS.md, "Splits"):
 
 1. ``splits.json`` in the dataset folder: ``{"train": [...], "val": [...], "test": [...]}`` of
    image stems (case ids).
@@ -9,7 +11,11 @@
    straddle two splits.
 
 :func:`resolve_splits` returns a :class:`Splits`: a plain ``dict`` of the three lists (so it
-serialises with ``json.dumps``) whose ``source`` attribute says which rule made it.
+serialises with ``json.dumps``) whose ``source`` attribute says which rule made it. Volume
+datasets (and nnU-Net folders of 2D images) are split by :func:`resolve_case_splits`, which adds
+an nnU-Net ``splits_final.json`` fold and labelled test cases to the same rules. Every split file
+is checked by one validator (:func:`validate_split_lists`); :func:`seeded_split` splits pairs
+and plain case ids alike.
 """
 
 from __future__ import annotations
@@ -127,11 +133,17 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def read_splits_file(path: str | os.PathLike, pairs: list[Pair]) -> Splits:
-    """Read a ``splits.json`` and check it against the dataset's pairs (:func:`validate_split_lists`).
+def read_splits_file(path: str | os.PathLike, cases: Sequence["Pair | str"],
+                     resolve: Callable[[str], "str | None"] | None = None) -> Splits:
+    """Read a ``splits.json`` and check it against the dataset's cases (:func:`validate_split_lists`).
 
-    Entries are case ids (image stems); an entry with an image suffix (``x.png``) is accepted
-    for its stem.
+    Args:
+        cases: the dataset's pairs, or its case ids.
+        resolve: maps an entry to its case id (None: no such case); by default an entry is a
+            case id, or an image file name (``x.png``) accepted for its stem.
+
+    Returns:
+        a :class:`Splits` whose ``unassigned`` lists the cases no split names.
 
     Raises:
         DataError: not JSON, not the expected object, a split naming cases the dataset lacks,
@@ -139,16 +151,53 @@ def read_splits_file(path: str | os.PathLike, pairs: list[Pair]) -> Splits:
     """
     path = Path(path)
     data = read_json(path, DataError, "split file")
-    known = {p.case_id for p in pairs}
-    by_stem = {Path(p.case_id).stem: p.case_id for p in pairs}
+    ids = [c if isinstance(c, str) else c.case_id for c in cases]
+    if resolve is None:
+        known = set(ids)
+        by_stem = {Path(c).stem: c for c in ids}
 
-    def resolve(e: str) -> str | None:
-        return e if e in known else by_stem.get(Path(e).stem) if Path(e).suffix else None
+        def resolve(e: str) -> str | None:
+            return e if e in known else by_stem.get(Path(e).stem) if Path(e).suffix else None
 
     out = validate_split_lists(path, data, resolve)
-    listed = {c for ids in out.values() for c in ids}
-    unassigned = [p.case_id for p in pairs if p.case_id not in listed]
+    listed = {c for part in out.values() for c in part}
+    unassigned = [c for c in ids if c not in listed]
     return Splits(out["train"], out["val"], out["test"], source=str(path.name), unassigned=unassigned)
+
+
+def read_nnunet_folds(path: str | os.PathLike) -> list[dict]:
+    """The folds of an nnU-Net ``splits_final.json``: a list of ``{"train": [...], "val": [...]}``.
+
+    Raises:
+        DataError: unreadable, not JSON, or not a list of objects (naming ``path``).
+    """
+    path = Path(path)
+    folds = read_json(path, DataError, "split file")
+    if not isinstance(folds, list) or not all(isinstance(f, dict) for f in folds):
+        raise DataError(f"{path}: expected a list of folds, each {{\"train\": [...], \"val\": [...]}}")
+    return folds
+
+
+def read_nnunet_fold(path: str | os.PathLike, fold: int, known: set[str],
+                     unknown: list[str] | None = None) -> dict[str, list[str]]:
+    """Fold ``fold`` of a ``splits_final.json``, checked as every split file is.
+
+    Args:
+        known: the case ids of the dataset.
+        unknown: where to note entries naming cases the dataset lacks (a copy of a dataset
+            may lack cases whose labels were withheld); None refuses them.
+
+    Returns:
+        ``{"train": [...], "val": [...]}`` of case ids.
+
+    Raises:
+        DataError: the file or the fold is invalid. ConfigError: no such fold.
+    """
+    folds = read_nnunet_folds(path)
+    if not isinstance(fold, int) or not 0 <= fold < len(folds):
+        raise ConfigError(f"{path}: --fold {fold} asked for, the file has folds 0..{len(folds) - 1}")
+    return validate_split_lists(f"{path} fold {fold}", folds[fold], lambda i: i if i in known else None,
+                                names=("train", "val"), required=(), unknown=unknown)
 
 
 def split_groups(pairs: list[Pair], fractions: Sequence[float], seed: int) -> list[list[str]]:
@@ -180,13 +229,64 @@ def split_groups(pairs: list[Pair], fractions: Sequence[float], seed: int) -> li
     return [[p.case_id for p in pairs if p.group in part] for part in parts]
 
 
-def seeded_split(pairs: list[Pair], seed: int = 0, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> Splits:
-    """A seeded train/val/test split by case (``pair.group``)."""
+def split_ids(case_ids: Sequence[str], fractions: Sequence[float], seed: int) -> list[list[str]]:
+    """:func:`split_groups` of plain case ids, each its own case: parts of sorted ids."""
+    pairs = [Pair(cid, Path(cid), []) for cid in sorted(case_ids)]
+    return [sorted(part) for part in split_groups(pairs, fractions, seed)]
+
+
+def seeded_split(cases: Sequence["Pair | str"], seed: int = 0,
+                 fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> Splits:
+    """A seeded train/val/test split by case: of pairs (kept together by ``pair.group``, in the
+    pairs' order) or of case ids (each its own case, sorted); the same rule for both."""
+    pct = "/".join(str(int(round(f * 100))) for f in fractions)
+    if all(isinstance(c, str) for c in cases):
+        train, val, test = split_ids(list(cases), fractions, seed)
+        return Splits(train, val, test, source=f"seeded {pct} by case (seed {seed})")
+    pairs = list(cases)
     train, val, test = split_groups(pairs, fractions, seed)
     ngroups = len({p.group for p in pairs})
     by = "by case" if ngroups < len(pairs) else "by image"
-    pct = "/".join(str(int(round(f * 100))) for f in fractions)
     return Splits(train, val, test, source=f"seeded {pct} {by} ({ngroups} cases, seed {seed})")
+
+
+def resolve_case_splits(root: str | os.PathLike, train_ids: Sequence[str], test_ids: Sequence[str],
+                        resolve: Callable[[str], "str | None"], fold: int = 0, seed: int = 0,
+                        nnunet: bool = False, issues: list[str] | None = None) -> Splits:
+    """The splits of a dataset of labelled training and test cases (volumes, nnU-Net folders).
+
+    The first rule that applies: ``splits.json`` (entries mapped by ``resolve``); with
+    ``nnunet``, fold ``fold`` of ``splits_final.json`` and test = ``test_ids``; with test cases,
+    val = a seeded 10% of the training cases and test = those; else a seeded 80/10/10 split.
+
+    Args:
+        root: the dataset folder.
+        train_ids, test_ids: the labelled cases of the training and the test folders.
+        issues: where a fold's entries naming missing cases are noted (None refuses them).
+
+    Raises:
+        ConfigError: ``fold`` other than 0 without a ``splits_final.json``, or a fold it lacks.
+        DataError: an invalid split file.
+    """
+    root = Path(root)
+    train_ids, test_ids = sorted(train_ids), sorted(test_ids)
+    fixed, final = root / SPLITS_FILE, root / "splits_final.json"
+    uses_folds = nnunet and final.is_file() and not fixed.is_file()
+    if fold != 0 and not uses_folds:
+        source = SPLITS_FILE if fixed.is_file() else "a rule without folds"
+        raise ConfigError(f"--fold {fold} asked for, but the split of {root} comes from {source}; "
+                          "folds come from an nnU-Net splits_final.json")
+    if fixed.is_file():
+        out = validate_split_lists(fixed, read_json(fixed, DataError, "split file"), resolve)
+        return Splits(out["train"], out["val"], out["test"], source=SPLITS_FILE)
+    if uses_folds:
+        out = read_nnunet_fold(final, fold, set(train_ids), issues)
+        return Splits(out["train"], out["val"], test_ids, source=f"splits_final.json fold {fold}")
+    if test_ids:
+        train, val = split_ids(train_ids, (0.9, 0.1), seed)
+        return Splits(train, val, test_ids,
+                      source=f"val = 10% of training cases (seed {seed}); test = labelled test cases")
+    return seeded_split(train_ids, seed)
 
 
 def _authors_rule(root: Path, pairs: list[Pair], seed: int, fold: int) -> Splits | None:

@@ -22,6 +22,8 @@ Two recipes:
   0.2, contrast 0.2, saturation 0.1, hue 0.05), each applied with probability 0.5.
 - :func:`intensity_transforms` (``segdino-intensity``): for volumes and single-channel images:
   the flips and warp, then intensity scale/shift, gamma, Gaussian noise and blur; no colour jitter.
+  Training picks it in place of ``segdino`` for volumes and for greyscale 2D images
+  (:func:`recipe_for_modality`, :func:`single_channel_images`) and records it in config.yaml.
 - :func:`segdino_transforms`: ours: the flips, one affine warp (rotation +-15 deg, zoom
   0.85-1.2, shift up to 5%) with probability 0.8, and colour jitter with a milder hue change
   (0.02 of a turn, by :func:`rotate_hue`) with probability 0.8. One warp interpolates the image
@@ -311,6 +313,31 @@ def intensity_transforms():
 
 
 RECIPES = {"paper": paper_transforms, "segdino": segdino_transforms, "segdino-intensity": intensity_transforms}
+
+
+def recipe_for_modality(name: str | None, single_channel: bool) -> str | None:
+    """The recipe ``name`` as it applies to the data: ``segdino`` on single-channel data (volumes,
+    greyscale images such as ultrasound) is ``segdino-intensity``; other names are kept."""
+    return "segdino-intensity" if single_channel and name == "segdino" else name
+
+
+def single_channel_images(paths: Sequence, sample: int = 8) -> bool:
+    """Whether 2D image files hold one channel: up to ``sample`` of them, spread over ``paths``,
+    are decoded; all must be greyscale, or RGB with three equal channels (ultrasound is often
+    stored so). False when ``paths`` is empty."""
+    import numpy as np
+
+    from .imageio import read_image
+
+    paths = list(paths)
+    if not paths:
+        return False
+    picks = sorted({int(i) for i in np.linspace(0, len(paths) - 1, min(sample, len(paths)))})
+    for i in picks:
+        rgb = read_image(paths[i])  # (H, W, 3) uint8, greyscale files repeated over the channels
+        if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2])):
+            return False
+    return True
 
 
 def build_transforms(name: str | None) -> Compose | None:

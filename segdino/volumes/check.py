@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from ..data.imageio import load_image, read_image
 from ..errors import ConfigError, DataError
 from ..progress import track
-from .io import Volume, grid_differences, read_volume
+from .io import grid_differences, read_volume
 from .layouts import VolumeCase, VolumeCases, find_volume_cases, volume_layout
 from .slicing import array_axes_of_world
 
@@ -119,8 +120,6 @@ def _label_counts(array: np.ndarray, path: Path, problems: list[str]) -> dict[in
 
 
 def _read_2d(case: VolumeCase) -> tuple[np.ndarray, np.ndarray | None]:
-    from ..data.imageio import load_image, read_image
-
     image = read_image(case.image)
     if case.label is None:
         return image, None

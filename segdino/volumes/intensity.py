@@ -31,6 +31,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from .io import fill_nonfinite
+from .slicing import validate_axis
 
 # (level, width) in Hounsfield units.
 CT_WINDOWS: dict[str, tuple[float, float]] = {
@@ -154,8 +155,6 @@ def volume_settings(intensity: Mapping[str, Any], axis: str | int = "axial", con
                     spacing=None) -> dict[str, Any]:
     """The dict stored in ``ModelConfig.volume``: intensity spec, slice axis, 2.5D context k and,
     for models trained on patches at a target in-plane spacing, that ``spacing`` (rows, columns mm)."""
-    from .slicing import validate_axis
-
     if not isinstance(context, int) or isinstance(context, bool) or context < 0:
         raise ConfigError(f"slice context k must be an integer >= 0, got {context!r}")
     out = {"intensity": validate_intensity(intensity), "axis": validate_axis(axis), "context": int(context)}

@@ -30,15 +30,21 @@ no split: they can be segmented but not scored.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..data.cases import Case
 from ..data.layouts import NNUNET_CHANNEL_RE
-from ..data.splits import validate_split_lists
+from ..data.splits import resolve_case_splits
+from ..data.splits import seeded_split  # noqa: F401  (the one seeded rule, importable here as before)
 from ..errors import ConfigError, DataError
 from ..fileio import read_json
+from .dataset_json import channel_names as _channel_names
+from .dataset_json import count_notes as _count_notes
+from .dataset_json import label_names as _label_names
+from .dataset_json import need_channel_error as _need_channel_error
+from .dataset_json import resolve_channel as _resolve_channel
 from .io import VOLUME_SUFFIXES, is_volume_path, strip_volume_suffix
 
 IMAGE_2D_ENDINGS = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg")
@@ -47,8 +53,8 @@ _CHANNEL_RE = NNUNET_CHANNEL_RE
 
 
 @dataclass(frozen=True)
-class VolumeCase:
-    """One case of a volume dataset.
+class VolumeCase(Case):
+    """One case of a volume dataset: the volume :class:`~segdino.data.cases.Case`.
 
     ``image`` is what to read (a NIfTI file, a 2D file, or a DICOM folder) and ``channel`` the
     channel to take inside a 4D file (None for 3D files). ``channel_files`` lists every channel
@@ -62,6 +68,14 @@ class VolumeCase:
     channel: int | None = None
     subset: str = "train"
     channel_files: tuple[Path, ...] = ()
+
+    @property
+    def image_files(self) -> tuple[Path, ...]:
+        return self.channel_files or (self.image,)
+
+    @property
+    def label_files(self) -> tuple[Path, ...]:
+        return (self.label,) if self.label is not None else ()
 
 
 @dataclass
@@ -217,91 +231,7 @@ def _nnunet_ending(root: Path, meta: dict) -> str:
     return ".nii.gz"
 
 
-# --- dataset.json helpers -----------------------------------------------------------------
-
-
-def _label_names(meta: dict, path: Path) -> dict[int, str] | None:
-    labels = meta.get("labels")
-    if labels is None:
-        return None
-    if not isinstance(labels, dict):
-        raise DataError(f"{path}: 'labels' must be an object, found {type(labels).__name__}")
-    out: dict[int, str] = {}
-    try:
-        if all(str(k).lstrip("-").isdigit() for k in labels):  # Decathlon / nnU-Net v1: {"0": "background"}
-            for k, v in labels.items():
-                out[int(k)] = str(v)
-        else:  # nnU-Net v2: {"background": 0, "pancreas": 1}
-            regions = {str(name): v for name, v in labels.items() if isinstance(v, (list, tuple))}
-            if regions:
-                raise _regions_error(path, regions)
-            for name, v in labels.items():
-                out[int(v)] = str(name)
-    except (TypeError, ValueError):
-        raise DataError(f"{path}: 'labels' must map names to integer values, found {labels!r}") from None
-    return dict(sorted(out.items()))
-
-
-def _regions_error(path: Path, regions: dict[str, Any]) -> DataError:
-    """nnU-Net's region-based labels (overlapping unions of label values, e.g. BraTS) are refused:
-    collapsing a region to one of its values would silently train another task."""
-    listed = "; ".join(f"{name} = {list(v)}" for name, v in regions.items())
-    return DataError(
-        f"{path}: 'labels' defines {len(regions)} region(s), nnU-Net's region-based labels ({listed}); "
-        "SegDINO trains one class per label value (binary, or classes 0..K-1 with a softmax), not "
-        "overlapping regions: list each label value once under its own name "
-        '(e.g. {"background": 0, "edema": 1, "necrosis": 2, "enhancing": 3}) and drop regions_class_order'
-    )
-
-
-def _channel_names(meta: dict) -> list[str] | None:
-    names = meta.get("channel_names", meta.get("modality"))
-    if not isinstance(names, dict):
-        return None
-    try:
-        return [str(v) for _, v in sorted(names.items(), key=lambda kv: int(kv[0]))]
-    except ValueError:
-        return [str(v) for v in names.values()]
-
-
-def _resolve_channel(channel: int | str | None, names: list[str] | None, where: Path) -> int | None:
-    if channel is None:
-        return None
-    if isinstance(channel, str) and not channel.strip().lstrip("-").isdigit():
-        low = [n.lower() for n in (names or [])]
-        if channel.lower() not in low:
-            raise ConfigError(
-                f"{where}: --channel {channel!r} is not a channel name"
-                + (f"; channels: {', '.join(f'{i} {n}' for i, n in enumerate(names))}" if names else "")
-            )
-        return low.index(channel.lower())
-    c = int(channel)
-    if c < 0 or (names is not None and c >= len(names)):
-        raise ConfigError(f"{where}: --channel {c} is out of range" + (f" 0..{len(names) - 1}" if names else ""))
-    return c
-
-
-def _need_channel_error(where: Path, names: list[str]) -> DataError:
-    listed = ", ".join(f"{i} {n}" for i, n in enumerate(names))
-    return DataError(f"{where}: {len(names)} channels (modalities: {listed}); pick one with --channel")
-
-
 # --- splits -------------------------------------------------------------------------------
-
-
-def _split_by_case(case_ids: list[str], fractions: tuple[float, ...], seed: int) -> list[list[str]]:
-    # The 2D pipeline's seeded rule, so that 2D and 3D datasets split alike.
-    from ..data.layouts import Pair
-    from ..data.splits import split_groups
-
-    pairs = [Pair(cid, Path(cid), [], layout="volumes") for cid in sorted(case_ids)]
-    return [sorted(part) for part in split_groups(pairs, fractions, seed)]
-
-
-def seeded_split(case_ids: list[str], seed: int = 0) -> dict[str, list[str]]:
-    """Seeded 80/10/10 split by case (the rule of :func:`segdino.data.splits.seeded_split`)."""
-    train, val, test = _split_by_case(case_ids, (0.8, 0.1, 0.1), seed)
-    return {"train": train, "val": val, "test": test}
 
 
 def _id_aliases(case: VolumeCase) -> set[str]:
@@ -311,46 +241,16 @@ def _id_aliases(case: VolumeCase) -> set[str]:
     return names
 
 
-def _splits_from_file(path: Path, cases: list[VolumeCase], issues: list[str]) -> dict[str, list[str]]:
-    # The 2D pipeline's validator: one rule for types, duplicates, overlaps and unknown cases.
-    alias = {}
-    for c in cases:
-        for a in _id_aliases(c):
-            alias[a] = c.case_id
-    # An entry may carry its file's suffix (case.nii.gz), as a 2D entry may (x.png).
-    return validate_split_lists(path, _load_json(path), lambda e: alias.get(e) or alias.get(strip_volume_suffix(e)))
-
-
 def _resolve_splits(root: Path, cases: list[VolumeCase], fold: int, seed: int,
                     issues: list[str], nnunet: bool) -> tuple[dict[str, list[str]], str]:
-    labelled_train = sorted(c.case_id for c in cases if c.subset == "train" and c.label is not None)
-    labelled_test = sorted(c.case_id for c in cases if c.subset == "test" and c.label is not None)
-    sf = root / "splits_final.json"
-    uses_folds = nnunet and sf.is_file() and not (root / "splits.json").is_file()
-    if fold != 0 and not uses_folds:
-        source = "splits.json" if (root / "splits.json").is_file() else "a rule without folds"
-        raise ConfigError(f"--fold {fold} asked for, but the split of {root} comes from {source}; "
-                          "folds come from an nnU-Net splits_final.json")
-    if (root / "splits.json").is_file():
-        return _splits_from_file(root / "splits.json", cases, issues), "splits.json"
-    if nnunet and sf.is_file():
-        folds = _load_json(sf)
-        if not isinstance(folds, list) or not all(isinstance(f, dict) for f in folds):
-            raise DataError(f"{sf}: expected a list of folds, each {{\"train\": [...], \"val\": [...]}}")
-        if not isinstance(fold, int) or not 0 <= fold < len(folds):
-            raise ConfigError(f"{sf}: --fold {fold} asked for, the file has folds 0..{len(folds) - 1}")
-        known = set(labelled_train)
-        # Folds may list cases this copy of the dataset lacks (labels withheld): noted, not fatal;
-        # anything else wrong with the fold is refused as for splits.json.
-        out = validate_split_lists(f"{sf} fold {fold}", folds[fold], lambda i: i if i in known else None,
-                                   names=("train", "val"), required=(), unknown=issues)
-        out["test"] = labelled_test
-        return {k: out[k] for k in ("train", "val", "test")}, f"splits_final.json fold {fold}"
-    if labelled_test:
-        train, val = _split_by_case(labelled_train, (0.9, 0.1), seed)
-        return {"train": train, "val": val, "test": labelled_test}, \
-            f"val = 10% of training cases (seed {seed}); test = labelled test cases"
-    return seeded_split(labelled_train, seed), f"seeded 80/10/10 by case (seed {seed})"
+    # The rules live in segdino.data.splits, shared with the 2D pipeline; here only what a volume
+    # case may be called in a split file (its id, or a file name with or without the suffix).
+    alias = {a: c.case_id for c in cases for a in _id_aliases(c)}
+    splits = resolve_case_splits(
+        root, [c.case_id for c in cases if c.subset == "train" and c.label is not None],
+        [c.case_id for c in cases if c.subset == "test" and c.label is not None],
+        lambda e: alias.get(e) or alias.get(strip_volume_suffix(e)), fold, seed, nnunet, issues)
+    return splits, splits.source
 
 
 # --- layouts ------------------------------------------------------------------------------
@@ -499,22 +399,6 @@ def scan_volume_cases(root: str | os.PathLike, channel: int | str | None = None)
     found = VolumeCases(root, layout, cases, {}, "", label_names, names, ch, ending, issues)
     found.notes.extend(_count_notes(root, meta, cases, layout))
     return found
-
-
-def _count_notes(root: Path, meta: dict, cases: list[VolumeCase], layout: str) -> list[str]:
-    """dataset.json's numTraining against the training cases found (nnU-Net refuses a mismatch;
-    reading here takes the files that are there, so it is a note, not a problem)."""
-    declared = meta.get("numTraining") if meta else None
-    if layout == "images-labels" or declared is None:
-        return []
-    n = sum(c.subset == "train" for c in cases)
-    folder = "imagesTr/" if layout.startswith("nnunet") else "the training list"
-    if not isinstance(declared, int) or isinstance(declared, bool):
-        return [f"{root / 'dataset.json'}: numTraining is {declared!r}, not a number of cases"]
-    if declared != n:
-        return [f"{root / 'dataset.json'}: numTraining is {declared} but {folder} holds {n} training case(s); "
-                "nnU-Net refuses such a folder (set numTraining to the number of training cases)"]
-    return []
 
 
 def resolve_volume_splits(found: VolumeCases, fold: int = 0, seed: int = 0) -> VolumeCases:

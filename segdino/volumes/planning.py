@@ -4,6 +4,16 @@ As nnU-Net plans its 2D configuration: the target spacing is the median in-plane
 the training cases (``--spacing auto``) unless given; the patch size is the median slice size
 after resampling, rounded up to the model's token size (16) and capped (default 256), unless
 given. Slices smaller than a patch are padded; a patch that fits no volume at all is refused.
+
+The default plan (no ``--spacing``) adds one rule for a ViT: the backbone sees the image in
+16 px tokens and the decoder works from those tokens alone, so a slice a few tokens across
+starves it (LIDC nodule crops of 43-89 px at 0.46-0.98 mm give 48 px, 3x3 tokens, at the
+median spacing). The median spacing is refined until the median slice is at least
+:data:`MIN_TOKENS` tokens across its shorter side, by at most :data:`MAX_REFINE` times, as a
+planner picks a resolution the network can use. See docs/ARCHITECTURE.md for where planning sits.
+
+Volume training uses a plan by default (:func:`wants_patches`); ``--image-size`` alone keeps the
+whole slices resized to that size.
 """
 
 from __future__ import annotations
@@ -21,6 +31,17 @@ from .layouts import VolumeCase
 from .slicing import resolve_axis, validate_axis
 
 TOKEN = 16
+MIN_TOKENS = 8  # the shorter side of the median slice, in tokens, that the default plan asks for
+MAX_REFINE = 4.0  # the most the default plan refines the median spacing
+
+
+def wants_patches(cfg) -> bool:
+    """Whether volume training (a :class:`~segdino.train_config.TrainConfig`) runs on planned patches:
+    yes with ``--spacing`` or ``--patch-size``, and by default; ``--image-size`` alone asks for
+    whole slices resized to that size instead."""
+    if cfg.spacing is not None or cfg.patch_size is not None:
+        return True
+    return "image_size" not in cfg.extra.get("explicit", ())
 
 
 @dataclass
@@ -69,14 +90,25 @@ def _round_up(n: float, to: int = TOKEN) -> int:
     return max(to, int(math.ceil(n / to)) * to)
 
 
+def refine_for_tokens(spacing: tuple[float, float], median_shape: Sequence[int], min_tokens: int = MIN_TOKENS,
+                      max_refine: float = MAX_REFINE) -> tuple[tuple[float, float], float]:
+    """(spacing, factor): ``spacing`` divided by the factor (1 to ``max_refine``) that makes a slice of
+    ``median_shape`` px at ``spacing`` at least ``min_tokens`` tokens of 16 px across its shorter side."""
+    want = min_tokens * TOKEN
+    factor = min(float(max_refine), max(1.0, want / max(1, min(int(v) for v in median_shape))))
+    return (spacing[0] / factor, spacing[1] / factor), factor
+
+
 def plan_volumes(cases: Sequence[VolumeCase], axis: str | int = "axial", spacing=None, patch_size=None,
-                 max_patch: int = 256) -> VolumePlan:
+                 max_patch: int = 256, min_tokens: int | None = None) -> VolumePlan:
     """Plan the target spacing and patch size of patch training on ``cases`` (see the module doc).
 
     Args:
         spacing: ``"auto"``/None (median) or (rows, columns) mm.
         patch_size: None (planned) or (h, w), multiples of 16.
         max_patch: cap of a planned patch side.
+        min_tokens: with a median spacing, refine it so that the median slice is at least this
+            many tokens across (:func:`refine_for_tokens`); None keeps the median.
 
     Raises:
         DataError: a case's spacing is unusable (naming its file); no cases.
@@ -90,6 +122,11 @@ def plan_volumes(cases: Sequence[VolumeCase], axis: str | int = "axial", spacing
     median_sp = tuple(float(v) for v in np.median(spacings, axis=0))
     if spacing is None or spacing == "auto":
         target, sp_source = median_sp, f"median of {len(cases)} training cases"
+        if min_tokens:
+            shape0 = np.median([resampled_shape(g[1], g[0], target) for g in geo], axis=0)
+            target, factor = refine_for_tokens(target, shape0, min_tokens)
+            if factor > 1.0:
+                sp_source += f", refined {factor:.3g}x so the median slice is {min_tokens} tokens across"
     else:
         target, sp_source = tuple(float(v) for v in spacing), "--spacing"
         check_spacing(target, "--spacing")
@@ -114,4 +151,5 @@ def plan_volumes(cases: Sequence[VolumeCase], axis: str | int = "axial", spacing
     return VolumePlan(target, patch, sp_source, p_source, median_sp, median_shape, largest, len(cases))
 
 
-__all__ = ["VolumePlan", "case_geometry", "plan_volumes"]
+__all__ = ["MAX_REFINE", "MIN_TOKENS", "VolumePlan", "case_geometry", "plan_volumes", "refine_for_tokens",
+           "wants_patches"]

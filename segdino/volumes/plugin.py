@@ -7,6 +7,7 @@
   :class:`segdino.data.dataset.SegmentationDataset` trains on them; the split rule reads
   ``splits_final.json`` folds; the check is the 2D one, with the class count taken from
   ``dataset.json`` so label values it does not name are reported.
+- the ``volume`` file format (NIfTI, MetaImage, NRRD, DICOM series) in the reader registry.
 - ``volumes`` (kind ``3d``): nnU-Net raw, Decathlon and ``images/`` + ``labels/`` volume
   folders; ``segdino data check`` on them runs :func:`segdino.volumes.check_volume_dataset`
   and fills the common report. Their pairs list is empty: volumes train through
@@ -19,8 +20,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..data.check import check_pairs_2d, register_checker
+from ..data.layouts import Layout, LayoutScan, Pair, register_layout
+from ..data.readers import Format, register_format
+from ..data.splits import Splits, register_split_rule
 from ..errors import DataError
 from .check import LAYOUT_NAMES, check_volume_dataset, shape_text
+from .io import VOLUME_SUFFIXES, read_array, read_header, write_array
 from .layouts import _resolve_splits, scan_volume_cases, volume_layout
 
 NNUNET_2D_DESCRIPTION = "nnU-Net raw of 2D images (imagesTr/CASE_0000.png, labelsTr/CASE.png, dataset.json)"
@@ -34,8 +40,6 @@ def nnunet_2d_pairs(root, channel: int | str | None = None):
         ``(pairs, unlabelled_images, problems)``; each pair has ``case_id`` = the nnU-Net case,
         ``masks`` = [its label file], ``subset`` = ``train`` (imagesTr) or ``test`` (imagesTs).
     """
-    from ..data.layouts import Pair
-
     found = scan_volume_cases(root, channel)
     if found.is_3d:
         raise DataError(f"{root}: holds volumes, not 2D images")
@@ -45,15 +49,11 @@ def nnunet_2d_pairs(root, channel: int | str | None = None):
 
 
 def _scan_nnunet_2d(root: Path):
-    from ..data.layouts import LayoutScan
-
     pairs, _, problems = nnunet_2d_pairs(root)
     return LayoutScan(root, "nnunet-2d", pairs, problems, kind="nnunet-2d")
 
 
 def _split_nnunet_2d(root, pairs, seed: int, fold: int):
-    from ..data.splits import Splits
-
     if root is None:
         return None
     root = Path(root)
@@ -68,8 +68,6 @@ def _split_nnunet_2d(root, pairs, seed: int, fold: int):
 
 
 def _check_nnunet_2d(scan, report, opts):
-    from ..data.check import check_pairs_2d
-
     found = scan_volume_cases(scan.root)
     unlabelled = [c.case_id for c in found.cases if c.label is None]
     if unlabelled:
@@ -90,8 +88,6 @@ def _check_nnunet_2d(scan, report, opts):
 
 
 def _scan_volumes(root: Path):
-    from ..data.layouts import LayoutScan
-
     # Everything is read by the checker, which knows --channel; nothing here for the 2D pipeline.
     return LayoutScan(root, volume_layout(root) or "volumes", [], kind="3d")
 
@@ -137,10 +133,9 @@ def _check_volumes(scan, report, opts):
 
 
 def register() -> None:
-    """Add the nnU-Net 2D and volume layouts, their split rule and checkers to :mod:`segdino.data`."""
-    from ..data.check import register_checker
-    from ..data.layouts import Layout, register_layout
-    from ..data.splits import register_split_rule
+    """Add the nnU-Net 2D and volume layouts, their split rule and checkers, and the volume file
+    formats (:mod:`segdino.data.readers`) to :mod:`segdino.data`."""
+    register_format(Format("volume", VOLUME_SUFFIXES, read_array, read_header, write_array, folders=True))
 
     register_layout(Layout("nnunet-2d", NNUNET_2D_DESCRIPTION, lambda r: volume_layout(r) == "nnunet-2d",
                            _scan_nnunet_2d, kind="nnunet-2d"), first=True)

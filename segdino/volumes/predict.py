@@ -40,7 +40,8 @@ import torch
 
 from ..errors import ConfigError, SegDINOError
 from ..progress import track
-from ..inference import check_finite_logits, check_input_kind, logits_to_labels, logits_to_probabilities, normalize, resize_image, resize_logits
+from ..inference import check_input_kind, logits_to_labels, logits_to_probabilities, normalize, resize_image
+from ..predictor import Predictor
 from ..resample import check_spacing
 from ..sliding_window import logits_at_spacing
 from .intensity import normalize_intensity, read_volume_settings
@@ -60,43 +61,27 @@ _CHANNEL_RE = re.compile(r"^(.+)_(\d{4})$")
 # One volume in memory
 
 
-def _model_on(model, device: str | torch.device | None = None) -> torch.device:
-    """Where ``model`` runs, moving a plain module to an explicitly named ``device``.
-
-    A model with a ``.device`` attribute (the fast wrapper, an ONNX model) was built for that
-    device and cannot move: ``device`` None or ``auto`` means that device, another one is an error.
-    """
-    from ..inference import model_device, resolve_device
-
-    current = model_device(model)
-    prepared = getattr(model, "device", None) is not None
-    if device is None or (prepared and str(device) == "auto"):
-        return current
-    dev = resolve_device(device)
-    if dev == current or (dev.type == current.type and dev.index is None):
-        return current
-    if prepared:
-        raise ConfigError(f"this model was prepared for {current}, not {dev}; load it again for {dev}")
-    model.to(dev)
-    return dev
-
-
-def _slice_logits(model, volume: Volume, settings: dict, batch_size: int,
-                  dev: torch.device, tile_overlap: float | None = None) -> tuple[int, Iterator[torch.Tensor]]:
+def slice_logits(predictor: Predictor, volume: Volume, settings: dict,
+                 tile_overlap: float | None = None) -> tuple[int, Iterator[torch.Tensor]]:
     """The slicing axis, and each slice's (K, H, W) float logits at the slice's own size.
 
-    A model trained on patches at a target spacing (``spacing`` in its volume settings), or any
-    model given ``tile_overlap``, runs by sliding window (:func:`segdino.sliding_window.logits_at_spacing`)
-    on slices resampled to that spacing; the others see each slice resized to their input size.
+    Slices of ``predictor.batch_size`` at a time, in the model's intensity window and 2.5D
+    context, go through ``predictor``. A model trained on patches at a target spacing (``spacing``
+    in its volume settings), or any model given ``tile_overlap``, runs by sliding window
+    (:func:`segdino.sliding_window.logits_at_spacing`) on slices resampled to that spacing; the
+    others see each slice resized to their input size, the logits resized back.
     """
-    if batch_size < 1:
-        raise ConfigError(f"batch size must be at least 1, got {batch_size}")
     norm = normalize_intensity(volume.array, settings["intensity"])
     axis = resolve_axis(settings["axis"], volume.affine)
-    n = norm.shape[axis]
-    config = model.config
-    compiled = getattr(model, "compiled", None) is not None
+    n, step, dev = norm.shape[axis], predictor.batch_size, predictor.device
+    config = predictor.config
     target = settings.get("spacing")
+
+    def slices(start: int) -> torch.Tensor:
+        """(m, 3, H, W) float slices in [0, 1] from ``start``, ``context`` neighbours as channels."""
+        return torch.stack([torch.from_numpy(np.ascontiguousarray(context_slice(norm, axis, i, settings["context"])))
+                            .permute(2, 0, 1) for i in range(start, min(start + step, n))])
+
     if target is not None or tile_overlap is not None:
         rest = [a for a in range(3) if a != axis]
         src = [float(volume.spacing[a]) for a in rest]
@@ -104,30 +89,22 @@ def _slice_logits(model, volume: Volume, settings: dict, batch_size: int,
         overlap = 0.5 if tile_overlap is None else tile_overlap
 
         def tiled() -> Iterator[torch.Tensor]:
-            for start in range(0, n, batch_size):
-                x = torch.stack([torch.from_numpy(np.ascontiguousarray(context_slice(norm, axis, i, settings["context"])))
-                                 .permute(2, 0, 1) for i in range(start, min(start + batch_size, n))])
-                yield from logits_at_spacing(model, normalize(x, config), src, target, overlap, batch_size, dev)
+            for start in range(0, n, step):
+                yield from logits_at_spacing(predictor, normalize(slices(start), config), src, target, overlap,
+                                             step, dev)
 
         return axis, tiled()
 
-    def run() -> Iterator[torch.Tensor]:
-        for start in range(0, n, batch_size):
-            idx = range(start, min(start + batch_size, n))
-            slices = [context_slice(norm, axis, i, settings["context"]) for i in idx]
-            size = slices[0].shape[:2]
-            x = torch.stack([torch.from_numpy(np.ascontiguousarray(s)).permute(2, 0, 1) for s in slices])
+    def resized() -> Iterator[torch.Tensor]:
+        for start in range(0, n, step):
+            x = slices(start)
+            size = tuple(x.shape[-2:])
             if dev.type == "cuda":  # resizing a batch of large slices is faster on the GPU
                 x = x.to(dev, non_blocking=True)
-            x = normalize(resize_image(x, config.image_size).clamp_(0.0, 1.0), config).to(dev)
-            m = x.shape[0]
-            if compiled and m < batch_size:
-                # A compiled model specialises on the batch shape: the last batch is padded.
-                x = torch.cat([x, x.new_zeros((batch_size - m, *x.shape[1:]))])
-            # All slices of a volume share one size: the logits are resized back as one batch.
-            yield from resize_logits(check_finite_logits(model(x)[:m].float(), model), size)
+            x = normalize(resize_image(x, config.image_size).clamp_(0.0, 1.0), config)
+            yield from predictor.logits_at_sizes(x, [size] * x.shape[0])
 
-    return axis, run()
+    return axis, resized()
 
 
 @torch.inference_mode()
@@ -171,10 +148,10 @@ def predict_volume_with_probabilities(model: torch.nn.Module, volume: Volume, ba
 
 def _predict(model, volume: Volume, batch_size: int, device, probabilities: bool,
              tile_overlap: float | None = None):
-    settings = read_volume_settings(getattr(model.config, "volume", None))
-    dev = _model_on(model, device)
-    model.eval()
-    axis, logits = _slice_logits(model, volume, settings, batch_size, dev, tile_overlap)
+    predictor = model if isinstance(model, Predictor) else Predictor(model, device, batch_size=batch_size)
+    settings = read_volume_settings(getattr(predictor.config, "volume", None))
+    predictor.model.eval()
+    axis, logits = slice_logits(predictor, volume, settings, tile_overlap)
     maps: list[np.ndarray] = []
     probs: list[np.ndarray] = []
     for li in logits:
@@ -385,7 +362,7 @@ def predict_volume_files(
     ch = _channel_index(channel, inputs)
     num_classes = int(model.config.num_classes)
     largest_component_classes(largest_component, num_classes)
-    dev = _model_on(model, device)
+    predictor = Predictor(model, device, batch_size=batch_size)
     out = Path(out)
     jobs = _expand(inputs, ch)
     results: list[tuple[str, str | None, str | None]] = []
@@ -406,7 +383,7 @@ def predict_volume_files(
         try:
             volume = _read(job, ch)
             with torch.inference_mode():
-                labels, prob = _predict(model, volume, batch_size, dev, probabilities, tile_overlap)
+                labels, prob = _predict(predictor, volume, batch_size, None, probabilities, tile_overlap)
             labels = postprocess_labels(labels, largest_component, num_classes)
             write_volume(target, labels.astype(np.uint8, copy=False), volume.affine)
             if prob is not None:
