@@ -85,7 +85,7 @@ def trained(tmp_path_factory):
     """A tiny model trained for 6 epochs on discs (val Dice about 0.77) and 5 held-out test images."""
     from segdino.train_config import resolve_config
     from segdino.training import run_training
-    from tests.test_training import write_discs
+    from tests.training.conftest import write_discs
 
     root = tmp_path_factory.mktemp("trained")
     data = write_discs(root / "data", n=40, size=32)

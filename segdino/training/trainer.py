@@ -215,6 +215,7 @@ class Trainer:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()
                 seconds = time.perf_counter() - t0
+                self.check_weights(epoch + 1)  # before validation, which refuses non-finite outputs
                 val, per_class = self.validate() if self.validation_due(epoch) else (None, None)
                 res = EpochResult(epoch + 1, train_loss, val, per_class, self.opt.param_groups[0]["lr"],
                                   seconds, seen / max(seconds, 1e-9))
@@ -269,8 +270,7 @@ class Trainer:
         improved = bool(score > self.best)
         if improved:
             self.best, self.best_epoch = score, res.epoch
-        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
-            raise TrainingError(f"non-finite weights after epoch {res.epoch}; nothing written, {self.checkpoints.kept()}")
+        self.check_weights(res.epoch)
         if not self.is_main:
             return
         meta = {"epoch": str(res.epoch), "val_dice": "" if res.val_dice is None else f"{res.val_dice:.6f}",
@@ -287,6 +287,11 @@ class Trainer:
         val = f"val Dice {res.val_dice:.4f}  " if res.val_dice is not None else ""
         self.say(f"epoch {res.epoch}/{self.cfg.epochs}  loss {res.train_loss:.4f}  {val}{best}  "
                  f"{res.seconds:.1f} s, {res.images_per_s:.0f} img/s")
+
+    def check_weights(self, epoch: int) -> None:
+        """Stop (:class:`TrainingError`) if a weight is NaN or infinite after ``epoch`` (from 1)."""
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            raise TrainingError(f"non-finite weights after epoch {epoch}; nothing written, {self.checkpoints.kept()}")
 
     def say(self, line: str) -> None:
         """Print a line of the run's story (rank 0) and append it to the run folder's train.log."""

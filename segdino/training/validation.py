@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..inference import logits_to_labels, normalize, resize_logits
+from ..inference import normalize
+from ..predictor import Predictor
 from .distributed import all_gather, rank_share
 from .sampling import collate_eval
 
@@ -65,19 +66,19 @@ def image_counts(model: torch.nn.Module, val_set: Dataset, native_mask: Callable
                  channels_last: bool = False) -> Counts:
     """Overlap counts of this rank's share of ``val_set``'s samples, predicted at native size.
 
-    ``native_mask(index)`` is sample ``index``'s ground truth (H, W) at its own resolution.
+    The samples come at the model's input size; :class:`~segdino.predictor.Predictor` brings
+    each one's labels back to its own size, as ``segdino predict`` does. ``native_mask(index)``
+    is sample ``index``'s ground truth (H, W) at that resolution.
     """
     subset = Subset(val_set, list(rank_share(len(val_set), rank, world)))
     loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=collate_eval)
+    predictor = Predictor(model, None, batch_size=batch_size, autocast=torch.bfloat16 if use_bf16 else None,
+                          channels_last=channels_last)
     counts: Counts = {}
     for batch in loader:
         x = normalize(batch["image"].to(device, non_blocking=True).float(), model.config)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            logits = model(x)
-        for j, (idx, size, case) in enumerate(zip(batch["index"], batch["orig_size"], batch["case_id"])):
-            pred = logits_to_labels(resize_logits(logits[j : j + 1].float(), size))[0]
+        preds = predictor.labels_at_sizes(x, batch["orig_size"])
+        for pred, idx, case in zip(preds, batch["index"], batch["case_id"]):
             gt = native_mask(idx).to(pred.device, non_blocking=True)
             add_counts(counts, case, overlap_counts(pred, gt, model.num_classes))
     return counts

@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from segdino.train_config import resolve_config
 from segdino.training import run_training
-from tests.test_training import write_discs
+from tests.training.conftest import write_discs
+
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is missing")
 
