@@ -65,8 +65,10 @@ def step_speed(batch: int, fast: bool, compile_: bool, steps: int, device: torch
 
 def loader_speed(cfg, epochs: int = 2) -> float:
     """Images/s the DataLoader delivers (decode cache + augmentation + collate), no GPU work."""
-    train, val, fg = build_datasets(cfg)
-    trainer = Trainer(cfg, train, None, make_transform(cfg), out=Path("/tmp/loader-probe"), foreground=fg)
+    data = build_datasets(cfg)
+    data.configure(cfg)  # volumes: the class count and augmentation the data decides
+    trainer = Trainer(cfg, data.train, None, make_transform(cfg), out=Path("/tmp/loader-probe"),
+                      foreground=data.foreground)
     loader = trainer.train_loader()
     rates = []
     for e in range(epochs):

@@ -23,10 +23,8 @@ image's own size), which is how reduced-precision paths are judged.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -37,23 +35,14 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from .cpu_paths import (CPU_PATHS, DEFAULT_CPU_PATHS, PATH_NAMES, PATH_PRECISION,  # noqa: F401  (named here too)
+                        Bf16CpuModel, build_cpu_paths, cpu_has_native_bf16)
 from .errors import ConfigError
 from .model import SegDINO, build_model
-
-CPU_PATHS = ("eager", "folded", "onnx", "onnx-int8", "bf16", "compile", "compile-bf16")
-DEFAULT_CPU_PATHS = ("eager", "folded", "onnx", "onnx-int8", "bf16")
-PATH_NAMES = {
-    "eager": "eager fp32",
-    "folded": "torch fp32 TPA folded",
-    "onnx": "onnxruntime fp32",
-    "onnx-int8": "onnxruntime int8",
-    "bf16": "torch bf16 channels-last",
-    "compile": "torch.compile fp32",
-    "compile-bf16": "torch.compile bf16",
-}
-PATH_PRECISION = {"eager": "fp32", "folded": "fp32", "onnx": "fp32", "onnx-int8": "int8", "bf16": "bf16", "compile": "fp32",
-                  "compile-bf16": "bf16"}
-
+from .onnx_runtime import physical_cores, rel_l2
+from .quantize import calibration_inputs
+from .timing import (QUIET_SHARE, OtherLoad, cpu_flags, cpu_model_name, time_alternating,  # noqa: F401
+                     time_fn, torch_threads, wait_for_quiet_cpu)
 
 def randomize_parameters(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Every parameter random (the SAD gains too, which start at 0 and would hide the blocks)."""
@@ -80,54 +69,6 @@ def count_gflops(model: torch.nn.Module, x: torch.Tensor) -> float:
     with counter, torch.no_grad():
         model(x)
     return counter.get_total_flops() / 1e9 / x.shape[0]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_fn(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int,
-            min_seconds: float = 0.0) -> list[float]:
-    """Per-call seconds of ``fn`` after ``warmup`` calls (device-synchronised)."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    start = time.perf_counter()
-    while len(times) < repeats or time.perf_counter() - start < min_seconds:
-        if device.type == "cuda":
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b) / 1000)
-        else:
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-    return times
-
-
-def time_alternating(fns: dict[str, Callable[[], object]], warmup: int, repeats: int) -> dict[str, list[float]]:
-    """Per-call seconds of each function, timed in alternation (CPU wall clock).
-
-    Each round calls every function once; the starting function rotates from round to round, so
-    no path always runs after the same other path and a change of load hits all of them alike.
-    """
-    names = list(fns)
-    for _ in range(warmup):
-        for name in names:
-            fns[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(repeats):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
-            t = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - t)
-    return times
 
 
 @dataclass
@@ -217,11 +158,6 @@ def _fmt_load(load: Sequence[float] | None) -> str:
     return "/".join(f"{v:.2f}" for v in load) if load else "-"
 
 
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = torch.as_tensor(a).double().cpu(), torch.as_tensor(b).double().cpu()
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))
-
-
 def measure_path(name: str, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, device: torch.device,
                  warmup: int, repeats: int, reference: torch.Tensor | None, min_seconds: float = 0.0) -> tuple[PathResult, torch.Tensor]:
     """Time ``fn(x)`` on its own; the result's ``rel_l2_vs_eager`` is against ``reference``."""
@@ -239,117 +175,6 @@ def measure_path(name: str, fn: Callable[[torch.Tensor], torch.Tensor], x: torch
 
 
 # --------------------------------------------------------------------------------------------
-# CPU paths
-
-
-def cpu_model_name() -> str:
-    """The CPU model from /proc/cpuinfo (Linux), else what the platform module says."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags() -> set[str]:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    return set()
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU computes bf16 matrix work natively (AVX512-BF16 or AMX), where bf16 pays off."""
-    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
-
-
-class Bf16CpuModel(torch.nn.Module):
-    """The model in bf16 with channels-last activations (oneDNN's fastest CPU layout); float32 logits out.
-
-    Reduced precision: judge it by Dice, not by bitwise agreement.
-    """
-
-    def __init__(self, model: torch.nn.Module, compile_mode: str | None = None):
-        super().__init__()
-        self.config = model.config
-        m = copy.deepcopy(model).to("cpu", torch.bfloat16).eval().to(memory_format=torch.channels_last)
-        for p in m.parameters():
-            p.requires_grad_(False)
-        self.inner = m
-        self.fn = torch.compile(m, dynamic=False) if compile_mode else m
-
-    @property
-    def num_classes(self) -> int:
-        return self.config.num_classes
-
-    @property
-    def device(self) -> torch.device:
-        return torch.device("cpu")
-
-    @torch.inference_mode()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to("cpu", torch.bfloat16).contiguous(memory_format=torch.channels_last)
-        return self.fn(x).float().contiguous()
-
-
-def _compiled_fp32(model: torch.nn.Module, compile_mode: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    m = copy.deepcopy(model).to("cpu").eval().to(memory_format=torch.channels_last)
-    for p in m.parameters():
-        p.requires_grad_(False)
-    kwargs = {} if compile_mode == "default" else {"mode": compile_mode}
-    compiled = torch.compile(m, dynamic=False, **kwargs)
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        return compiled(x.contiguous(memory_format=torch.channels_last)).contiguous()
-
-    return run
-
-
-def build_cpu_paths(model: SegDINO, paths: Sequence[str], workdir: Path, image_size: tuple[int, int],
-                    threads: int, calibration: Sequence[np.ndarray] | None = None,
-                    compile_mode: str = "default") -> tuple[dict[str, Callable], list[str]]:
-    """Callables ``(B, 3, H, W) -> (B, K, H, W)`` float32 logits for each requested CPU path.
-
-    ONNX files are written to ``workdir``. Returns the paths by display name, and notes about
-    paths that could not be built (the benchmark goes on without them).
-    """
-    from .export import export_onnx, fold_tpa
-    from .onnx_runtime import load_onnx_model
-    from .quantize import quantize_onnx
-
-    built: dict[str, Callable] = {}
-    notes: list[str] = []
-    onnx_file = workdir / "model.onnx"
-    folded = fold_tpa(model)
-    for key in paths:
-        name = PATH_NAMES[key]
-        try:
-            if key == "eager":
-                built[name] = model
-            elif key == "folded":
-                built[name] = folded
-            elif key == "onnx" or key == "onnx-int8":
-                if not onnx_file.exists():
-                    export_onnx(model, onnx_file, image_size=image_size, check=False)
-                if key == "onnx":
-                    built[name] = load_onnx_model(onnx_file, threads=threads)
-                else:
-                    int8_file = workdir / "model.int8.onnx"
-                    quantize_onnx(onnx_file, int8_file, calibration=calibration)
-                    built[name] = load_onnx_model(int8_file, threads=threads)
-            elif key == "bf16":
-                built[name] = Bf16CpuModel(folded)
-            elif key == "compile":
-                built[name] = _compiled_fp32(folded, compile_mode)
-            elif key == "compile-bf16":
-                built[name] = Bf16CpuModel(folded, compile_mode=compile_mode)
-        except (ImportError, ConfigError) as e:
-            notes.append(f"{name}: not run ({e})")
-    return built, notes
-
-
-# --------------------------------------------------------------------------------------------
 # Dice of each path on a dataset
 
 
@@ -364,7 +189,7 @@ def dice_by_path(fns: dict[str, Callable], config, data: str | os.PathLike, spli
     """
     from .data.dataset import SegmentationDataset
     from .errors import DataError
-    from .inference import preprocess
+    from .ops import preprocess
     from .metrics import case_metrics
     from .predictor import Predictor
 
@@ -388,74 +213,7 @@ def dice_by_path(fns: dict[str, Callable], config, data: str | os.PathLike, spli
 
 
 # --------------------------------------------------------------------------------------------
-# A shared CPU: how busy others keep it
-
-
-def _cpu_busy_seconds() -> float | None:
-    """CPU seconds spent busy by the whole machine since boot (Linux /proc/stat), all cores summed."""
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    except (OSError, IndexError):
-        return None
-    ticks = [int(v) for v in fields]
-    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
-    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def _own_cpu_seconds() -> float:
-    import resource
-
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-class OtherLoad:
-    """Measures the share of the CPU used by other processes between ``start()`` and ``stop()``."""
-
-    def start(self) -> "OtherLoad":
-        self.t, self.busy, self.own = time.perf_counter(), _cpu_busy_seconds(), _own_cpu_seconds()
-        return self
-
-    def stop(self) -> float | None:
-        busy = _cpu_busy_seconds()
-        if busy is None or self.busy is None:
-            return None
-        wall = time.perf_counter() - self.t
-        others = (busy - self.busy) - (_own_cpu_seconds() - self.own)
-        # Tick counts are coarse (10 ms): over short spans the estimate can stray past [0, 1].
-        return min(1.0, max(0.0, others / max(wall * (os.cpu_count() or 1), 1e-9)))
-
-
-QUIET_SHARE = 0.1  # other processes below 10% of the CPU: a timing counts as quiet
-
-
-def wait_for_quiet_cpu(max_seconds: float, busy_below: float = QUIET_SHARE, window: float = 5.0) -> float:
-    """Wait until other processes use less than ``busy_below`` of the CPU over ``window`` seconds.
-
-    Returns the seconds waited (at most about ``max_seconds``; then the timing runs anyway).
-    """
-    start = time.perf_counter()
-    while time.perf_counter() - start < max_seconds:
-        probe = OtherLoad().start()
-        time.sleep(window)
-        share = probe.stop()
-        if share is None or share < busy_below:
-            break
-    return time.perf_counter() - start
-
-
-# --------------------------------------------------------------------------------------------
 # Entry point
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int):
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def run_benchmark(backbone: str = "vits16", image_size: tuple[int, int] = (256, 256), batches=(1, 32),
@@ -498,10 +256,8 @@ def run_benchmark(backbone: str = "vits16", image_size: tuple[int, int] = (256, 
     counts = model.count_parameters()
     probe = torch.randn(1, 3, *image_size, device=device)
     if device.type == "cpu":
-        from .onnx_runtime import physical_cores
-
         threads = int(threads or physical_cores())
-        with _torch_threads(threads):
+        with torch_threads(threads):
             gflops = count_gflops(model, probe)
         dev_name = f"cpu ({cpu_model_name()}, {threads} threads)"
     else:
@@ -564,8 +320,8 @@ def _run_gpu(report, model, image_size, batches, device, warmup, repeats, compil
                 report.notes.append(f"batch {b}: {name} is {ratio:.2f}x {PLAIN_COMPILED}")
 
 
-def _run_cpu(report, model, image_size, batches, warmup, repeats, compile_mode, extra_paths, seed, paths,
-             threads, data, split, wait_quiet=0.0) -> None:
+def _cpu_paths(paths: Sequence[str] | None, compile_mode: str | None) -> tuple[list[str], str]:
+    """The CPU paths to run (eager first) and the compile mode for those that compile."""
     if paths is None:
         paths = list(DEFAULT_CPU_PATHS if cpu_has_native_bf16() else [p for p in DEFAULT_CPU_PATHS if p != "bf16"])
         if compile_mode not in (None, "auto"):
@@ -574,20 +330,20 @@ def _run_cpu(report, model, image_size, batches, warmup, repeats, compile_mode, 
     if unknown:
         raise ConfigError(f"unknown CPU path(s) {', '.join(unknown)}; expected some of {', '.join(CPU_PATHS)}")
     paths = ["eager"] + [p for p in dict.fromkeys(paths) if p != "eager"]
-    if compile_mode in (None, "auto"):
-        compile_mode = "default"
+    return paths, "default" if compile_mode in (None, "auto") else compile_mode
+
+
+def _run_cpu(report, model, image_size, batches, warmup, repeats, compile_mode, extra_paths, seed, paths,
+             threads, data, split, wait_quiet=0.0) -> None:
+    paths, compile_mode = _cpu_paths(paths, compile_mode)
     with contextlib.suppress(ImportError):
         import onnxruntime
 
         report.onnxruntime = onnxruntime.__version__
     report.threads = threads
     report.cpu = cpu_model_name()
-    with _torch_threads(threads), tempfile.TemporaryDirectory(prefix="segdino-bench-") as tmp:
-        calibration = None
-        if "onnx-int8" in paths:
-            from .quantize import calibration_inputs
-
-            calibration = calibration_inputs(data, model.config, seed=seed)
+    with torch_threads(threads), tempfile.TemporaryDirectory(prefix="segdino-bench-") as tmp:
+        calibration = calibration_inputs(data, model.config, seed=seed) if "onnx-int8" in paths else None
         fns, notes = build_cpu_paths(model, paths, Path(tmp), image_size, threads, calibration, compile_mode)
         report.notes.append("every path but eager fp32 computes TPA folded (segdino.export.fold_tpa): the same "
                             "function with the resize + 3x3 conv done at low resolution")
@@ -600,51 +356,8 @@ def _run_cpu(report, model, image_size, batches, warmup, repeats, compile_mode, 
         # Build inputs and run every path once (compiling ones compile here) before waiting and timing.
         g = torch.Generator().manual_seed(seed + 1)
         inputs = [torch.randn(b, 3, *image_size, generator=g) for b in batches]
-        with torch.inference_mode():
-            for name, fn in list(fns.items()):
-                if name == PATH_NAMES["eager"]:
-                    continue
-                try:
-                    fn(inputs[0])
-                except Exception as e:  # a compiler or runtime failure drops that path, not the benchmark
-                    first_line = (str(e).strip().splitlines() or [""])[0][:200]
-                    report.notes.append(f"{name}: not run ({type(e).__name__}: {first_line})")
-                    del fns[name]
-            outputs = [{name: fn(x).float() for name, fn in fns.items()} for x in inputs]
-        deadline = time.perf_counter() + wait_quiet
-        waited, attempts = 0.0, 0
-        while True:
-            attempts += 1
-            if wait_quiet > 0:
-                waited += wait_for_quiet_cpu(max(0.0, deadline - time.perf_counter()))
-            load_before = list(os.getloadavg())
-            others = OtherLoad().start()
-            results, ratios = [], {}
-            for b, x, outs in zip(batches, inputs, outputs):
-                with torch.inference_mode():
-                    times = time_alternating({name: (lambda fn=fn: fn(x)) for name, fn in fns.items()}, warmup, repeats)
-                ref = outs[PATH_NAMES["eager"]]
-                eager_med = statistics.median(times[PATH_NAMES["eager"]])
-                for name, ts in times.items():
-                    med = statistics.median(ts)
-                    res = PathResult(name, b, med * 1000, b / med, None, rel_l2(outs[name], ref), eager_med / med,
-                                     precision.get(name, "?"), len(ts), min(ts) * 1000)
-                    results.append(res)
-                    if name != PATH_NAMES["eager"]:
-                        ratios[f"{name} vs eager fp32, batch {b}"] = res.ratio_vs_eager
-            share = others.stop()
-            # Waiting asked for: time again while others took a real share of the CPU and time is left.
-            if wait_quiet <= 0 or share is None or share < QUIET_SHARE or time.perf_counter() >= deadline:
-                break
-        report.results += results
-        report.ratios.update(ratios)
-        report.other_cpu_share = share
-        report.load_average = {"before": load_before, "after": list(os.getloadavg())}
-        if wait_quiet > 0:
-            report.waited_for_quiet_s = round(waited, 1)
-            if attempts > 1:
-                report.notes.append(f"timed {attempts} times: earlier timings, while other processes used "
-                                    f">= {100 * QUIET_SHARE:.0f}% of the CPU, were discarded")
+        outputs = _first_outputs(fns, inputs, report)
+        _time_cpu_paths(report, fns, batches, inputs, outputs, precision, warmup, repeats, wait_quiet)
         if data is not None:
             dice, cases = dice_by_path(fns, model.config, data, split)
             report.dice = {"data": str(data), "split": split, "cases": cases}
@@ -652,3 +365,56 @@ def _run_cpu(report, model, image_size, batches, warmup, repeats, compile_mode, 
             for res in report.results:
                 res.dice = dice[res.name]
                 res.dice_delta_vs_eager = dice[res.name] - ref_dice
+
+
+def _first_outputs(fns: dict[str, Callable], inputs: list[torch.Tensor], report) -> list[dict[str, torch.Tensor]]:
+    """Every path's logits on each input; a path that fails on the first input is dropped with a note."""
+    with torch.inference_mode():
+        for name, fn in list(fns.items()):
+            if name == PATH_NAMES["eager"]:
+                continue
+            try:
+                fn(inputs[0])
+            except Exception as e:  # a compiler or runtime failure drops that path, not the benchmark
+                first_line = (str(e).strip().splitlines() or [""])[0][:200]
+                report.notes.append(f"{name}: not run ({type(e).__name__}: {first_line})")
+                del fns[name]
+        return [{name: fn(x).float() for name, fn in fns.items()} for x in inputs]
+
+
+def _time_cpu_paths(report, fns, batches, inputs, outputs, precision, warmup, repeats, wait_quiet) -> None:
+    """Time the paths in alternation; with ``wait_quiet``, again while other processes were busy."""
+    deadline = time.perf_counter() + wait_quiet
+    waited, attempts = 0.0, 0
+    while True:
+        attempts += 1
+        if wait_quiet > 0:
+            waited += wait_for_quiet_cpu(max(0.0, deadline - time.perf_counter()))
+        load_before = list(os.getloadavg())
+        others = OtherLoad().start()
+        results, ratios = [], {}
+        for b, x, outs in zip(batches, inputs, outputs):
+            with torch.inference_mode():
+                times = time_alternating({name: (lambda fn=fn: fn(x)) for name, fn in fns.items()}, warmup, repeats)
+            ref = outs[PATH_NAMES["eager"]]
+            eager_med = statistics.median(times[PATH_NAMES["eager"]])
+            for name, ts in times.items():
+                med = statistics.median(ts)
+                res = PathResult(name, b, med * 1000, b / med, None, rel_l2(outs[name], ref), eager_med / med,
+                                 precision.get(name, "?"), len(ts), min(ts) * 1000)
+                results.append(res)
+                if name != PATH_NAMES["eager"]:
+                    ratios[f"{name} vs eager fp32, batch {b}"] = res.ratio_vs_eager
+        share = others.stop()
+        # Waiting asked for: time again while others took a real share of the CPU and time is left.
+        if wait_quiet <= 0 or share is None or share < QUIET_SHARE or time.perf_counter() >= deadline:
+            break
+    report.results += results
+    report.ratios.update(ratios)
+    report.other_cpu_share = share
+    report.load_average = {"before": load_before, "after": list(os.getloadavg())}
+    if wait_quiet > 0:
+        report.waited_for_quiet_s = round(waited, 1)
+        if attempts > 1:
+            report.notes.append(f"timed {attempts} times: earlier timings, while other processes used "
+                                f">= {100 * QUIET_SHARE:.0f}% of the CPU, were discarded")

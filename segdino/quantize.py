@@ -84,12 +84,7 @@ def quantize_onnx(
     if meta.get(PRECISION_KEY, "fp32") != "fp32":
         raise CheckpointError(f"{src} is already {meta[PRECISION_KEY]}; quantise the fp32 export")
     config = ModelConfig.from_json(meta[CONFIG_KEY])
-    if calibration is None:
-        g = torch.Generator().manual_seed(0)
-        calibration = [torch.randn(1, 3, *config.image_size, generator=g) for _ in range(4)]
-    samples = [np.ascontiguousarray(torch.as_tensor(c).detach().cpu().float().numpy()) for c in calibration]
-    if not samples:
-        raise ConfigError("int8 calibration needs at least one input")
+    samples = _calibration_arrays(calibration, config)
 
     class _Reader(CalibrationDataReader):
         def __init__(self):
@@ -127,3 +122,14 @@ def quantize_onnx(
         nbytes = sum(f.stat().st_size for f in tmpdir.iterdir())
     return {"path": str(dst), "bytes": nbytes, "calibration_samples": len(samples), "op_types": list(op_types),
             "rel_l2_vs_fp32": rel_l2(out, ref), "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def _calibration_arrays(calibration: Sequence[np.ndarray | torch.Tensor] | None, config: ModelConfig) -> list[np.ndarray]:
+    """Contiguous float32 arrays of the calibration inputs (default four random normal ones)."""
+    if calibration is None:
+        g = torch.Generator().manual_seed(0)
+        calibration = [torch.randn(1, 3, *config.image_size, generator=g) for _ in range(4)]
+    samples = [np.ascontiguousarray(torch.as_tensor(c).detach().cpu().float().numpy()) for c in calibration]
+    if not samples:
+        raise ConfigError("int8 calibration needs at least one input")
+    return samples

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .fileio import read_text
 from .options import COUNT, FRACTION, GREY_LEVEL, NON_NEGATIVE, POSITIVE, POSITIVE_INT, SEED, check_numbers
 
 RECIPES = ("segdino", "paper")
@@ -183,17 +184,12 @@ RECORD_KEYS = ("pretrained", "backbone_weights_format", "backbone_weights_sha256
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The options of a YAML config file, keys as field names; every failure is one :class:`ConfigError`
+    naming the file (reading fails as :func:`segdino.fileio.read_text` says)."""
     path = Path(path)
+    text = read_text(path, ConfigError, "YAML config", missing="no such config file")
     try:
-        data = yaml.safe_load(path.read_bytes().decode("utf-8-sig"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: a folder, not a config file") from None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not a YAML config: byte {e.start} is not UTF-8 text") from None
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())[:300]})") from None
     except RecursionError:

@@ -1,11 +1,10 @@
-"""The SegDINO model against the spec's equations, its wiring, sizes, file round trip and errors."""
+"""The SegDINO model against the spec's equations, its parameter counts and backbone freezing."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import segdino
-from segdino import ConfigError, DataError
 from tests.conftest import randomize_
 
 
@@ -76,57 +75,6 @@ def test_reference_catches_swapped_levels():
         assert rel_err(model(x), ref) > 1e-3
 
 
-def capture_taps(model, x):
-    vit = model.backbone.vit
-    seen = []
-    hooks = [blk.register_forward_hook(lambda m, a, o, i=i: seen.append((i, o))) for i, blk in enumerate(vit.blocks)]
-    try:
-        with torch.no_grad():
-            maps = model.backbone(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return dict(seen), maps
-
-
-@pytest.mark.parametrize("backbone,taps", [("vits16", (2, 5, 8, 11)), ("vitl16", (4, 11, 17, 23))])
-def test_taps_are_normed_outputs_of_the_spec_blocks(backbone, taps):
-    model = randomize_(segdino.build_model(backbone, decoder_dim=32), seed=3).eval()
-    assert model.config.taps == taps
-    x = torch.randn(1, 3, 32, 48)
-    outputs, maps = capture_taps(model, x)
-    vit = model.backbone.vit
-    for block_index, fmap in zip(taps, maps):
-        tokens = vit.norm(outputs[block_index])[:, vit.num_prefix_tokens:]
-        expected = tokens.transpose(1, 2).reshape(1, -1, 2, 3)
-        assert fmap.shape == (1, vit.embed_dim, 2, 3)
-        assert torch.allclose(fmap, expected, rtol=1e-5, atol=1e-6)
-        # and not the un-normalised output
-        raw = outputs[block_index][:, vit.num_prefix_tokens:].transpose(1, 2).reshape(1, -1, 2, 3)
-        assert not torch.allclose(fmap, raw, atol=1e-3)
-
-
-def test_default_taps_per_size():
-    from segdino.backbone import get_spec
-
-    assert get_spec("vitl16").default_taps == (4, 11, 17, 23)
-    assert get_spec("vits16").default_taps == (2, 5, 8, 11)
-    assert get_spec("vith16plus").default_taps == (7, 15, 23, 31)
-
-
-@pytest.mark.parametrize("size", [(256, 256), (320, 224)])
-def test_pyramid_strides(size):
-    model = segdino.build_model("vitt16", decoder_dim=32).eval()
-    shapes = []
-    h = model.tpa.register_forward_hook(lambda m, a, o: shapes.extend(t.shape[-2:] for t in o))
-    with torch.no_grad():
-        out = model(torch.randn(1, 3, *size))
-    h.remove()
-    H, W = size
-    assert [tuple(s) for s in shapes] == [(H // s, W // s) for s in (2, 4, 8, 16)]
-    assert out.shape[-2:] == size
-
-
 def test_parameter_counts_vits16():
     counts = segdino.build_model("vits16").count_parameters()
     assert round(counts["total"] / 1e6, 2) == 24.90
@@ -134,20 +82,6 @@ def test_parameter_counts_vits16():
     assert round(counts["decoder"] / 1e6, 2) == 3.30
     assert round(segdino.build_model("vits16", decoder_dim=128).count_parameters()["decoder"] / 1e6, 2) == 0.93
     assert round(segdino.build_model("vits16", decoder_dim=512).count_parameters()["decoder"] / 1e6, 2) == 12.37
-
-
-def test_save_load_round_trip_is_bit_identical(tmp_path, tiny_model):
-    model = segdino.build_model("vitt16", num_classes=3, decoder_dim=32, image_size=(64, 48), norm="batch",
-                                class_names=("bg", "a", "b"))
-    randomize_(model, seed=4).eval()
-    path = segdino.save_model(model, tmp_path / "m.safetensors")
-    loaded = segdino.load_model(path)
-    assert loaded.config == model.config
-    x = torch.randn(2, 3, 64, 48)
-    with torch.no_grad():
-        assert torch.equal(model(x), loaded(x))
-    # the file alone rebuilds the model: no temporary files left beside it
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
 
 
 def test_frozen_backbone_gets_no_gradient_and_does_not_move():
@@ -174,47 +108,3 @@ def test_unfrozen_backbone_moves():
     model(torch.randn(1, 3, 32, 32)).square().mean().backward()
     opt.step()
     assert not torch.equal(before, model.backbone.vit.patch_embed.proj.weight)
-
-
-@pytest.mark.parametrize(
-    "kwargs,fragment",
-    [
-        (dict(num_classes=0), "num_classes"),
-        (dict(num_classes=-2), "num_classes"),
-        (dict(backbone="vitx99"), "unknown backbone"),
-        (dict(decoder_dim=40), "divisible"),
-        (dict(norm="layer"), "norm"),
-        (dict(image_size=(100, 64)), "multiples of 16"),
-        (dict(taps=(1, 2, 3)), "4 taps"),
-        (dict(taps=(1, 2, 3, 12)), "outside"),
-        (dict(no_such_option=1), "no_such_option"),
-    ],
-)
-def test_bad_config_raises_config_error(kwargs, fragment):
-    args = dict(backbone="vitt16", decoder_dim=32)
-    args.update(kwargs)
-    with pytest.raises(ConfigError, match=fragment):
-        segdino.build_model(**args)
-
-
-@pytest.mark.parametrize(
-    "shape,fragment",
-    [((3, 32, 32), "4-D"), ((1, 1, 32, 32), "3 channels"), ((1, 4, 32, 32), "3 channels"),
-     ((1, 3, 30, 32), "multiples of 16"), ((1, 3, 32, 40), "multiples of 16")],
-)
-def test_bad_input_raises_data_error(shape, fragment, tiny_model):
-    with pytest.raises(DataError, match=fragment):
-        tiny_model(torch.randn(*shape))
-
-
-def test_errors_share_a_base():
-    for cls in (DataError, ConfigError, segdino.CheckpointError):
-        assert issubclass(cls, segdino.SegDINOError)
-
-
-def test_repeated_taps_use_one_map_for_several_levels():
-    model = segdino.build_model("vitt16", decoder_dim=32, taps=(11, 11, 11, 11)).eval()
-    with torch.no_grad():
-        maps = model.backbone(torch.randn(1, 3, 32, 32))
-    assert len(maps) == 4
-    assert all(torch.equal(maps[0], m) for m in maps[1:])

@@ -845,7 +845,7 @@ def test_stale_temporaries_of_a_killed_write_are_found_and_removed(tmp_path):
 
 def _poisoned_loss(monkeypatch, at_call: int, poison_weights: bool = False):
     """Make the ``at_call``-th training loss NaN, or (``poison_weights``) a weight NaN behind a finite loss."""
-    real = training.segmentation_loss
+    real = training.trainer.segmentation_loss
     calls = {"n": 0}
     model_of = {}
 
@@ -860,7 +860,7 @@ def _poisoned_loss(monkeypatch, at_call: int, poison_weights: bool = False):
             return value * float("nan")
         return value
 
-    monkeypatch.setattr(training, "segmentation_loss", loss)
+    monkeypatch.setattr(training.trainer, "segmentation_loss", loss)
     real_init = training.Trainer.__init__
 
     def init(self, *args, **kwargs):

@@ -8,11 +8,8 @@ asserts the guarded behaviour; kills and locks use real processes.
 
 from __future__ import annotations
 
-import csv
 import errno
-import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,16 +17,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
 import segdino
-from segdino import training
 from segdino.cli import main as cli_main
-from segdino.errors import ConfigError
-from segdino.fileio import MANIFEST_NAME, is_temporary_name, stale_temporaries
+from segdino.fileio import MANIFEST_NAME, is_temporary_name
 from segdino.outputs import LOCK_NAME, OutputError, foreign_files, open_output
-from segdino.train_config import resolve_config
 
 from tests.conftest import tiny
 
@@ -68,19 +60,6 @@ def trained(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
     return segdino.save_model(tiny(), tmp_path_factory.mktemp("model") / "m.safetensors")
-
-
-def _config(data: Path, out: Path, **kw):
-    opts = dict(data=str(data), out=str(out), backbone="vitt16", decoder_dim=16, image_size=32, epochs=2,
-                batch_size=4, num_workers=0, device="cpu", quiet=True, save_every=0.0, steps_per_epoch=2,
-                warmup_epochs=0.0)
-    opts.update(kw)
-    return resolve_config(opts)
-
-
-def _log_epochs(run: Path) -> list[str]:
-    with open(run / "log.csv") as f:
-        return [row["epoch"] for row in csv.DictReader(f)]
 
 
 # --- 1. ground truth is never overwritten ----------------------------------------------------------
@@ -174,48 +153,6 @@ def test_a_held_folder_is_refused_naming_the_holder_then_taken_over_after_kill_9
         pass
 
 
-# --- 7. --resume trains on the run's recorded split ------------------------------------------------
-
-
-def _add_images(data: Path, n: int) -> list[str]:
-    names = []
-    for i in range(n):
-        stem = f"added_{i:02d}"
-        shutil.copy(data / "images" / "synth_0000.png", data / "images" / f"{stem}.png")
-        shutil.copy(data / "masks" / "synth_0000.png", data / "masks" / f"{stem}.png")
-        names.append(stem)
-    return names
-
-
-def test_resume_keeps_the_recorded_split_after_images_are_added(data, tmp_path, monkeypatch):
-    (data / "splits.json").unlink()  # the seeded 80/10/10 rule: adding cases would re-split
-    run = tmp_path / "run"
-    training.run_training(_config(data, run, epochs=1))
-    recorded = json.loads((run / "splits.json").read_text())
-    _add_images(data, 15)
-    seen: list[str] = []
-    real = training.Trainer.loss_of
-
-    def loss_of(self, batch):
-        seen.extend(batch["case_id"])
-        return real(self, batch)
-
-    monkeypatch.setattr(training.Trainer, "loss_of", loss_of)
-    training.run_training(_config(data, run, epochs=3, resume=True))
-    assert seen and set(seen) <= set(recorded["train"]), sorted(set(seen) - set(recorded["train"]))
-    assert json.loads((run / "splits.json").read_text()) == recorded
-
-
-def test_resume_refuses_a_recorded_case_that_is_gone(data, tmp_path):
-    run = tmp_path / "run"
-    training.run_training(_config(data, run, epochs=1))
-    train_case = json.loads((run / "splits.json").read_text())["train"][0]
-    (data / "images" / f"{train_case}.png").unlink()
-    (data / "masks" / f"{train_case}.png").unlink()
-    with pytest.raises(segdino.DataError, match=rf"splits.json.*{train_case}"):
-        training.run_training(_config(data, run, epochs=2, resume=True))
-
-
 # --- 8. --overwrite deletes only what the run wrote ------------------------------------------------
 
 
@@ -293,38 +230,6 @@ def test_evaluate_checks_out_before_its_work(data, model_file, tmp_path, monkeyp
     assert "is a folder" in _one_error_line(capsys)
 
 
-def _forge_state(path: Path, change) -> None:
-    with safe_open(str(path), framework="pt") as f:
-        meta = dict(f.metadata())
-    tensors = load_file(str(path))
-    state = json.loads(meta["segdino_resume"])
-    change(state)
-    meta["segdino_resume"] = json.dumps(state)
-    save_file(tensors, str(path), metadata=meta)
-
-
-@pytest.mark.parametrize("forgery, field", [
-    (lambda s: s.update(epoch="one"), "epoch"),
-    (lambda s: s.update(param_groups=[{"params": "all"}]), "param_groups"),
-    (lambda s: s["param_groups"][0].update(lr="fast"), "lr"),
-    (lambda s: s.update(rng_cpu=[999]), "rng_cpu"),
-    (None, "cannot read"),
-])
-def test_forged_or_truncated_resume_state_is_one_line(trained, tmp_path, capsys, forgery, field):
-    data, run = trained[0], tmp_path / "run"
-    shutil.copytree(trained[1], run)
-    args = ["train", "--data", str(data), "--out", str(run), *TRAIN, "--epochs", "1"]
-    state = run / "resume" / "state.safetensors"
-    if forgery is None:
-        state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
-    else:
-        _forge_state(state, forgery)
-    capsys.readouterr()
-    assert cli_main(args[:-2] + ["--epochs", "2", "--resume"]) == 2
-    line = _one_error_line(capsys)
-    assert str(state) in line and field in line, line
-
-
 # One validator for every command's numeric options.
 @pytest.mark.parametrize("argv, flag", [
     (["train", "--weight-decay", "nan"], "--weight-decay must be a finite number"),
@@ -380,87 +285,3 @@ def test_checkpoints_are_staged_only_in_our_temporary(tmp_path, monkeypatch):
     ref = tiny()
     for k, v in ref.state_dict().items():
         assert torch.equal(m.state_dict()[k], v), k
-
-
-def test_resume_removes_and_lists_every_temporary_left_by_a_kill(trained, tmp_path, caplog):
-    data, run = trained[0], tmp_path / "run"
-    shutil.copytree(trained[1], run)
-    args = ["train", "--data", str(data), "--out", str(run), *TRAIN, "--epochs", "1"]
-    left = [run / ".last.safetensors.k2j4x9_a.tmp", run / ".tmpAb12Cd", run / "resume" / ".state.safetensors.x1.tmp"]
-    for p in left:
-        p.write_bytes(b"half written")
-    with caplog.at_level("INFO", logger="segdino"):
-        assert cli_main(args[:-2] + ["--epochs", "2", "--resume"]) == 0
-    err = caplog.text
-    for p in left:
-        assert not p.exists()
-        assert f"removed {p}" in err, err
-    assert stale_temporaries(run, recursive=True) == []
-
-
-# --- 14. the log is rewritten from the resume state ---------------------------------------------------
-
-
-def test_kill_between_log_row_and_state_leaves_no_repeated_row(data, tmp_path, monkeypatch):
-    run = tmp_path / "run"
-    real = training.save_resume_state
-    calls = {"n": 0}
-
-    def killed_at_second_state(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt  # as a kill: the epoch-2 row is in log.csv, its state is not
-        return real(*a, **k)
-
-    monkeypatch.setattr(training, "save_resume_state", killed_at_second_state)
-    with pytest.raises(KeyboardInterrupt):
-        training.run_training(_config(data, run, epochs=3))
-    assert _log_epochs(run) == ["1", "2"]
-    monkeypatch.setattr(training, "save_resume_state", real)
-    with open(run / "log.csv", "a") as f:  # and a row no state knows of, duplicated
-        f.write("1,2,0.5,0.5,1e-3,1.0,1.0\n")
-    training.run_training(_config(data, run, epochs=3, resume=True))
-    assert _log_epochs(run) == ["1", "2", "3"]
-
-
-def test_kill_in_the_first_epoch_restarts_the_log(data, tmp_path, monkeypatch):
-    run = tmp_path / "run"
-
-    def killed(*a, **k):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(training, "save_resume_state", killed)
-    with pytest.raises(KeyboardInterrupt):
-        training.run_training(_config(data, run, epochs=2))
-    assert _log_epochs(run) == ["1"]
-    monkeypatch.undo()
-    training.run_training(_config(data, run, epochs=2, resume=True))
-    assert _log_epochs(run) == ["1", "2"]
-
-
-# --- 15. no claim of a checkpoint that does not exist -------------------------------------------------
-
-
-def test_nan_at_the_first_step_says_no_checkpoint_was_written(data, tmp_path, monkeypatch):
-    run = tmp_path / "run"
-    real = training.Trainer.loss_of
-    monkeypatch.setattr(training.Trainer, "loss_of", lambda self, batch: real(self, batch) * float("nan"))
-    with pytest.raises(training.TrainingError) as e:
-        training.run_training(_config(data, run))
-    assert "no checkpoint was written yet" in str(e.value) and "is kept" not in str(e.value)
-    assert not (run / "last.safetensors").exists()
-
-
-# --- 16. the same data folder spelled otherwise ---------------------------------------------------------
-
-
-def test_resume_accepts_the_data_folder_spelled_otherwise(data, tmp_path, monkeypatch):
-    monkeypatch.chdir(data.parent)
-    run = tmp_path / "run"
-    training.run_training(_config(Path(data.name), run, epochs=1))
-    for spelling in (data.name + "/", str(data.resolve()), f"./{data.name}//"):
-        training.run_training(_config(spelling, run, epochs=1, resume=True))
-    other = tmp_path / "other"
-    shutil.copytree(data, other)
-    with pytest.raises(ConfigError, match="data is"):
-        training.run_training(_config(other, run, epochs=1, resume=True))

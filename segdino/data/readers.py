@@ -9,6 +9,8 @@ prediction, checks) handles an image and a volume the same way:
   the mask's raw values ``(H, W)``; spacing 1, identity orientation. Written as PNG.
 - volumes (NIfTI, MetaImage, NRRD, DICOM series; registered by :mod:`segdino.volumes.plugin`
   when first needed): ``(I, J, K)`` with their RAS+ affine (:mod:`segdino.volumes.io`).
+- NumPy ``.npy`` arrays of 2 or 3 dimensions, as stored (no pickled objects); a ``.npy`` file
+  carries no geometry, so it reads with spacing 1 and the identity orientation.
 
 docs/FORMATS.md lists the formats and what each one keeps.
 """
@@ -166,6 +168,44 @@ def _write_png(path: Path, array: np.ndarray, geometry: Geometry) -> Path:
     return path
 
 
+def _read_npy(path: Path, channel: int | None, label: bool) -> tuple[np.ndarray, Geometry]:
+    array = _load_npy(path, mmap=False)
+    if array.ndim == 4:
+        if channel is None or not 0 <= channel < array.shape[3]:
+            raise DataError(f"{path}: a 4D array of {array.shape[3]} channels; pick one with --channel "
+                            f"0..{array.shape[3] - 1}")
+        array = array[..., channel]
+    elif channel not in (None, 0):
+        raise DataError(f"{path}: --channel {channel} asked for, but the array has one channel")
+    return array, Geometry(array.shape, np.eye(4))
+
+
+def _load_npy(path: Path, mmap: bool) -> np.ndarray:
+    try:
+        array = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except (OSError, ValueError) as e:  # not .npy, truncated, or holding pickled objects
+        raise DataError(f"{path}: cannot read a NumPy array ({' '.join(str(e).split())[:200]})") from None
+    if not isinstance(array, np.ndarray) or array.ndim not in (2, 3, 4) or array.dtype.kind not in "biuf":
+        raise DataError(f"{path}: expected a 2D or 3D array of numbers, found {getattr(array, 'shape', '?')} "
+                        f"{getattr(array, 'dtype', type(array).__name__)}")
+    return array
+
+
+def _npy_header(path: Path) -> Geometry:
+    shape = _load_npy(path, mmap=True).shape
+    return Geometry(shape[:3], np.eye(4))
+
+
+def _write_npy(path: Path, array: np.ndarray, geometry: Geometry) -> Path:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array), allow_pickle=False)
+    atomic_write_bytes(path, buf.getvalue(), DataError)
+    return path
+
+
+register_format(Format("numpy", (".npy",), _read_npy, _npy_header, _write_npy))
 register_format(Format("image", tuple(sorted(IMAGE_SUFFIXES)), _read_image, _image_header, _write_png))
 
 

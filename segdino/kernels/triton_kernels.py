@@ -18,6 +18,8 @@ from .dispatch import interpreting
 
 @functools.lru_cache(maxsize=2)
 def _kernels(interpret: bool):
+    # One long function on purpose: Triton compiles the kernels defined inside it, once per
+    # interpreter setting (the cache), so the kernels are built only when a CUDA run asks for them.
     @triton.jit
     def bilinear_add_kernel(
         x_ptr, a_ptr, o_ptr, C, h, w, H, W, scale_h, scale_w,

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from segdino.data.geometry import Geometry
 from segdino.data.layouts import Pair
 from segdino.data.readers import format_of, read_array, read_geometry, write_array
 from segdino.errors import DataError
@@ -55,3 +56,20 @@ def test_a_volume_and_a_pair_read_through_the_same_calls(tmp_path):
     assert pair.image_files == (tmp_path / "a.png",) and pair.label_files == (tmp_path / "a_mask.png",)
     assert pair.geometry().shape == (8, 9) and pair.read_label()[0].shape == (8, 9)
     assert not VolumeCase("u", tmp_path / "ct.nii.gz", None).is_labelled
+
+
+def test_a_numpy_array_reads_with_a_unit_grid_and_round_trips(tmp_path):
+    vol = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    array, geometry = read_array(write_array(tmp_path / "v.npy", vol, Geometry(vol.shape, np.eye(4))))
+    np.testing.assert_array_equal(array, vol)
+    assert geometry.shape == (2, 3, 4) and read_geometry(tmp_path / "v.npy").shape == (2, 3, 4)
+    np.save(tmp_path / "multi.npy", np.zeros((2, 3, 4, 2), np.int16))
+    assert read_array(tmp_path / "multi.npy", channel=1)[0].shape == (2, 3, 4)
+    with pytest.raises(DataError, match="pick one with --channel 0..1"):
+        read_array(tmp_path / "multi.npy")
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(DataError, match=r"obj\.npy: cannot read a NumPy array"):
+        read_array(tmp_path / "obj.npy")
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "v.npy").read_bytes()[:90])
+    with pytest.raises(DataError, match=r"cut\.npy"):
+        read_array(tmp_path / "cut.npy")

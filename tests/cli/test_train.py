@@ -1,5 +1,5 @@
-"""Training on volumes: the foreground sampler, a small model that learns small lesions, and the
-``train`` / ``predict`` / ``evaluate`` / ``demo --volumes`` commands on generated nnU-Net data."""
+"""``segdino train`` at the command line: bad input is one line; volumes train, predict and evaluate
+end to end; ``demo --volumes``."""
 
 import json
 
@@ -7,76 +7,23 @@ import numpy as np
 import pytest
 
 from segdino.cli import main as cli_main
-from segdino.data import synthetic as syn
 from segdino.summary_file import read_summary
-from segdino.train_config import resolve_config
-from segdino.training import EpochSampler, build_datasets
-
-pytest.importorskip("nibabel")
-
-LESION = syn.VOLUME_LABELS["lesion"]
+from tests.training.conftest import discs, tiny_volumes  # noqa: F401 (fixtures)
 
 
-@pytest.fixture(scope="module")
-def tiny_volumes(tmp_path_factory):
-    """6 train, 1 val, 2 test volumes of (8, 32, 32) voxels with anisotropic spacing."""
-    root = tmp_path_factory.mktemp("volumes")
-    return syn.write_volume_dataset(root / "data", 6, 1, 2, shape=(8, 32, 32), seed=3, spacing=(3.0, 1.2, 1.2))
-
-
-# --- the sampler ---------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("ratio", [0.25, 0.5, 1.0])
-@pytest.mark.parametrize("world", [1, 2])
-def test_sampler_hits_the_foreground_ratio_on_volume_slices(tiny_volumes, ratio, world):
-    cfg = resolve_config(dict(data=str(tiny_volumes), out="unused", image_size=32, intensity="abdomen",
-                              foreground_ratio=ratio, seed=5))
-    train, _, foreground = build_datasets(cfg)
-    table = train.label_index()
-    # The rarest class is the lesion (fewer slices than the organ), and the sampler is given its slices.
-    assert LESION in table and len(table[LESION]) < len(table[1]) < len(train)
-    np.testing.assert_array_equal(foreground, table[LESION])
-    natural = len(table[LESION]) / len(train)
-    assert natural < 0.5  # without forcing, most slices hold no lesion
-
-    batch = 4
-    gb = batch * world
-    forced = int(round(ratio * gb))
-    for epoch in range(3):
-        ranks = []
-        for rank in range(world):
-            s = EpochSampler(train, batch, seed=5, rank=rank, world=world, foreground=foreground,
-                             foreground_ratio=ratio)
-            s.set_epoch(epoch)
-            ranks.append([i for _, i in s])
-        steps = len(ranks[0]) // batch
-        assert steps == len(train) // gb
-        hits = []
-        for b in range(steps):
-            global_batch = [i for r in ranks for i in r[b * batch : (b + 1) * batch]]
-            # Judged by the masks the model is trained on, not by the sampler's own bookkeeping.
-            with_lesion = sum(bool((train[i]["mask"] == LESION).any()) for i in global_batch)
-            assert with_lesion >= forced, (epoch, b, global_batch)
-            hits.append(with_lesion / gb)
-        # The rest of each batch is drawn as without forcing: the overall share sits near
-        # r + (1 - r) * natural, far above the natural share for small r.
-        expected = forced / gb + (1 - forced / gb) * natural
-        assert abs(np.mean(hits) - expected) < 0.2
-        assert np.mean(hits) >= forced / gb
-
-
-def test_sampler_without_ratio_keeps_the_natural_share(tiny_volumes):
-    cfg = resolve_config(dict(data=str(tiny_volumes), out="unused", image_size=32, intensity="abdomen",
-                              foreground_ratio=0.0))
-    train, _, foreground = build_datasets(cfg)
-    assert foreground is None
-    s = EpochSampler(train, 4, seed=0, foreground=foreground, foreground_ratio=cfg.foreground_ratio)
-    order = [i for _, i in s]
-    assert len(set(order)) == len(order) == (len(train) // 4) * 4  # a plain pass: every slice at most once
-
-
-# --- the command line ----------------------------------------------------------------------------
+def test_cli_refuses_a_folder_holding_another_run(discs, tmp_path, capsys):
+    args = ["train", "--data", str(discs), "--out", str(tmp_path / "run"), "--backbone", "vitt16",
+            "--decoder-dim", "16", "--image-size", "32", "--epochs", "1", "--steps-per-epoch", "1",
+            "--batch-size", "4", "--num-workers", "0", "--device", "cpu", "--quiet"]
+    assert cli_main(args) == 0
+    assert "best validation Dice" in capsys.readouterr().out
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already holds a run" in err[0] and "--resume" in err[0]
+    assert cli_main(args + ["--resume", "--overwrite"]) == 2
+    assert "contradict" in capsys.readouterr().err
+    assert cli_main(["train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "other")]) == 2
+    assert "no such folder" in capsys.readouterr().err
 
 
 def test_train_predict_evaluate_from_the_command_line(tiny_volumes, tmp_path, capsys):
@@ -124,6 +71,7 @@ def test_train_predict_evaluate_from_the_command_line(tiny_volumes, tmp_path, ca
 
 
 def test_demo_volumes_runs_and_prints_both_dice_lines(tmp_path, capsys):
+    pytest.importorskip("nibabel")
     out = tmp_path / "demo"
     assert cli_main(["demo", "--volumes", "--epochs", "1", "--out", str(out), "--device", "cpu"]) == 0
     text = capsys.readouterr().out

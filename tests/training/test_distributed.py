@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from segdino.train_config import resolve_config
 from segdino.training import run_training
-from tests.test_training import write_discs
+from tests.training.conftest import write_discs
+
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is missing")
 
@@ -48,9 +49,9 @@ def _worker(rank: int, world: int, port: int, data: str, out: str, spy: str) -> 
                       LOCAL_RANK=str(rank))
     sys.path.insert(0, os.getcwd())
     torch.set_num_threads(1)
-    import segdino.training
+    import segdino.training.validation
 
-    scored = _record_case_counts(segdino.training)
+    scored = _record_case_counts(segdino.training.validation)
     run_training(resolve_config(_options(data, out, batch=2)))
     with open(f"{spy}.{rank}.json", "w") as f:
         json.dump(scored, f)
@@ -62,12 +63,12 @@ def _rows(run):
 
 
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path, monkeypatch):
-    import segdino.training
+    import segdino.training.validation as validation
 
     data = write_discs(tmp_path / "data", n=18, size=32)  # 13 train, 5 val (odd: split 3 + 2 across ranks)
     torch.set_num_threads(1)
-    monkeypatch.setattr(segdino.training, "dice_from_counts", segdino.training.dice_from_counts)  # undone after
-    scored_one = _record_case_counts(segdino.training)
+    monkeypatch.setattr(validation, "dice_from_counts", validation.dice_from_counts)  # undone after
+    scored_one = _record_case_counts(validation)
     run_training(resolve_config(_options(data, tmp_path / "one", batch=4)))
     spy = tmp_path / "scored"
     torch.multiprocessing.spawn(_worker, args=(2, _free_port(), str(data), str(tmp_path / "two"), str(spy)),
