@@ -189,7 +189,7 @@ def dice_by_path(fns: dict[str, Callable], config, data: str | os.PathLike, spli
     """
     from .data.dataset import SegmentationDataset
     from .errors import DataError
-    from .inference import preprocess
+    from .ops import preprocess
     from .metrics import case_metrics
     from .predictor import Predictor
 

@@ -31,9 +31,9 @@ import torch
 from .config import ModelConfig
 from .data.imageio import as_rgb_array
 from .errors import ConfigError
-from .inference import (Prediction, check_any_size, check_finite_logits, check_input_kind, keep_size_batch,
-                        logits_to_labels, logits_to_probabilities, normalize, padded_size, prepare_model,
-                        preprocess, resize_logits, to_tensor)
+from .inference import Prediction, check_any_size, check_finite_logits, check_input_kind, keep_size_batch, prepare_model
+from .ops import (logits_to_labels, logits_to_probabilities, normalize, padded_size, preprocess, resize_logits,
+                  to_tensor)
 from .sliding_window import check_overlap, ensemble, sliding_window
 
 

@@ -44,6 +44,7 @@ RUN_READ_MARKERS = (LOG_CSV, CONFIG)
 
 MASKS = "masks"
 PROBABILITIES = "probabilities"
+OVERLAYS = "overlays"
 
 CASES_CSV = "cases.csv"
 SUMMARY = "summary.json"
@@ -66,6 +67,6 @@ def run_weights(folder: str | Path) -> Path:
 
 
 __all__ = ["BEST", "CASES_CSV", "CONFIG", "FIGURES", "FOLD_SPLITS", "LAST", "LESIONS_CSV", "LOG_CSV", "MASKS",
-           "PLAN", "PREDICTIONS", "PROBABILITIES", "REPORT_HTML", "REPORT_MD", "RESUME_DIR",
+           "OVERLAYS", "PLAN", "PREDICTIONS", "PROBABILITIES", "REPORT_HTML", "REPORT_MD", "RESUME_DIR",
            "RESUME_STATE", "RUN_MARKERS", "RUN_READ_MARKERS", "SPLITS", "SUMMARY", "TENSORBOARD",
            "TRAIN_LOG", "is_run_folder", "run_weights"]

@@ -85,7 +85,8 @@ def test_nnunet_2d_predicted_and_scored_case_for_case(tmp_path, capsys):
 
 
 def test_names_outside_nnunet_folders_keep_their_suffix(tmp_path):
-    from segdino.cli.predict import ImageInput, mask_for_file, output_names
+    from segdino.file_prediction import ImageInput, output_names
+    from segdino.prediction_writer import mask_for_file
 
     (tmp_path / "frames").mkdir()
     items = [ImageInput(tmp_path / "frames" / f"frame_{i:04d}.png", tmp_path / "frames") for i in range(2)]

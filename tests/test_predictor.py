@@ -1,13 +1,20 @@
-"""segdino.predictor.Predictor: the same logits as the model run by hand, on every path it serves."""
+"""segdino.predictor: the Predictor gives the logits of the model run by hand on every path it serves;
+segdino.predictor.predict: sizes, batching, probabilities, devices."""
+
+import sys
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
+
+import segdino
 
 from segdino.errors import CheckpointError, ConfigError
-from segdino.inference import normalize, to_tensor
-from segdino.predictor import Pad, Predictor, Resize, Tiles, is_compiled
+from segdino.fast import FastModel
+from segdino.inference import load_inference_model, normalize, to_tensor
+from segdino.predictor import Pad, Predictor, Resize, Tiles, is_compiled, predict
 from segdino.sliding_window import AveragedModel, sliding_window
 from tests.conftest import tiny
 
@@ -22,8 +29,16 @@ def multi():
     return tiny(num_classes=3, seed=1)
 
 
-def noise(h, w, seed=0):
-    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory, model):
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    segdino.save_model(model, path)
+    return path
+
+
+def noise(h, w, c=3, seed=0):
+    shape = (h, w, c) if c else (h, w)
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
 
 
 def by_hand(model, image, keep_size=False):
@@ -55,28 +70,26 @@ class Recording(torch.nn.Module):
 
 
 def test_native_size_logits_labels_and_probabilities_match_the_model_by_hand(model, multi):
-    images = [noise(37, 53), noise(20, 70, 1), noise(48, 33, 2), noise(37, 53, 3), noise(24, 17, 4)]
+    images = [noise(37, 53), noise(20, 70, seed=1), noise(24, 17, seed=4)]
     for keep in (False, True):
         predictor = Predictor(model, batch_size=2, keep_size=keep)
         assert isinstance(predictor.strategy, Pad if keep else Resize)
-        got = predictor.logits(images)
-        for im, li in zip(images, got):
+        wants = [by_hand(model, im, keep) for im in images]
+        for im, li, want in zip(images, predictor.logits(images), wants):
             assert li.shape == (1, *im.shape[:2])
-            torch.testing.assert_close(li, by_hand(model, im, keep), atol=1e-5, rtol=1e-5)
-        for im, lab, prob in zip(images, predictor.labels(images), predictor.probabilities(images)):
-            want = by_hand(model, im, keep)
-            assert np.array_equal(lab, (want[0] > 0).numpy().astype(np.uint8))
-            np.testing.assert_allclose(prob, torch.sigmoid(want).numpy(), atol=1e-5)
-    (li,), (lab,), (prob,) = (f([images[0]]) for f in (Predictor(multi).logits, Predictor(multi).labels,
-                                                          Predictor(multi).probabilities))
+            torch.testing.assert_close(li, want, atol=1e-5, rtol=1e-5)
+        for p, want in zip(predictor.predict(images, probabilities=True), wants):
+            assert np.array_equal(p.mask, (want[0] > 0).numpy().astype(np.uint8))
+            np.testing.assert_allclose(p.probabilities, torch.sigmoid(want).numpy(), atol=1e-5)
+    predictor = Predictor(multi)
     want = by_hand(multi, images[0])
-    torch.testing.assert_close(li, want, atol=1e-5, rtol=1e-5)
-    assert np.array_equal(lab, want.argmax(0).numpy().astype(np.uint8))
-    np.testing.assert_allclose(prob, torch.softmax(want, 0).numpy(), atol=1e-5)
+    torch.testing.assert_close(predictor.logits(images[:1])[0], want, atol=1e-5, rtol=1e-5)
+    assert np.array_equal(predictor.labels(images[:1])[0], want.argmax(0).numpy().astype(np.uint8))
+    np.testing.assert_allclose(predictor.probabilities(images[:1])[0], torch.softmax(want, 0).numpy(), atol=1e-5)
 
 
 def test_batches_already_at_the_input_size_come_back_at_each_size(model):
-    images = [noise(37, 53), noise(20, 70, 1), noise(37, 53, 2)]
+    images = [noise(37, 53), noise(20, 70, seed=1), noise(37, 53, seed=2)]
     sizes = [im.shape[:2] for im in images]
     x = torch.stack([normalize(F.interpolate(to_tensor(im)[None], size=(32, 32), mode="bilinear",
                                              align_corners=False, antialias=True)[0], model.config)
@@ -156,7 +169,7 @@ def test_volumes_are_the_predictor_slice_by_slice(tiny_model):
     tiny_model.config.volume = volume_settings(ct_window("abdomen"), axis="axial", context=1)
     try:
         rng = np.random.default_rng(0)
-        image = rng.normal(40, 120, (20, 24, 5)).astype(np.float32)
+        image = rng.normal(40, 120, (20, 24, 3)).astype(np.float32)
         vol = Volume(image, np.eye(4))  # axial = the last axis for an identity affine
         labels, prob = predict_volume_with_probabilities(tiny_model, vol, batch_size=2)
         assert np.array_equal(predict_volume(tiny_model, vol, batch_size=3), labels)
@@ -172,3 +185,72 @@ def test_volumes_are_the_predictor_slice_by_slice(tiny_model):
             assert np.array_equal(labels[:, :, k], (want[0] > 0).numpy().astype(np.uint8))
     finally:
         tiny_model.config.volume = None
+
+
+def test_predict_sizes_batching_and_probabilities(model, multi):
+    images = [noise(37, 53), noise(20, 70, c=0, seed=1), Image.fromarray(noise(48, 33, c=4, seed=2), "RGBA"),
+              noise(37, 53, seed=3)]
+    for keep in (False, True):
+        batched = predict(model, images, batch_size=3, keep_size=keep, probabilities=True)
+        assert [p.mask.shape for p in batched] == [(37, 53), (20, 70), (48, 33), (37, 53)]
+        for p in batched:
+            assert p.mask.dtype == np.uint8 and set(np.unique(p.mask)) <= {0, 1}
+            assert p.probabilities.shape == (1, *p.mask.shape) and p.probabilities.dtype == np.float32
+            # The mask is the probability thresholded at 0.5.
+            assert np.array_equal(p.mask, (p.probabilities[0] > 0.5).astype(np.uint8))
+        # Batches (and, under keep_size, the grouping by padded size) change nothing.
+        for im, p in zip(images, batched):
+            alone = predict(model, im, keep_size=keep, probabilities=True)[0]
+            assert np.abs(alone.probabilities - p.probabilities).max() < 1e-5
+    # keep_size runs at another resolution than the default: the results differ.
+    a = predict(model, images[0], probabilities=True)[0].probabilities
+    b = predict(model, images[0], keep_size=True, probabilities=True)[0].probabilities
+    assert np.abs(a - b).max() > 1e-3
+
+    (p,) = predict(multi, [noise(21, 19)], probabilities=True)
+    assert p.probabilities.shape == (3, 21, 19)
+    assert np.allclose(p.probabilities.sum(0), 1.0, atol=1e-5)
+    assert np.array_equal(p.mask, p.probabilities.argmax(0))
+
+
+def test_load_inference_model_and_devices(tmp_path, model, model_file, monkeypatch):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.safetensors").write_bytes(model_file.read_bytes())
+    ref = model
+    loaded = load_inference_model(run, device="cpu")
+    state, expected = loaded.state_dict(), ref.state_dict()
+    assert state.keys() == expected.keys() and all(torch.equal(state[k], expected[k]) for k in state)
+    # A model file path works directly with predict.
+    assert np.array_equal(predict(str(model_file), noise(30, 30), device="cpu")[0], predict(ref, noise(30, 30))[0])
+
+    # ONNX without the export module: a clear configuration error.
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"not used")
+    monkeypatch.setitem(sys.modules, "segdino.export", None)
+    with pytest.raises(ConfigError, match="ONNX support is unavailable"):
+        load_inference_model(onnx, device="cpu")
+    with pytest.raises(ConfigError, match="runs on the CPU"):
+        load_inference_model(onnx, device="cuda")
+
+    # A compiled fast model always sees full batches (no recompilation for the last one); the
+    # padding changes no result. Compilation itself needs CUDA, so a recording stand-in takes its place.
+    fast = FastModel(model, torch.device("cpu"), torch.float32, channels_last=True, compile_mode=None)
+    seen = []
+    fast.compiled = lambda x: (seen.append(x.shape[0]), fast.inner(x))[1]
+    images = [noise(37, 53, seed=i) for i in range(4)]
+    got = predict(fast, images, batch_size=3, probabilities=True, device="auto")
+    want = predict(model, images, batch_size=3, probabilities=True)
+    assert seen == [3, 3]
+    assert max(np.abs(g.probabilities - w.probabilities).max() for g, w in zip(got, want)) < 1e-5
+
+    # A model prepared for one device (fast or ONNX) is not silently moved.
+    class Prepared:
+        config = ref.config
+        device = torch.device("meta")
+
+        def __call__(self, x):
+            raise AssertionError("must not run")
+
+    with pytest.raises(ConfigError, match="prepared for meta"):
+        predict(Prepared(), noise(16, 16), device="cpu")

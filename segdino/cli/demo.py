@@ -90,7 +90,7 @@ def demo_images(out: Path, args) -> dict:
     from ..data.synthetic import best_global_threshold_dice, write_dataset
     from ..evaluation import evaluate_model
     from ..inference import load_inference_model
-    from .predict import collect_inputs, predict_files
+    from ..file_prediction import collect_inputs, predict_files
 
     t0 = time.perf_counter()
     data = write_dataset(out / "data", IMAGES["n_train"], IMAGES["n_val"], IMAGES["n_test"],

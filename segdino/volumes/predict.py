@@ -40,20 +40,20 @@ import torch
 
 from ..errors import ConfigError, SegDINOError
 from ..progress import track
-from ..inference import check_input_kind, logits_to_labels, logits_to_probabilities, normalize, resize_image
+from ..inference import check_input_kind
+from ..ops import logits_to_labels, logits_to_probabilities, normalize, resize_image
+from ..prediction_writer import PredictionWriter
 from ..predictor import Predictor
+from ..run_files import OVERLAYS
 from ..resample import check_spacing
 from ..sliding_window import logits_at_spacing
 from .intensity import normalize_intensity, read_volume_settings
-from .io import Volume, is_volume_path, prediction_ending, read_volume, strip_volume_suffix, write_volume
+from .io import Volume, is_volume_path, prediction_ending, read_volume, strip_volume_suffix
 from .postprocess import largest_component_classes, postprocess_labels
 from .slicing import context_slice, reassemble, resolve_axis
 
 log = logging.getLogger("segdino.volumes")
 
-MASKS = "masks"
-PROBABILITIES = "probabilities"
-OVERLAYS = "overlays"
 _CHANNEL_RE = re.compile(r"^(.+)_(\d{4})$")
 
 
@@ -307,20 +307,11 @@ def _read(job: _Job, channel: int | None) -> Volume:
     return read_volume(job.source, channel)
 
 
-def predict_volume_files(
-    model,
-    inputs: str | os.PathLike | Sequence[str | os.PathLike],
-    out: str | os.PathLike,
-    *,
-    probabilities: bool = False,
-    largest_component: bool | Iterable[int] = False,
-    batch_size: int = 8,
-    device: str | torch.device | None = None,
-    channel: int | str | None = None,
-    overlays: bool = False,
-    tile_overlap: float | None = None,
-    progress: bool | str = False,
-) -> list[tuple[str, str | None, str | None]]:
+def predict_volume_files(model, inputs: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike, *,
+                         probabilities: bool = False, largest_component: bool | Iterable[int] = False,
+                         batch_size: int = 8, device: str | torch.device | None = None,
+                         channel: int | str | None = None, overlays: bool = False,
+                         tile_overlap: float | None = None, progress: bool | str = False) -> list[tuple[str, str | None, str | None]]:
     """Segment volume files and write each label volume in its source geometry and format.
 
     Args:
@@ -364,35 +355,30 @@ def predict_volume_files(
     largest_component_classes(largest_component, num_classes)
     predictor = Predictor(model, device, batch_size=batch_size)
     out = Path(out)
+    writer = PredictionWriter(out, num_classes)
     jobs = _expand(inputs, ch)
     results: list[tuple[str, str | None, str | None]] = []
     written: dict[Path, Path] = {}
     for job in track(jobs, len(jobs), "predict", "volume", show=progress):
         source = str(job.source)
-        if job.error is not None:
-            results.append((source, None, job.error))
-            log.warning("skipped %s: %s", source, job.error)
-            continue
-        ending = prediction_ending(job.source)
-        target = out / MASKS / f"{job.case}{ending}"
-        if target in written:
-            msg = f"{target.name} was already written from {written[target]}; rename one of the inputs"
-            results.append((source, None, msg))
-            log.warning("skipped %s: %s", source, msg)
-            continue
-        try:
-            volume = _read(job, ch)
-            with torch.inference_mode():
-                labels, prob = _predict(predictor, volume, batch_size, None, probabilities, tile_overlap)
-            labels = postprocess_labels(labels, largest_component, num_classes)
-            write_volume(target, labels.astype(np.uint8, copy=False), volume.affine)
-            if prob is not None:
-                _write_probabilities(out / PROBABILITIES, job.case, prob, volume.affine, ending)
-            if overlays:
-                _write_overlays(out / OVERLAYS, job.case, model, volume, labels)
-        except SegDINOError as e:  # unreadable, wrong channel, unwritable: this volume only
-            results.append((source, None, str(e)))
-            log.warning("skipped %s: %s", source, e)
+        target = writer.volume_mask_path(job.case, prediction_ending(job.source))
+        error = job.error
+        if error is None and target in written:
+            error = f"{target.name} was already written from {written[target]}; rename one of the inputs"
+        if error is None:
+            try:
+                volume = _read(job, ch)
+                with torch.inference_mode():
+                    labels, prob = _predict(predictor, volume, batch_size, None, probabilities, tile_overlap)
+                labels = postprocess_labels(labels, largest_component, num_classes)
+                writer.write_volume(job.case, labels, volume.affine, prob, prediction_ending(job.source))
+                if overlays:
+                    _write_overlays(out / OVERLAYS, job.case, model, volume, labels)
+            except SegDINOError as e:  # unreadable, wrong channel, unwritable: this volume only
+                error = str(e)
+        if error is not None:
+            results.append((source, None, error))
+            log.warning("skipped %s: %s", source, error)
             continue
         written[target] = job.source
         results.append((source, str(target), None))
@@ -416,10 +402,3 @@ def _write_overlays(folder: Path, case: str, model, volume: Volume, labels: np.n
     axis = resolve_axis(settings["axis"], volume.affine)
     return write_volume_overlays(folder, case, display_image(volume, settings["intensity"], None), labels,
                                  volume.affine, axis, volume.spacing, class_names_of(model))
-
-
-def _write_probabilities(folder: Path, case: str, prob: np.ndarray, affine: np.ndarray,
-                         ending: str = ".nii.gz") -> list[Path]:
-    if prob.shape[0] == 1:
-        return [write_volume(folder / f"{case}{ending}", prob[0], affine)]
-    return [write_volume(folder / f"{case}_class{k}{ending}", prob[k], affine) for k in range(1, prob.shape[0])]
