@@ -214,7 +214,7 @@ def test_dicom_series_mixing_sizes(tmp_path):
 def test_nnunet_dataset_in_itk_format_is_checked_predicted_and_scored(tmp_path, ending, capsys):
     import json
 
-    from tests.test_volume_eval import ThresholdModel
+    from tests.volumes.test_evaluate import ThresholdModel
 
     from segdino.cli import main
     from segdino.data.synthetic import write_volume_dataset
@@ -286,7 +286,7 @@ def test_nnunet_dataset_of_detached_headers(tmp_path):
     predictions come out as one-file .mha."""
     import json
 
-    from tests.test_volume_eval import ThresholdModel
+    from tests.volumes.test_evaluate import ThresholdModel
 
     from segdino.data.synthetic import write_volume_dataset
     from segdino.volumes import check_volume_dataset, ct_window, find_volume_cases
