@@ -222,3 +222,16 @@ def test_layer_check_catches_an_upward_import():
     assert upward_imports(graph, layers) == [
         f"segdino.data.dataset (layer {layers['segdino.data.dataset']}) imports segdino.model "
         f"(layer {layers['segdino.model']})"]
+def test_every_module_is_in_the_layer_table_and_nothing_else():
+    layers, mods = documented_layers(), package_modules()
+    missing = sorted(m for m in mods if m not in layers)
+    unknown = sorted(m for m in layers if m not in mods)
+    assert not missing, f"modules not named in the layer table of {ARCHITECTURE.name}: {missing}"
+    assert not unknown, f"{ARCHITECTURE.name} names modules that do not exist: {unknown}"
+
+
+def test_imports_go_only_downward():
+    upward = upward_imports(import_graph(), documented_layers())
+    assert not upward, "imports against the layers of docs/ARCHITECTURE.md:\n" + "\n".join(upward)
+
+

@@ -9,7 +9,7 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 import segdino  # noqa: E402
-from segdino.benchmark import PATH_NAMES, run_benchmark, time_alternating  # noqa: E402
+from segdino.benchmark import PATH_NAMES, run_benchmark  # noqa: E402
 from segdino.cli import main as cli_main  # noqa: E402
 from segdino.data.synthetic import write_dataset  # noqa: E402
 
@@ -24,17 +24,6 @@ RESULT_KEYS = {
     "name", "batch", "median_ms", "images_per_s", "peak_mem_mib", "rel_l2_vs_eager", "ratio_vs_eager",
     "precision", "runs", "min_ms", "dice", "dice_delta_vs_eager",
 }
-
-
-def test_time_alternating_interleaves_and_rotates():
-    calls = []
-    fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}
-    times = time_alternating(fns, warmup=1, repeats=4)
-    assert {k: len(v) for k, v in times.items()} == {"a": 4, "b": 4, "c": 4}
-    assert calls[:3] == ["a", "b", "c"]  # warm-up round
-    rounds = [calls[3 + 3 * r: 6 + 3 * r] for r in range(4)]
-    assert rounds == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]
-    assert all(t >= 0 for v in times.values() for t in v)
 
 
 @pytest.fixture(scope="module")
@@ -143,18 +132,6 @@ def test_benchmark_cli_refuses_bad_options(capsys):
     assert "--model" in capsys.readouterr().err
     assert cli_main(["benchmark", "--device", "cpu", "--batch", "0"]) == 2
     assert "positive" in capsys.readouterr().err
-
-
-def test_wait_for_quiet_cpu_stops_when_others_are_idle_enough():
-    from segdino.benchmark import OtherLoad, wait_for_quiet_cpu
-
-    assert wait_for_quiet_cpu(0) < 0.05  # no waiting asked for
-    # Any load is below 101%: one probing window, then it returns.
-    waited = wait_for_quiet_cpu(30, busy_below=1.01, window=0.2)
-    assert 0.2 <= waited < 5
-    share = OtherLoad().start()
-    sum(i * i for i in range(200_000))  # our own work is not counted as others'
-    assert 0 <= share.stop() <= 1
 
 
 def test_a_failing_path_is_dropped_with_a_note():

@@ -25,6 +25,7 @@ from tests.volumes.files import (  # noqa: E402
 )
 
 from segdino import DataError  # noqa: E402
+from segdino.summary_file import read_summary  # noqa: E402
 from segdino.volumes.io import prediction_ending, read_volume, strip_volume_suffix, write_volume  # noqa: E402
 
 
@@ -213,7 +214,7 @@ def test_dicom_series_mixing_sizes(tmp_path):
 def test_nnunet_dataset_in_itk_format_is_checked_predicted_and_scored(tmp_path, ending, capsys):
     import json
 
-    from tests.test_volume_eval import ThresholdModel
+    from tests.volumes.test_evaluate import ThresholdModel
 
     from segdino.cli import main
     from segdino.data.synthetic import write_volume_dataset
@@ -248,7 +249,7 @@ def test_nnunet_dataset_in_itk_format_is_checked_predicted_and_scored(tmp_path, 
                  "--out", str(tmp_path / "from_files"), "--nsd-tolerance", "2"])
     cap = capsys.readouterr()
     assert code == 0, cap.err
-    from_files = json.loads((tmp_path / "from_files" / "summary.json").read_text())
+    from_files = read_summary(tmp_path / "from_files" / "summary.json")
     assert from_files["per_class"] == from_model["per_class"]
     assert from_files["nsd_tolerance"] == 2.0 and "NSD at 2 mm" in cap.out
     assert "| NSD at 2 mm |" in (tmp_path / "from_files" / "report.md").read_text()
@@ -285,7 +286,7 @@ def test_nnunet_dataset_of_detached_headers(tmp_path):
     predictions come out as one-file .mha."""
     import json
 
-    from tests.test_volume_eval import ThresholdModel
+    from tests.volumes.test_evaluate import ThresholdModel
 
     from segdino.data.synthetic import write_volume_dataset
     from segdino.volumes import check_volume_dataset, ct_window, find_volume_cases

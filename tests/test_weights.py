@@ -19,7 +19,7 @@ from tests.conftest import randomize_
 
 
 def meta_state(vit, seed=0):
-    """Meta's DINOv3 ``.pth`` layout (SEGDINO.md format 1) of a timm DINOv3 model.
+    """Meta's DINOv3 ``.pth`` layout (docs/WEIGHTS.md, format 1) of a timm DINOv3 model.
 
     Written from the spec's key list: Meta keeps the key bias inside ``qkv.bias`` and masks it
     with ``bias_mask``, so the stored key bias is random here and must be ignored on load.
@@ -61,7 +61,7 @@ def meta_state(vit, seed=0):
 
 
 def authors_state(model, seed=0, scalar_gamma=True):
-    """The authors' whole-model layout (SEGDINO.md format 4) of one of our models."""
+    """The authors' whole-model layout (docs/WEIGHTS.md, format 4) of one of our models."""
     sd = model.state_dict()
     out = {"backbone." + k: v for k, v in meta_state(model.backbone.vit, seed).items()}
     for i in range(4):

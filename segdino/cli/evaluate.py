@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
+from .. import run_files
 from ..errors import ConfigError
 from . import add_device_argument, add_quiet_argument, progress_mode
 
@@ -62,7 +62,7 @@ def register(subparsers) -> None:
 
 def default_split(run_dir: Path | None, data: str) -> str:
     """``test``; ``all`` when ``data`` is not the dataset the run trained on (its split is meaningless there)."""
-    from ..evaluation import is_run_dataset, run_dataset
+    from ..runs import is_run_dataset, run_dataset
 
     if run_dir is None or is_run_dataset(run_dir, data):
         return "test"
@@ -84,17 +84,17 @@ def _out_folder(args: argparse.Namespace, run_dir: Path | None) -> Path:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from ..evaluation import format_summary
+    from ..summary_file import format_summary
 
     summary = evaluate_from_args(args)
-    print(format_summary(summary, summary["outputs"]["distance_unit"]))
+    print(format_summary(summary))
     print(f"report: {summary['outputs']['report']} (in a browser: {summary['outputs']['report_html']})")
     return 0
 
 
 def evaluate_from_args(args: argparse.Namespace) -> dict:
     """Score as the command does; returns the summary (as in summary.json) with ``outputs``: the files written."""
-    from ..evaluation import find_run_dir
+    from ..runs import find_run_dir
     from ..options import COUNT, GREY_LEVEL, POSITIVE_INT, SEED, check_numbers
     from ..outputs import open_output
 
@@ -118,7 +118,7 @@ def _evaluate(args: argparse.Namespace, out: Path, run_dir: Path | None) -> dict
     from ..evaluation import evaluate_model, evaluate_predictions
 
     if args.model is not None and (len(args.model) > 1 or args.tta or (
-            Path(args.model[0]).is_dir() and not (Path(args.model[0]) / "best.safetensors").is_file())):
+            Path(args.model[0]).is_dir() and not (Path(args.model[0]) / run_files.BEST).is_file())):
         from ..ensemble import load_models
 
         args.model = load_models(args.model, args.device, tta=args.tta)
@@ -129,36 +129,24 @@ def _evaluate(args: argparse.Namespace, out: Path, run_dir: Path | None) -> dict
 
     from ..volumes import is_volume_dataset
 
-    unit = "px"
     if is_volume_dataset(args.data):
-        summary = _evaluate_volumes(args, out, run_dir)
-        unit = "mm"
-    else:
-        if args.channel is not None or args.largest_component or args.nsd_tolerance is not None \
-                or args.resample or args.tile_overlap is not None:
-            raise ConfigError(f"--channel, --largest-component, --nsd-tolerance, --resample and --tile-overlap apply "
-                              f"to volume datasets; {args.data} holds 2D images")
-        if args.predictions is not None:
-            summary = evaluate_predictions(
-                args.predictions, args.data, out, num_classes=args.num_classes or 1, split=args.split,
-                fold=args.fold, seed=args.seed,
-                mask_threshold=127 if args.mask_threshold is None else args.mask_threshold,
-                run_dir=run_dir, progress=progress_mode(args),
-            )
-        else:
-            summary = evaluate_model(
-                args.model, args.data, out, split=args.split, fold=args.fold, seed=args.seed,
-                batch_size=args.batch_size, keep_size=args.keep_size, device=args.device, run_dir=run_dir,
-                workers=max(0, args.workers), progress=progress_mode(args),
-            )
-    outputs = dict(summary.get("outputs") or {})
-    outputs.update(cases_csv=str(out / "cases.csv"), summary_json=str(out / "summary.json"),
-                   report=os.path.join(str(out), "report.md"), report_html=os.path.join(str(out), "report.html"),
-                   distance_unit=unit)
-    if (out / "lesions.csv").is_file():
-        outputs["lesions_csv"] = str(out / "lesions.csv")
-    summary["outputs"] = outputs
-    return summary
+        return _evaluate_volumes(args, out, run_dir)
+    if args.channel is not None or args.largest_component or args.nsd_tolerance is not None \
+            or args.resample or args.tile_overlap is not None:
+        raise ConfigError(f"--channel, --largest-component, --nsd-tolerance, --resample and --tile-overlap apply "
+                          f"to volume datasets; {args.data} holds 2D images")
+    if args.predictions is not None:
+        return evaluate_predictions(
+            args.predictions, args.data, out, num_classes=args.num_classes or 1, split=args.split,
+            fold=args.fold, seed=args.seed,
+            mask_threshold=127 if args.mask_threshold is None else args.mask_threshold,
+            run_dir=run_dir, progress=progress_mode(args),
+        )
+    return evaluate_model(
+        args.model, args.data, out, split=args.split, fold=args.fold, seed=args.seed,
+        batch_size=args.batch_size, keep_size=args.keep_size, device=args.device, run_dir=run_dir,
+        workers=max(0, args.workers), progress=progress_mode(args),
+    )
 
 
 def _evaluate_volumes(args: argparse.Namespace, out: Path, run_dir: Path | None) -> dict:

@@ -7,7 +7,8 @@ them together). docs/FORMATS.md describes the files.
 """
 
 from .document import FIGURES, CaseSource, write_report
-from .files import _jsonable, write_case_csv, write_summary_json
+from ..summary_file import _jsonable
+from .files import write_case_csv, write_summary_json
 from .page import markdown_to_html
 from .pictures import (
     BOTH_COLOUR,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 from typing import Any, Mapping, Sequence
@@ -12,6 +11,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..fileio import atomic_write_text
+from ..summary_file import summary_json
 
 
 def _csv_cell(value: Any) -> Any:
@@ -45,23 +45,6 @@ def write_case_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -
     atomic_write_text(path, buf.getvalue())
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return [_jsonable(v) for v in value.tolist()]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        # JSON has no NaN/Infinity; an undefined statistic is null.
-        return float(value) if math.isfinite(float(value)) else None
-    return value
-
-
 def write_summary_json(path: str | os.PathLike, summary: Mapping[str, Any]) -> None:
     """Write a summary dict as strict JSON (NaN and infinities become ``null``), atomically."""
-    atomic_write_text(path, json.dumps(_jsonable(summary), indent=2, allow_nan=False) + "\n")
+    atomic_write_text(path, summary_json(summary))

@@ -1,23 +1,25 @@
 """Scoring predicted label volumes against a dataset's labels, in millimetres.
 
 :func:`evaluate_volumes` scores either a folder of predicted volumes (any tool's, named as nnU-Net
-names predictions: ``CASE.nii.gz``, or ``CASE.mha``, ``CASE.nrrd`` ...) or a model, which first segments each case. Per volume and
-per foreground class it reports Dice, IoU, normalised surface Dice (NSD) at a tolerance in mm
-(default 1 mm), HD95 and ASD in mm (from the label volume's voxel spacing), precision and recall, and lesion-wise detection (connected components of the label
-matched to predicted components by overlap: found, missed, false positives, and each lesion's
-Dice and size); definitions in :mod:`segdino.metrics`.
+names predictions: ``CASE.nii.gz``, or ``CASE.mha``, ``CASE.nrrd`` ...; matched by the rule of
+:mod:`segdino.prediction_files`) or a model, which first segments each case. Per volume and per
+foreground class it reports Dice, IoU, normalised surface Dice (NSD) at a tolerance in mm
+(default 1 mm), HD95 and ASD in mm (from the label volume's voxel spacing), precision and recall,
+and lesion-wise detection (connected components of the label matched to predicted components by
+overlap: found, missed, false positives, and each lesion's Dice and size); definitions in
+:mod:`segdino.metrics`. The scoring, the summary and the report are the one evaluator's
+(:mod:`segdino.evaluator`), shared with 2D images.
 
-A prediction must lie on its label's voxel grid: same shape and the same affine, voxel centres
-within 1% of a voxel. A prediction stored in another axis order or direction of the same grid
-(e.g. reoriented to RAS by a viewer) is brought back to the label's order exactly, without
-resampling; any other grid is an error.
+A prediction must lie on its label's voxel grid (:mod:`segdino.volumes.grids`); one stored in
+another axis order or direction of the same grid is brought back exactly, any other grid is an
+error (or, with ``resample``, sampled onto the label's).
 
 Files written into ``out``: ``cases.csv`` (one row per case and class), ``lesions.csv`` (one row
 per ground-truth lesion and per false-positive component), ``summary.json``, ``report.md`` and
 ``figures/`` (per class, the slices through the largest lesion, the largest missed lesion and the
 largest false positive; every slice holding ground truth or prediction of the lowest cases;
-best/median/worst cases on their most wrongly labelled slice); with a
-model, also ``predictions/CASE.<ending>`` (the dataset's file format; ``.nii.gz`` for DICOM).
+best/median/worst cases on their most wrongly labelled slice); with a model, also
+``predictions/CASE.<ending>`` (the dataset's file format; ``.nii.gz`` for DICOM).
 """
 
 from __future__ import annotations
@@ -26,188 +28,50 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from ..data.splits import validate_split_lists
+from .. import run_files
 from ..errors import ConfigError, DataError
-from ..fileio import read_json
-from ..metrics import NSD_TOLERANCE, case_rows, lesion_metrics, summarize, summarize_lesions
-from ..progress import track
-from ..report import pretrained_of
-from ..resample import resample_to_grid
+from ..evaluator import LESION_COLUMNS, ScoredCase, Source, evaluate  # noqa: F401  (LESION_COLUMNS kept here)
+from ..metrics import NSD_TOLERANCE
+from ..prediction_files import match_predictions as _match_files
+from ..prediction_files import prediction_folder
+from ..report import FIGURES, LEGEND, pretrained_of
+from ..runs import run_log_csv, run_split_cases
 from . import figures as _figures
-from .io import Volume, is_volume_path, prediction_ending, read_volume, strip_volume_suffix, write_volume
-from .layouts import _CHANNEL_RE, VolumeCase, VolumeCases, find_volume_cases
+from .grids import GRID_TOLERANCE, on_label_grid, prediction_on_label_grid  # noqa: F401  (kept importable here)
+from .io import Volume, prediction_ending, read_volume, write_volume
+from .layouts import VolumeCase, VolumeCases, find_volume_cases
 from .postprocess import largest_component_classes, postprocess_labels
-from .slicing import array_axes_of_world, resolve_axis
+from .slicing import resolve_axis
 
 log = logging.getLogger("segdino.volumes")
 
-#: Voxel centres of a prediction and its label may differ by this fraction of the smallest voxel side.
-GRID_TOLERANCE = 0.01
 MAX_LISTED = 10
-LESION_COLUMNS = ("case", "class", "class_name", "kind", "lesion", "voxels", "volume_mm3", "diameter_mm", "found",
-                  "dice", "pred_components", "bbox")
+#: Per-case strips are drawn for this many of the lowest-Dice cases.
+STRIP_CASES = 3
 
-
-# ---------------------------------------------------------------------------------------------
-# Grids
-
-
-def _corners(shape) -> np.ndarray:
-    """(8, 3) voxel indices of the corner voxels of a grid of ``shape``."""
-    n = np.asarray(shape, dtype=np.float64) - 1
-    return np.array([[i * n[0], j * n[1], k * n[2]] for i in (0, 1) for j in (0, 1) for k in (0, 1)])
-
-
-def _world(affine: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    return idx @ affine[:3, :3].T + affine[:3, 3]
-
-
-def _grid_offset(affine_a: np.ndarray, affine_b: np.ndarray, shape) -> float:
-    """Largest distance in mm between where two affines put the corner voxels of ``shape``."""
-    c = _corners(shape)
-    return float(np.max(np.linalg.norm(_world(affine_a, c) - _world(affine_b, c), axis=1)))
-
-
-def _tolerance(label: Volume) -> float:
-    return GRID_TOLERANCE * float(np.min(label.spacing))
-
-
-def _reorder_to(pred: Volume, label: Volume) -> np.ndarray | None:
-    """``pred``'s array in the label's axis order, when ``pred`` is the label's grid stored with
-    permuted and/or flipped axes; else None."""
-    t = np.linalg.solve(label.affine, pred.affine)  # pred voxel index -> label voxel index
-    r = t[:3, :3]
-    rr = np.round(r)
-    if not np.allclose(r, rr, atol=1e-3):
-        return None
-    if sorted(np.abs(rr).sum(axis=0).tolist()) != [1, 1, 1] or sorted(np.abs(rr).sum(axis=1).tolist()) != [1, 1, 1]:
-        return None
-    order = [int(np.flatnonzero(rr[i])[0]) for i in range(3)]  # label axis i <- pred axis order[i]
-    arr = np.transpose(pred.array, order)
-    if arr.shape != label.shape:
-        return None
-    for i in range(3):
-        if rr[i, order[i]] < 0:
-            arr = np.flip(arr, axis=i)
-    # The voxel the reordered array puts at each label corner must sit where that label voxel is.
-    lab = _corners(label.shape)
-    src = np.empty_like(lab)
-    for i in range(3):
-        j = order[i]
-        src[:, j] = lab[:, i] if rr[i, j] > 0 else pred.shape[j] - 1 - lab[:, i]
-    gap = np.linalg.norm(_world(pred.affine, src) - _world(label.affine, lab), axis=1)
-    if float(np.max(gap)) > _tolerance(label):
-        return None
-    return np.ascontiguousarray(arr)
-
-
-def on_label_grid(pred: Volume, label: Volume, what: str = "prediction") -> tuple[np.ndarray, bool]:
-    """``pred``'s labels on ``label``'s voxel grid (``what`` names ``pred`` in messages).
-
-    Returns:
-        ``(array, reordered)``: the (I, J, K) labels indexed like ``label.array``, and whether
-        the prediction's axes had to be permuted or flipped to get there.
-
-    Raises:
-        DataError naming both files when the grids differ (shape, spacing, origin or
-        direction), with the largest distance between their voxel centres in mm.
-    """
-    if pred.shape == label.shape and _grid_offset(pred.affine, label.affine, label.shape) <= _tolerance(label):
-        return np.asarray(pred.array), False
-    arr = _reorder_to(pred, label)
-    if arr is not None:
-        return arr, True
-    where = f"{pred.path or what} vs label {label.path or ''}".rstrip()
-    if pred.shape != label.shape and sorted(pred.shape) != sorted(label.shape):
-        raise DataError(f"{where}: the {what} has shape {pred.shape}, the label {label.shape}; "
-                        f"a {what} must be on its label's voxel grid")
-    off = _grid_offset(pred.affine, label.affine, label.shape) if pred.shape == label.shape else math.nan
-    detail = (f"spacing {np.round(pred.spacing, 4).tolist()} vs {np.round(label.spacing, 4).tolist()} mm, "
-              f"origin {np.round(pred.origin, 3).tolist()} vs {np.round(label.origin, 3).tolist()} mm")
-    if math.isfinite(off):
-        detail += f"; voxel centres up to {off:.3g} mm apart (tolerance {_tolerance(label):.3g} mm)"
-    raise DataError(f"{where}: the {what}'s geometry (affine) differs from the label's: {detail}; "
-                    f"a {what} must be on its label's voxel grid (resample it onto the label first)")
-
-
-def prediction_on_label_grid(pred: Volume, label: Volume, resample: bool = False) -> tuple[np.ndarray, bool, bool]:
-    """:func:`on_label_grid`, or with ``resample`` a prediction on another grid sampled onto the
-    label's (nearest neighbour through the two affines). Returns ``(array, moved, resampled)``."""
-    try:
-        arr, moved = on_label_grid(pred, label)
-        return arr, moved, False
-    except DataError:
-        if not resample:
-            raise
-    arr = resample_to_grid(pred.array, pred.affine, label.affine, label.shape, order=0)
-    return arr.astype(np.asarray(pred.array).dtype, copy=False), True, True
-
-
-# ---------------------------------------------------------------------------------------------
-# Matching predictions to cases
+# Kept importable from here: pictures of volumes live in .figures.
+display_volume = _figures.display_volume
+_display_image = _figures.display_image
 
 
 def match_predictions(folder: str | os.PathLike, found: VolumeCases, case_ids: list[str]) -> tuple[dict[str, Path], list[str]]:
-    """Predicted volumes of a folder matched to cases by name (``CASE.nii.gz``, ``CASE.mha``, ...).
-
-    A ``segdino predict`` output folder is read from its ``masks/`` sub-folder.
+    """Predicted volumes of a folder matched to cases by :func:`segdino.prediction_files.match_predictions`.
 
     Returns:
         ``({case_id: path}`` for every case of ``case_ids``, names of predictions of dataset cases
         outside ``case_ids`` (not scored)).
-
-    Raises:
-        DataError listing the predictions that name no case of the dataset and the cases of
-        ``case_ids`` without a prediction.
     """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(f"{folder}: no such folder of predictions")
-
-    def volumes_in(d: Path) -> list[Path]:
-        return sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith(".") and is_volume_path(p))
-
-    files = volumes_in(folder)
-    if not files and (folder / "masks").is_dir():  # a `segdino predict` output folder
-        folder = folder / "masks"
-        files = volumes_in(folder)
-    if not files:
-        raise DataError(f"{folder}: no predicted volumes (files named CASE.nii.gz, CASE.mha, CASE.nrrd, ...)")
-    by_name: dict[str, Path] = {}
-    for p in files:
-        stem = strip_volume_suffix(p.name)
-        if stem in by_name:
-            raise DataError(f"{folder}: two predictions for case {stem}: {by_name[stem].name} and {p.name}")
-        by_name[stem] = p
-    known = {c.case_id for c in found.cases}
-    wanted = set(case_ids)
-    unknown = sorted(n for n in by_name if n not in known)
-    missing = sorted(c for c in case_ids if c not in by_name)
-    problems = []
-    if unknown:
-        hint = ""
-        m = _CHANNEL_RE.match(unknown[0])
-        if m and m.group(1) in known:
-            ending = prediction_ending(by_name[unknown[0]].name)
-            hint = f" (predictions are named after the case, e.g. {m.group(1)}{ending}, not {unknown[0]}{ending})"
-        problems.append(f"{len(unknown)} prediction(s) name no case of {found.root}: "
-                        f"{', '.join(by_name[n].name for n in unknown[:MAX_LISTED])}"
-                        f"{' ...' if len(unknown) > MAX_LISTED else ''}{hint}")
-    if missing:
-        problems.append(f"{len(missing)} case(s) of the split have no prediction in {folder}: "
-                        f"{', '.join(missing[:MAX_LISTED])}{' ...' if len(missing) > MAX_LISTED else ''}")
-    if problems:
-        raise DataError("; ".join(problems))
-    ignored = sorted(by_name[n].name for n in by_name if n not in wanted)
-    return {c: by_name[c] for c in case_ids}, ignored
+    folder = prediction_folder(folder, "volumes")
+    matches = _match_files(folder, case_ids, [c.case_id for c in found.cases], kind="volumes")
+    return dict(matches), matches.ignored
 
 
 # ---------------------------------------------------------------------------------------------
-# Classes
+# Cases and classes
 
 
 def _dataset_classes(found: VolumeCases, cases: list[VolumeCase]) -> int:
@@ -238,58 +102,51 @@ def _class_names(num_classes: int, found: VolumeCases, model) -> dict[int, str]:
     return names
 
 
-# ---------------------------------------------------------------------------------------------
-# Pictures
+def _find_cases(data, fold: int, channel, seed: int, predictions) -> VolumeCases:
+    try:
+        found = find_volume_cases(data, fold=fold, channel=channel, seed=seed)
+    except DataError:
+        if predictions is None or channel is not None:
+            raise
+        # Predictions are scored against labels: the channel only picks the picture in the report.
+        found = find_volume_cases(data, fold=fold, channel=0, seed=seed)
+    if not found.is_3d:
+        raise DataError(f"{data}: holds 2D images in an nnU-Net layout, not volumes; use the 2D evaluation")
+    return found
 
 
-# Kept importable from here: pictures of volumes live in .figures.
-display_volume = _figures.display_volume
-_display_image = _figures.display_image
-
-
-# ---------------------------------------------------------------------------------------------
-# Evaluation
-
-
-def _lesion_rows(case: str, c: int, name: str, result: Mapping[str, Any]) -> list[dict[str, Any]]:
-    rows = []
-    for les in result["lesions"]:
-        rows.append({"case": case, "class": c, "class_name": name, "kind": "lesion", "lesion": les["lesion"],
-                     "voxels": les["voxels"], "volume_mm3": les["size"],
-                     "diameter_mm": _diameter(les["size"]), "found": les["found"], "dice": les["dice"],
-                     "pred_components": les["pred_components"], "bbox": _bbox_text(les["bbox"])})
-    for i, fp in enumerate(result["false_positive_components"], 1):
-        rows.append({"case": case, "class": c, "class_name": name, "kind": "false positive", "lesion": i,
-                     "voxels": fp["voxels"], "volume_mm3": fp["size"], "diameter_mm": _diameter(fp["size"]),
-                     "found": None, "dice": None, "pred_components": 1, "bbox": _bbox_text(fp["bbox"])})
-    return rows
-
-
-def _diameter(volume_mm3: float) -> float:
-    """Diameter in mm of the sphere with this volume: a lesion's size as radiologists quote it."""
-    return float((6.0 * volume_mm3 / math.pi) ** (1.0 / 3.0))
-
-
-def _bbox_text(bbox) -> str:
-    return " ".join(f"{a}:{b}" for a, b in bbox)
-
-
-def _run_split(run_dir: Path, split: str, found: VolumeCases) -> tuple[list[str], str] | None:
-    """The split a training run wrote into its folder (so evaluation uses the run's test cases)."""
-    path = run_dir / "splits.json"
-    if not path.is_file():
-        return None
-    data = validate_split_lists(path, read_json(path, DataError, "split file"), lambda c: c, required=())
-    if not data.get(split):
-        return None
-    ids = data[split]
-    labelled = {c.case_id for c in found.cases if c.label is not None}
-    unknown = [i for i in ids if i not in labelled]
-    if unknown:
-        raise DataError(f"{path}: the {split} split lists {len(unknown)} case(s) without a label in "
-                        f"{found.root}: {', '.join(unknown[:MAX_LISTED])}; on another dataset than the run's, "
+def _split_cases(found: VolumeCases, split: str, run_dir: Path | None) -> tuple[list[str], str]:
+    """The case ids of ``split`` and where the split came from: the run's, else the dataset's rules."""
+    labelled = [c.case_id for c in found.cases if c.label is not None]
+    from_run = run_split_cases(run_dir, split, labelled, found.root) if split != "all" else None
+    if from_run is not None:
+        case_ids, split_source = from_run
+    elif split == "all":
+        case_ids, split_source = sorted(labelled), "every labelled case"
+    else:
+        if split not in found.splits:
+            raise ConfigError(f"unknown split {split!r}; expected all or one of {', '.join(found.splits)}")
+        case_ids, split_source = list(found.splits[split]), found.split_source
+    if not case_ids:
+        raise DataError(f"{found.root}: the {split} split has no labelled cases (split from {split_source}); "
                         "pass --split all to score every labelled case")
-    return ids, str(path)
+    return case_ids, split_source
+
+
+def _model_classes(model, found: VolumeCases, example) -> tuple[int, dict]:
+    """(num_classes, volume settings) of a model, refused when the dataset names more labels."""
+    from ..inference import check_input_kind
+    from .intensity import read_volume_settings
+
+    check_input_kind(model, "volume", example)
+    settings = read_volume_settings(getattr(model.config, "volume", None))
+    num_classes = int(model.config.num_classes)
+    if found.labels:
+        data_classes = max(found.labels) + 1
+        if data_classes > max(num_classes, 2):
+            raise DataError(f"{found.root / 'dataset.json'} names labels 0..{data_classes - 1}, but the model "
+                            f"predicts {max(num_classes, 2)} classes (num_classes={num_classes})")
+    return num_classes, settings
 
 
 def _load_model(model, device):
@@ -300,6 +157,15 @@ def _load_model(model, device):
     return model
 
 
+def _model_name(model, path: str | None) -> str | None:
+    if model is None:
+        return None
+    cfg = model.config
+    what = f"{getattr(cfg, 'backbone', '?')}, {cfg.num_classes} output(s)"
+    return f"{path} ({what})" if path else what
+
+
+# Over 80 lines for its docstring (every option and the summary it returns); the body is about 45.
 def evaluate_volumes(
     data: str | os.PathLike,
     out: str | os.PathLike,
@@ -362,133 +228,106 @@ def evaluate_volumes(
         raise ConfigError("evaluating volumes needs exactly one of a folder of predictions and a model")
     if not (isinstance(nsd_tolerance, (int, float)) and math.isfinite(nsd_tolerance) and nsd_tolerance >= 0):
         raise ConfigError(f"--nsd-tolerance must be a distance in mm >= 0, got {nsd_tolerance!r}")
-    out = Path(out)
     run_dir = Path(run_dir) if run_dir is not None else None
     model_file = str(model) if isinstance(model, (str, os.PathLike)) else None
     model = _load_model(model, device)
-    try:
-        found = find_volume_cases(data, fold=fold, channel=channel, seed=seed)
-    except DataError:
-        if predictions is None or channel is not None:
-            raise
-        # Predictions are scored against labels: the channel only picks the picture in the report.
-        found = find_volume_cases(data, fold=fold, channel=0, seed=seed)
-    if not found.is_3d:
-        raise DataError(f"{data}: holds 2D images in an nnU-Net layout, not volumes; use the 2D evaluation")
-    from_run = _run_split(run_dir, split, found) if run_dir is not None else None
-    if from_run is not None:
-        case_ids, split_source = from_run
-    elif split == "all":
-        case_ids = sorted(c.case_id for c in found.cases if c.label is not None)
-        split_source = "every labelled case"
-    else:
-        if split not in found.splits:
-            raise ConfigError(f"unknown split {split!r}; expected all or one of {', '.join(found.splits)}")
-        case_ids, split_source = list(found.splits[split]), found.split_source
-    if not case_ids:
-        raise DataError(f"{found.root}: the {split} split has no labelled cases (split from {split_source}); "
-                        "pass --split all to score every labelled case")
+    found = _find_cases(data, fold, channel, seed, predictions)
+    case_ids, split_source = _split_cases(found, split, run_dir)
     by_id = {c.case_id: c for c in found.cases}
     cases = [by_id[i] for i in case_ids]
-
-    settings = None
+    settings, pred_files, ignored = None, {}, []
     if model is not None:
-        from ..inference import check_input_kind
-        from .intensity import read_volume_settings
-
-        check_input_kind(model, "volume", cases[0].image if cases else None)
-
-        settings = read_volume_settings(getattr(model.config, "volume", None))
-        num_classes = int(model.config.num_classes)
-        if found.labels:
-            data_classes = max(found.labels) + 1
-            if data_classes > max(num_classes, 2):
-                raise DataError(f"{found.root / 'dataset.json'} names labels 0..{data_classes - 1}, but the model "
-                                f"predicts {max(num_classes, 2)} classes (num_classes={num_classes})")
-        pred_files, ignored = {}, []
+        num_classes, settings = _model_classes(model, found, cases[0].image if cases else None)
     else:
         pred_files, ignored = match_predictions(predictions, found, case_ids)
         num_classes = _dataset_classes(found, cases)
     names = _class_names(num_classes, found, model)
     cleaned = largest_component_classes(largest_component, num_classes)  # bad class ids fail before any work
+    facts = dict(mode="model" if model is not None else "predictions", data=str(found.root), layout=found.layout,
+                 split=split, split_source=split_source, cases=case_ids,
+                 predictions=str(predictions) if predictions is not None else None,
+                 model=_model_name(model, model_file), num_classes=num_classes,
+                 class_names={str(c): n for c, n in names.items()}, distance_unit="mm",
+                 nsd_tolerance=float(nsd_tolerance), largest_component_classes=cleaned, reoriented=[], resampled=[],
+                 ignored_predictions=ignored, dataset_issues=list(found.issues),
+                 pretrained=pretrained_of(run_dir, model_file))
+    scoring = _VolumeScoring(found, Path(out) / run_files.PREDICTIONS, pred_files, model, settings, largest_component,
+                             num_classes, resample, facts)
+    source_name = f"predictions in {facts['predictions']}" if model is None else f"model {facts['model']}"
+    source = Source("volumes", num_classes, names, facts,
+                    title=f"SegDINO volume evaluation: {split} split of {found.root.name}, {source_name}",
+                    picture=scoring.picture, log_csv=run_log_csv(run_dir), nsd_tolerance=float(nsd_tolerance),
+                    lesions=True, sections=scoring.sections, unit="volume")
+    scored = scoring.cases(cases, batch_size, device, tile_overlap)
+    return evaluate(scored, source, out, total=len(cases), progress=progress)
 
-    rows: list[dict[str, Any]] = []
-    lesion_rows: list[dict[str, Any]] = []
-    lesion_results: dict[int, list[Mapping[str, Any]]] = {c: [] for c in names}
-    reoriented: list[str] = []
-    resampled: list[str] = []
-    pred_dir = out / "predictions"
-    for case in track(cases, len(cases), "evaluate", "volume", show=progress):
+
+class _VolumeScoring:
+    """The cases of one volume evaluation: read (or predict) each, bring it onto its label's grid,
+    and show it for the report."""
+
+    def __init__(self, found: VolumeCases, pred_dir: Path, pred_files: Mapping[str, Path], model, settings,
+                 largest_component, num_classes: int, resample: bool, facts: dict[str, Any]):
+        self.found, self.pred_dir, self.pred_files = found, pred_dir, pred_files
+        self.model, self.settings, self.largest_component = model, settings, largest_component
+        self.num_classes, self.resample, self.facts = num_classes, resample, facts
+        self.modality = None
+        if found.channel_names and (found.channel or 0) < len(found.channel_names):
+            self.modality = found.channel_names[found.channel or 0]
+
+    def prediction_path(self, case: VolumeCase) -> Path:
+        """Where a model's prediction of ``case`` is written: named after the case, in its image's format."""
+        return self.pred_dir / f"{case.case_id}{prediction_ending(case.image)}"
+
+    def cases(self, cases: Iterable[VolumeCase], batch_size: int, device, tile_overlap) -> Iterator[ScoredCase]:
+        """Each case's prediction on its label's grid, post-processed as asked."""
+        for case in cases:
+            label = read_volume(case.label, label=True)
+            if self.model is not None:
+                pred_path = self.prediction_path(case)
+                pred_vol = _predict_case(self.model, case, label, pred_path, batch_size, device,
+                                         self.largest_component, tile_overlap)
+            else:
+                pred_path = self.pred_files[case.case_id]
+                pred_vol = read_volume(pred_path, label=True)
+            pred, moved, was_resampled = prediction_on_label_grid(pred_vol, label, self.resample)
+            if was_resampled:
+                self.facts["resampled"].append(case.case_id)
+            if self.model is None:
+                pred = postprocess_labels(pred, self.largest_component, self.num_classes)
+            if moved:
+                self.facts["reoriented"].append(case.case_id)
+            spacing = tuple(float(s) for s in label.spacing)
+            yield ScoredCase(case.case_id, pred, label.array, spacing, where=f"{pred_path} / {case.label}",
+                             extras={"spacing_mm": " ".join(f"{s:.4g}" for s in spacing), "prediction": str(pred_path)})
+
+    def view(self, case_id: str) -> _figures.CaseView:
+        """A case's image (windowed as the model sees it), labels and prediction, for pictures."""
+        case = self.found.case(case_id)
         label = read_volume(case.label, label=True)
-        if model is not None:
-            pred_path = _prediction_path(pred_dir, case)
-            pred_vol = _predict_case(model, case, label, pred_path, batch_size, device, largest_component,
-                                     tile_overlap)
-        else:
-            pred_path = pred_files[case.case_id]
-            pred_vol = read_volume(pred_path, label=True)
-        pred, moved, was_resampled = prediction_on_label_grid(pred_vol, label, resample)
-        if was_resampled:
-            resampled.append(case.case_id)
-        if model is None:
-            pred = postprocess_labels(pred, largest_component, num_classes)
-        if moved:
-            reoriented.append(case.case_id)
-        spacing = label.spacing
-        try:
-            case_r = case_rows(case.case_id, pred, label.array, num_classes, spacing, names, nsd_tolerance)
-        except DataError as e:
-            raise DataError(f"{pred_path} / {case.label}: {e}") from None
-        for row in case_r:
-            c = row["class"]
-            p, g = (pred != 0, label.array != 0) if num_classes == 1 else (pred == c, label.array == c)
-            les = lesion_metrics(p, g, spacing)
-            lesion_results[c].append(les)
-            lesion_rows += _lesion_rows(case.case_id, c, names[c], les)
-            row.update(lesions=les["num_lesions"], lesions_found=les["found"], lesions_missed=les["missed"],
-                       lesion_false_positives=les["false_positives"],
-                       spacing_mm=" ".join(f"{s:.4g}" for s in spacing), prediction=str(pred_path))
-        rows += case_r
-        log.info("%s: %s", case.case_id,
-                 ", ".join(f"{r['class_name']} Dice {r['dice']:.3f}" for r in case_r))
+        pred_path = self.pred_files.get(case_id) or self.prediction_path(case)
+        pred, _, _ = prediction_on_label_grid(read_volume(pred_path, label=True), label,
+                                              case_id in self.facts["resampled"])
+        if self.model is None:
+            pred = postprocess_labels(pred, self.largest_component, self.num_classes)
+        try:  # the picture only: an unreadable or misplaced image leaves a blank background
+            image = Volume(on_label_grid(read_volume(case.image, case.channel), label, what="image")[0],
+                           label.affine)
+        except DataError:
+            image = Volume(np.zeros(label.shape, dtype=np.float32), label.affine)
+        axis = resolve_axis(self.settings["axis"] if self.settings else "axial", label.affine)
+        spec = self.settings["intensity"] if self.settings else None
+        return _figures.CaseView(_display_image(image, spec, self.modality), label.array, pred, label.affine, axis,
+                                 tuple(float(v) for v in label.spacing))
 
-    summary = summarize(rows)
-    summary["lesions"] = {names[c]: summarize_lesions(res) for c, res in lesion_results.items()}
-    summary.update(
-        data=str(found.root),
-        layout=found.layout,
-        split=split,
-        split_source=split_source,
-        cases=case_ids,
-        predictions=str(predictions) if predictions is not None else None,
-        model=_model_name(model, model_file),
-        num_classes=num_classes,
-        class_names={str(c): n for c, n in names.items()},
-        distance_unit="mm",
-        nsd_tolerance=float(nsd_tolerance),
-        largest_component_classes=cleaned,
-        reoriented=reoriented,
-        resampled=resampled,
-        ignored_predictions=ignored,
-        dataset_issues=list(found.issues),
-        pretrained=pretrained_of(run_dir, model_file),
-    )
-    _write_outputs(out, rows, lesion_rows, summary, found, pred_files, pred_dir, model, settings, run_dir,
-                   largest_component)
-    return summary
+    def picture(self, case_id: str):
+        """(image, gt, pred) in the radiological view, for the report's case pictures."""
+        v = self.view(case_id)
+        return tuple(display_volume(a, v.affine, v.axis) for a in (v.image, v.gt, v.pred))
 
-
-def _model_name(model, path: str | None) -> str | None:
-    if model is None:
-        return None
-    cfg = model.config
-    what = f"{getattr(cfg, 'backbone', '?')}, {cfg.num_classes} output(s)"
-    return f"{path} ({what})" if path else what
-
-
-def _prediction_path(pred_dir: Path, case: VolumeCase) -> Path:
-    """Where a model's prediction of ``case`` is written: named after the case, in its image's format."""
-    return pred_dir / f"{case.case_id}{prediction_ending(case.image)}"
+    def sections(self, out: Path, rows, lesion_rows) -> list[str]:
+        """The report's lesion-centred figures and per-case strips."""
+        return _lesion_sections(out, rows, lesion_rows, self.view, self.num_classes)
 
 
 def _predict_case(model, case: VolumeCase, label: Volume, pred_path: Path, batch_size: int, device,
@@ -504,64 +343,8 @@ def _predict_case(model, case: VolumeCase, label: Volume, pred_path: Path, batch
     return Volume(labels, image.affine, pred_path)
 
 
-def _write_outputs(out: Path, rows, lesion_rows, summary, found: VolumeCases, pred_files: Mapping[str, Path],
-                   pred_dir: Path, model, settings, run_dir: Path | None, largest_component) -> None:
-    from ..fileio import atomic_write_text
-    from ..report import header_lines, write_case_csv, write_report, write_summary_json
-
-    out.mkdir(parents=True, exist_ok=True)
-    write_case_csv(out / "cases.csv", rows)
-    if lesion_rows:
-        write_case_csv(out / "lesions.csv", lesion_rows)
-    else:  # no lesion and no false positive anywhere: the header alone
-        atomic_write_text(out / "lesions.csv", ",".join(LESION_COLUMNS) + "\n")
-    write_summary_json(out / "summary.json", summary)
-
-    modality = None
-    if found.channel_names:
-        modality = found.channel_names[found.channel or 0] if (found.channel or 0) < len(found.channel_names) else None
-
-    def view(case_id: str) -> _figures.CaseView:
-        case = found.case(case_id)
-        label = read_volume(case.label, label=True)
-        pred_path = pred_files.get(case_id) or _prediction_path(pred_dir, case)
-        pred, _, _ = prediction_on_label_grid(read_volume(pred_path, label=True), label, case_id in summary.get("resampled", ()))
-        if model is None:
-            pred = postprocess_labels(pred, largest_component, summary["num_classes"])
-        try:  # the picture only: an unreadable or misplaced image leaves a blank background
-            image = Volume(on_label_grid(read_volume(case.image, case.channel), label, what="image")[0],
-                           label.affine)
-        except DataError:
-            image = Volume(np.zeros(label.shape, dtype=np.float32), label.affine)
-        axis = resolve_axis(settings["axis"] if settings else "axial", label.affine)
-        spec = settings["intensity"] if settings else None
-        return _figures.CaseView(_display_image(image, spec, modality), label.array, pred, label.affine, axis,
-                                 tuple(float(v) for v in label.spacing))
-
-    def picture(case_id: str):
-        v = view(case_id)
-        return tuple(display_volume(a, v.affine, v.axis) for a in (v.image, v.gt, v.pred))
-
-    log_csv = run_dir / "log.csv" if run_dir is not None and (run_dir / "log.csv").is_file() else None
-    source = f"predictions in {summary['predictions']}" if model is None else f"model {summary['model']}"
-    sections = _lesion_sections(out, rows, lesion_rows, view, summary["num_classes"])
-    header = header_lines(model=summary["model"], predictions=summary["predictions"], data=summary["data"],
-                          split=summary["split"], split_source=summary["split_source"],
-                          pretrained=summary.get("pretrained"))
-    write_report(out, rows, summary, cases=picture, log_csv=log_csv, sections=sections,
-                 title=f"SegDINO volume evaluation: {summary['split']} split of {Path(summary['data']).name}, "
-                       f"{source}",
-                 distance_unit="mm", header=header)
-
-
-#: Per-case strips are drawn for this many of the lowest-Dice cases.
-STRIP_CASES = 3
-
-
 def _lesion_sections(out: Path, rows, lesion_rows, view, num_classes: int) -> list[str]:
     """The report's lesion-centred figures and per-case strips (Markdown lines; PNGs in figures/)."""
-    from ..report import FIGURES, LEGEND
-
     fig_dir = out / FIGURES
     lines: list[str] = []
     figures = _figures.lesion_figures(fig_dir, lesion_rows, rows, view, num_classes)

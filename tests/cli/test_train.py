@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from segdino.cli import main as cli_main
+from segdino.summary_file import read_summary
 from tests.training.conftest import discs, tiny_volumes  # noqa: F401 (fixtures)
 
 
@@ -57,8 +58,8 @@ def test_train_predict_evaluate_from_the_command_line(tiny_volumes, tmp_path, ca
     assert cli_main(["evaluate", "--predictions", str(preds), "--data", str(tiny_volumes),
                      "--out", str(by_files)]) == 0
     capsys.readouterr()
-    a = json.loads((by_model / "summary.json").read_text())
-    b = json.loads((by_files / "summary.json").read_text())
+    a = read_summary(by_model / "summary.json")
+    b = read_summary(by_files / "summary.json")
     assert a["split"] == "test" and len(a["cases"]) == 2
     names = {v["class_name"] for v in a["per_class"].values()}
     assert names == {"organ", "lesion"}
@@ -80,7 +81,7 @@ def test_demo_volumes_runs_and_prints_both_dice_lines(tmp_path, capsys):
     model_dice = float(model_line.split()[-1])
     baseline = float(threshold_line.split("per volume")[1].split()[0])
     assert 0.0 <= model_dice <= 1.0 and 0.0 <= baseline < 0.3
-    summary = json.loads((out / "report" / "summary.json").read_text())
+    summary = read_summary(out / "report" / "summary.json")
     lesion = next(v for v in summary["per_class"].values() if v["class_name"] == "lesion")
     assert model_dice == pytest.approx(lesion["dice"]["mean"], abs=5e-4)
     tests = sorted((out / "data" / "labelsTs").glob("*.nii.gz"))

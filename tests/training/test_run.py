@@ -133,3 +133,13 @@ def test_resume_accepts_the_data_folder_spelled_otherwise(data, tmp_path, monkey
     shutil.copytree(data, other)
     with pytest.raises(ConfigError, match="data is"):
         training.run_training(_config(other, run, epochs=1, resume=True))
+
+
+def test_a_volume_run_resumes_with_the_class_count_its_data_decided(tiny_volumes, tmp_path):
+    """The resume check compares the configuration the data completed (3 classes from dataset.json),
+    not the options as given (1 class by default)."""
+    opts = dict(intensity="abdomen", foreground_ratio=0.0, augment="none")
+    first = run_training(_config(tiny_volumes, tmp_path / "run", epochs=1, steps_per_epoch=1, **opts))
+    assert segdino.load_model(first["best"]).num_classes == 3
+    run_training(_config(tiny_volumes, tmp_path / "run", epochs=2, steps_per_epoch=1, resume=True, **opts))
+    assert _log_epochs(tmp_path / "run") == ["1", "2"]

@@ -92,7 +92,7 @@ def test_lesion_figures_show_the_slice_of_each_lesion(tmp_path):
 
 
 def test_volume_overlays_are_the_slices_holding_predictions(tmp_path):
-    from tests.test_volume_eval import ThresholdModel
+    from tests.volumes.test_evaluate import ThresholdModel
 
     from segdino.volumes.predict import predict_volume_files
 

@@ -18,6 +18,7 @@ nib = pytest.importorskip("nibabel")
 from segdino.config import ModelConfig  # noqa: E402
 from segdino.errors import ConfigError, DataError  # noqa: E402
 from segdino.metrics import case_metrics  # noqa: E402
+from segdino.summary_file import read_summary  # noqa: E402
 from segdino.volumes import ct_window, read_volume, volume_settings  # noqa: E402
 from segdino.volumes.evaluate import evaluate_volumes  # noqa: E402
 from segdino.volumes.predict import is_volume_input, predict_volume_files  # noqa: E402
@@ -304,7 +305,7 @@ def test_evaluate_predictions_from_the_command_line(dataset, tmp_path, capsys):
     code, cap = _run_cli(["evaluate", "--predictions", str(pred_dir), "--data", str(dataset), "--out", str(out)],
                          capsys)
     assert code == 0, cap.err
-    summary = json.loads((out / "summary.json").read_text())
+    summary = read_summary(out / "summary.json")
     with open(out / "cases.csv", newline="") as f:
         rows = {(r["case"], r["class_name"]): r for r in csv.DictReader(f)}
     assert len(rows) == 6 and summary["num_cases"] == 3 and summary["reoriented"] == [c]
@@ -404,7 +405,7 @@ def test_evaluate_with_a_model_scores_what_it_predicts(dataset, tmp_path):
 
 def test_predict_and_evaluate_commands_with_a_saved_model(dataset, tmp_path, capsys):
     import segdino
-    from conftest import randomize_
+    from tests.conftest import randomize_
 
     from segdino.volumes import predict_volume
 
@@ -434,7 +435,7 @@ def test_predict_and_evaluate_commands_with_a_saved_model(dataset, tmp_path, cap
     code, cap = _run_cli(["evaluate", "--model", str(ckpt), "--data", str(dataset), "--out",
                           str(tmp_path / "from_model"), "--device", "cpu"], capsys)
     assert code == 0, cap.err
-    a, b = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("from_files", "from_model"))
+    a, b = (read_summary(tmp_path / d / "summary.json") for d in ("from_files", "from_model"))
     assert a["per_class"] == b["per_class"] and a["lesions"] == b["lesions"]
     assert b["model"].startswith(str(ckpt)) and a["predictions"] == str(out)
 
