@@ -17,28 +17,7 @@ from segdino.inference import load_inference_model, normalize, to_tensor
 from segdino.predictor import Pad, Predictor, Resize, Tiles, is_compiled, predict
 from segdino.sliding_window import AveragedModel, sliding_window
 from tests.conftest import tiny
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny()
-
-
-@pytest.fixture(scope="module")
-def multi():
-    return tiny(num_classes=3, seed=1)
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory, model):
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    segdino.save_model(model, path)
-    return path
-
-
-def noise(h, w, c=3, seed=0):
-    shape = (h, w, c) if c else (h, w)
-    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+from tests.prediction_fixtures import model, model_file, multi, noise  # noqa: F401 (fixtures)
 
 
 def by_hand(model, image, keep_size=False):

@@ -7,29 +7,7 @@ from PIL import Image
 import segdino
 from segdino.cli import main
 from segdino.predictor import predict
-from tests.conftest import tiny
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny()
-
-
-@pytest.fixture(scope="module")
-def multi():
-    return tiny(num_classes=3, seed=1)
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory, model):
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    segdino.save_model(model, path)
-    return path
-
-
-def noise(h, w, c=3, seed=0):
-    shape = (h, w, c) if c else (h, w)
-    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+from tests.prediction_fixtures import model, model_file, multi, noise  # noqa: F401 (fixtures)
 
 
 def test_cli_sizes_outputs_and_unreadable_file(tmp_path, model, model_file, capsys):
