@@ -25,7 +25,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from .config import MAX_ABS_MEAN, STD_RANGE, ModelConfig
+from .config import MAX_ABS_MEAN, MAX_SAD_BLOCKS, STD_RANGE, ModelConfig
 from .conversion import (BACKBONE_FORMATS, FORMAT_DESCRIPTIONS, authors_name, authors_to_segdino, detect_format,
                          infer_model_config)
 from .errors import CheckpointError, ConfigError
@@ -184,6 +184,7 @@ _FIELDS: dict[str, tuple[Any, str]] = {
     "class_names": (lambda v: v is None or _list_of(lambda s: isinstance(s, str))(v), "null or a list of names"),
     "no_tpa": (lambda v: isinstance(v, bool), "true or false"),
     "no_sad": (lambda v: isinstance(v, bool), "true or false"),
+    "sad_blocks": (lambda v: _is_int(v) and 1 <= v <= MAX_SAD_BLOCKS, f"an integer in 1..{MAX_SAD_BLOCKS}"),
     "volume": (lambda v: v is None or isinstance(v, dict), "null or an object"),
     "extra": (lambda v: isinstance(v, dict), "an object"),
 }

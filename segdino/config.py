@@ -20,6 +20,7 @@ MAX_IMAGE_SIDE = 8192  # the largest model input side a configuration may ask fo
 # infinity (std 1e-300, mean 1e308): such a config is refused rather than giving NaN masks.
 MAX_ABS_MEAN = 1000.0
 STD_RANGE = (1e-3, 1000.0)
+MAX_SAD_BLOCKS = 16  # residual blocks per SAD step; far past any useful decoder depth
 
 
 @dataclass
@@ -43,6 +44,7 @@ class ModelConfig:
     # Ablation switches (off = the paper's model).
     no_tpa: bool = False
     no_sad: bool = False
+    sad_blocks: int = 1  # residual blocks in each SAD refinement step (the paper: 1)
     # Volumes: intensity window, slice axis and 2.5D context, filled by the volume pipeline.
     volume: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -91,6 +93,9 @@ class ModelConfig:
         for name in ("no_tpa", "no_sad"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if (not isinstance(self.sad_blocks, int) or isinstance(self.sad_blocks, bool)
+                or not 1 <= self.sad_blocks <= MAX_SAD_BLOCKS):
+            raise ConfigError(f"sad_blocks must be an integer in 1..{MAX_SAD_BLOCKS}, got {self.sad_blocks!r}")
         if self.volume is not None and not isinstance(self.volume, dict):
             raise ConfigError(f"volume settings must be a mapping or null, got {self.volume!r}")
         if not isinstance(self.extra, dict):

@@ -31,7 +31,7 @@ class SegDINO(nn.Module):
         self.config.taps = self.backbone.taps
         dim = config.decoder_dim
         self.tpa = TokenPyramidAdaptation(self.backbone.embed_dim, dim, resample=not config.no_tpa)
-        self.sad = ScaleAwareDecoder(dim, config.norm, refine=not config.no_sad)
+        self.sad = ScaleAwareDecoder(dim, config.norm, refine=not config.no_sad, blocks=config.sad_blocks)
         self.head = SegmentationHead(dim, config.num_classes)
         self._frozen = False
 

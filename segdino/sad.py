@@ -40,20 +40,30 @@ def upsample_to(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=False)
 
 
+def _refinement(dim: int, norm: str, blocks: int) -> nn.Module:
+    """One refinement step of SAD: a residual block, or ``blocks`` of them in sequence."""
+    if blocks == 1:
+        return ResidualDepthwiseBlock(dim, norm)
+    return nn.Sequential(*(ResidualDepthwiseBlock(dim, norm) for _ in range(blocks)))
+
+
 class ScaleAwareDecoder(nn.Module):
     """Refines four pyramid levels (finest first) and fuses them top-down.
 
     ``l_i = intra_i(p_i)``; ``x4 = inter_4(l4)``; ``x_i = inter_i(up(x_{i+1}) + l_i)``.
     With ``refine=False`` (the ``no_sad`` ablation) both block sets are dropped and the levels
-    are merged by resize-and-add alone. Returns ``x1``, the finest fused map.
+    are merged by resize-and-add alone. ``blocks`` > 1 makes every ``intra_i`` and ``inter_i`` that
+    many residual blocks in a row (more decoder capacity at the same scales); with 1 each is a
+    single block, as in the paper, and the parameter names stay those of the paper's layout.
+    Returns ``x1``, the finest fused map.
     """
 
-    def __init__(self, dim: int, norm: str = "group", levels: int = 4, refine: bool = True):
+    def __init__(self, dim: int, norm: str = "group", levels: int = 4, refine: bool = True, blocks: int = 1):
         super().__init__()
         self.refine = refine
         if refine:
-            self.intra = nn.ModuleList(ResidualDepthwiseBlock(dim, norm) for _ in range(levels))
-            self.inter = nn.ModuleList(ResidualDepthwiseBlock(dim, norm) for _ in range(levels))
+            self.intra = nn.ModuleList(_refinement(dim, norm, blocks) for _ in range(levels))
+            self.inter = nn.ModuleList(_refinement(dim, norm, blocks) for _ in range(levels))
 
     def forward(self, pyramid: list[torch.Tensor]) -> torch.Tensor:
         if self.refine:

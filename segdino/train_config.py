@@ -23,6 +23,7 @@ RECIPES = ("segdino", "paper")
 NUMERIC_RULES = {
     "epochs": POSITIVE_INT, "batch_size": POSITIVE_INT, "decoder_dim": POSITIVE_INT, "num_classes": POSITIVE_INT,
     "val_every": POSITIVE_INT, "steps_per_epoch": POSITIVE_INT, "volume_cache": POSITIVE_INT,
+    "sad_blocks": POSITIVE_INT,
     "num_workers": COUNT, "fold": COUNT, "channel": COUNT, "context": COUNT, "seed": SEED,
     "lr": POSITIVE, "grad_clip": POSITIVE, "backbone_lr_scale": NON_NEGATIVE, "weight_decay": NON_NEGATIVE,
     "warmup_epochs": NON_NEGATIVE, "save_every": NON_NEGATIVE, "foreground_ratio": FRACTION,
@@ -39,6 +40,11 @@ class TrainConfig:
     image_size: tuple[int, int] = (256, 256)
     backbone: str = "vits16"
     decoder_dim: int = 256
+    # Decoder ablations (off = the paper's model): see ModelConfig and model_options().
+    taps: tuple[int, ...] | None = None
+    no_tpa: bool = False
+    no_sad: bool = False
+    sad_blocks: int = 1
     num_classes: int = 1
     backbone_weights: str | None = None
     init: str | None = None
@@ -97,6 +103,7 @@ class TrainConfig:
         if self.augment not in ("segdino", "segdino-intensity", "paper", "none"):
             raise ConfigError(f"--augment must be segdino, segdino-intensity, paper or none, got {self.augment!r}")
         self._validate_patches()
+        self._validate_decoder()
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"--precision must be auto, bf16 or fp32, got {self.precision!r}")
         if self.on_nan not in ("stop", "skip") or self.on_bad_data not in ("stop", "skip"):
@@ -142,6 +149,27 @@ class TrainConfig:
         if not 0.0 <= float(self.tile_overlap) < 1.0:
             raise ConfigError(f"--tile-overlap must be in [0, 1), got {self.tile_overlap}")
 
+    def _validate_decoder(self) -> None:
+        from .config import MAX_SAD_BLOCKS
+
+        if self.taps is not None:
+            taps = self.taps.split(",") if isinstance(self.taps, str) else self.taps
+            try:
+                taps = tuple(int(t) for t in taps)
+            except (TypeError, ValueError):
+                raise ConfigError(f"--taps must be four block indices such as 2,5,8,11, got {self.taps!r}") from None
+            if len(taps) != 4 or any(t < 0 for t in taps):
+                raise ConfigError(f"--taps must be four block indices such as 2,5,8,11, got {self.taps!r}")
+            self.taps = taps
+        if self.sad_blocks > MAX_SAD_BLOCKS:
+            raise ConfigError(f"--sad-blocks must be at most {MAX_SAD_BLOCKS}, got {self.sad_blocks}")
+        if self.no_tpa and self.no_sad:
+            raise ConfigError("--no-tpa and --no-sad cannot both be set: nothing of the decoder would remain")
+
+    def model_options(self) -> dict[str, Any]:
+        """The decoder's architecture switches, as :class:`segdino.config.ModelConfig` fields."""
+        return dict(taps=self.taps, no_tpa=self.no_tpa, no_sad=self.no_sad, sad_blocks=self.sad_blocks)
+
     def match_loss_to_classes(self) -> None:
         """``bce``/``ce`` name the same choice; use the one that fits the class count."""
         if self.num_classes > 1:
@@ -153,6 +181,8 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d.pop("extra")
         d["image_size"] = list(self.image_size)
+        if self.taps is not None:
+            d["taps"] = list(self.taps)
         if self.patch_size is not None:
             d["patch_size"] = list(self.patch_size)
         return d
@@ -238,10 +268,11 @@ def _check_types(values: dict[str, Any], where: str) -> None:
     """Options from a file arrive untyped: refuse a value of the wrong kind, naming the option."""
     kinds = {
         int: ("epochs", "decoder_dim", "num_classes", "batch_size", "num_workers", "seed", "fold", "val_every",
-              "mask_threshold", "context", "volume_cache", "steps_per_epoch", "channel", "folds"),
+              "mask_threshold", "context", "volume_cache", "steps_per_epoch", "channel", "folds", "sad_blocks"),
         float: ("lr", "backbone_lr_scale", "weight_decay", "warmup_epochs", "grad_clip", "foreground_ratio",
                 "save_every", "tile_overlap"),
-        bool: ("freeze_backbone", "compile", "channels_last", "cache_images", "resume", "overwrite", "quiet"),
+        bool: ("freeze_backbone", "compile", "channels_last", "cache_images", "resume", "overwrite", "quiet",
+               "no_tpa", "no_sad"),
         str: ("data", "out", "recipe", "backbone", "backbone_weights", "init", "schedule", "loss", "augment",
               "precision", "device", "on_nan", "on_bad_data", "intensity", "slice_axis"),
     }

@@ -18,6 +18,9 @@ from segdino import ConfigError
         (dict(taps=(1, 2, 3)), "4 taps"),
         (dict(taps=(1, 2, 3, 12)), "outside"),
         (dict(no_such_option=1), "no_such_option"),
+        (dict(sad_blocks=0), "sad_blocks"),
+        (dict(sad_blocks=True), "sad_blocks"),
+        (dict(sad_blocks=17), "sad_blocks"),
     ],
 )
 def test_bad_config_raises_config_error(kwargs, fragment):

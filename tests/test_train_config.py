@@ -40,7 +40,25 @@ def test_bad_config_files_are_refused(tmp_path, text, match):
     ({"image_size": 40}, "multiple of 16"),
     ({"foreground_ratio": 1.5}, "between 0 and 1"),
     ({"epochs": 0}, "--epochs must be >= 1"),
+    ({"taps": "2,5,8"}, "--taps must be four"),
+    ({"taps": "a,b,c,d"}, "--taps must be four"),
+    ({"sad_blocks": 0}, "--sad-blocks must be >= 1"),
+    ({"sad_blocks": 99}, "--sad-blocks must be at most"),
+    ({"no_tpa": True, "no_sad": True}, "cannot both"),
 ])
 def test_contradicting_or_invalid_options_are_refused(opts, match):
     with pytest.raises(ConfigError, match=match):
         resolve_config(opts)
+
+
+def test_decoder_switches_from_flags_and_files_reach_the_model_options(tmp_path):
+    cfg = resolve_config({"taps": "11,11,11,11", "no_tpa": True, "sad_blocks": 2})
+    assert cfg.model_options() == dict(taps=(11, 11, 11, 11), no_tpa=True, no_sad=False, sad_blocks=2)
+    f = tmp_path / "c.yaml"
+    f.write_text("taps: [2, 5, 8, 11]\nno-sad: true\n")
+    assert resolve_config({}, str(f)).model_options() == dict(taps=(2, 5, 8, 11), no_tpa=False, no_sad=True,
+                                                              sad_blocks=1)
+    f.write_text("no-sad: 'yes'\n")
+    with pytest.raises(ConfigError, match="no-sad expects bool"):
+        resolve_config({}, str(f))
+    assert resolve_config({}).model_options() == dict(taps=None, no_tpa=False, no_sad=False, sad_blocks=1)

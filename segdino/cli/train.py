@@ -61,6 +61,12 @@ def register(sub) -> None:
     a("--image-size", type=_size, help="model input, N or HxW, multiples of 16")
     a("--backbone", help="vitt16, vits16, vits16plus, vitb16, vitl16, vith16plus, vit7b16")
     a("--decoder-dim", type=int, help="decoder width D (channels of TPA and SAD)")
+    a("--taps", help="ablation: the four backbone blocks the decoder reads, 0-based, shallow to deep "
+                     "(e.g. 11,11,11,11: the last block four times); unset: the backbone's default")
+    a("--no-tpa", action="store_true", default=None, help="ablation: no token pyramid, every level at stride 16")
+    a("--no-sad", action="store_true", default=None,
+      help="ablation: no scale-aware refinement, levels merged by resize-and-add alone")
+    a("--sad-blocks", type=int, help="residual blocks in each SAD refinement step (ablation: more decoder capacity)")
     a("--num-classes", type=int, help="1 = binary; K >= 2 = K classes with background; volumes: from dataset.json")
     a("--backbone-weights", help="pretrained DINOv3 backbone file (Meta .pth, Hugging Face or timm; docs/WEIGHTS.md); "
                                  "without it or --init the backbone starts from random weights")
@@ -119,7 +125,8 @@ def register(sub) -> None:
 
 
 OPTION_NAMES = [
-    "data", "out", "recipe", "epochs", "image_size", "backbone", "decoder_dim", "num_classes",
+    "data", "out", "recipe", "epochs", "image_size", "backbone", "decoder_dim", "taps", "no_tpa", "no_sad",
+    "sad_blocks", "num_classes",
     "backbone_weights", "init", "freeze_backbone", "batch_size", "lr", "backbone_lr_scale", "weight_decay",
     "schedule", "warmup_epochs", "loss", "augment", "precision", "compile", "num_workers", "seed", "fold",
     "val_every", "channel", "resume", "overwrite", "on_nan", "on_bad_data", "steps_per_epoch", "device",

@@ -25,7 +25,7 @@ def build_run_model(cfg: TrainConfig) -> SegDINO:
         model = build_model(
             cfg.backbone, num_classes=cfg.num_classes, decoder_dim=cfg.decoder_dim,
             backbone_weights=cfg.backbone_weights, image_size=cfg.image_size,
-            mask_threshold=cfg.mask_threshold, **_model_extras(cfg),
+            mask_threshold=cfg.mask_threshold, **cfg.model_options(), **_model_extras(cfg),
         )
     if cfg.freeze_backbone:
         model.freeze_backbone(True)
@@ -54,7 +54,7 @@ def init_from(cfg: TrainConfig) -> SegDINO:
     model = build_model(c.backbone, num_classes=cfg.num_classes, decoder_dim=c.decoder_dim, taps=c.taps,
                         norm=c.norm, image_size=cfg.image_size, mean=c.mean, std=c.std,
                         mask_threshold=cfg.mask_threshold, no_tpa=c.no_tpa, no_sad=c.no_sad,
-                        **_model_extras(cfg))
+                        sad_blocks=c.sad_blocks, **_model_extras(cfg))
     state = src.state_dict()
     if cfg.num_classes != c.num_classes:
         state = {k: v for k, v in state.items() if not k.startswith("head.")}

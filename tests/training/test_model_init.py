@@ -47,3 +47,26 @@ def test_init_contradicting_backbone_is_refused(discs, tmp_path):
     cfg = config(discs, tmp_path / "run", init=str(tmp_path / "m.safetensors"), backbone="vits16")
     with pytest.raises(ConfigError, match="contradicts --init"):
         run_training(cfg)
+
+
+def test_decoder_switches_build_the_ablated_model(discs, tmp_path):
+    from segdino.training import build_run_model
+
+    cfg = config(discs, tmp_path / "run", taps="11,11,11,11", no_tpa=True, sad_blocks=2)
+    model = build_run_model(cfg)
+    c = model.config
+    assert (c.taps, c.no_tpa, c.no_sad, c.sad_blocks) == ((11, 11, 11, 11), True, False, 2)
+    assert not model.tpa.resample and isinstance(model.sad.intra[0], torch.nn.Sequential)
+    plain = build_run_model(config(discs, tmp_path / "run"))
+    assert plain.config.taps == (2, 5, 8, 11) and plain.tpa.resample and not plain.config.no_sad
+
+
+def test_init_keeps_the_sad_depth_of_the_model_it_starts_from(discs, tmp_path):
+    from segdino.training import build_run_model
+    from tests.conftest import randomize_
+
+    src = randomize_(segdino.build_model("vitt16", decoder_dim=16, image_size=(32, 32), sad_blocks=2))
+    segdino.save_model(src, tmp_path / "src.safetensors")
+    model = build_run_model(config(discs, tmp_path / "run", init=str(tmp_path / "src.safetensors"), decoder_dim=None))
+    assert model.config.sad_blocks == 2
+    assert torch.equal(model.sad.inter[1][1].pointwise.weight, src.sad.inter[1][1].pointwise.weight)
