@@ -10,8 +10,14 @@ Two steps::
     python benchmarks/realdata.py run --data .data/kvasir-seg --recipe segdino --seed 0 \\
         --epochs 50 --out runs/kvasir-seg/segdino-s0 --json results/kvasir-seg-segdino-s0.json
 
+    # 3. a decoder ablation by name (ABLATIONS), on top of the recipe
+    python benchmarks/realdata.py run --data .data/ddti --recipe segdino --seed 0 --ablation no_tpa \\
+        --out runs/ddti-segdino-s0-no_tpa --json results/gpu/ddti-segdino-s0-no_tpa.json
+
 Validation (model selection) happens on the compact copy's `val` images; the `test` split is
-never seen before the final evaluation.
+never seen before the final evaluation. Each results JSON records the ablation's name, the
+model's parameters and its GFLOPs per 256x256 image (`model_cost`, cached in
+results/model_costs.json by configuration).
 """
 
 from __future__ import annotations
@@ -30,8 +36,72 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+#: Decoder ablations by name: (what it is, the training options it sets on top of the recipe).
+#: ``taps="last"`` stands for the backbone's last block four times.
+ABLATIONS: dict[str, tuple[str, dict]] = {
+    "full": ("the full model, D=256", {"decoder_dim": 256}),
+    "no_tpa": ("no token pyramid: every level at stride 16", {"no_tpa": True}),
+    "no_tpa_wide": ("no_tpa with D=512 and two residual blocks per SAD step: capacity without scale",
+                    {"no_tpa": True, "decoder_dim": 512, "sad_blocks": 2}),
+    "no_sad": ("no scale-aware refinement: levels merged by resize-and-add alone", {"no_sad": True}),
+    "d128": ("decoder width D=128", {"decoder_dim": 128}),
+    "d512": ("decoder width D=512", {"decoder_dim": 512}),
+    "last_tap": ("the last block's output as all four taps", {"taps": "last"}),
+}
+COSTS = ROOT / "results" / "model_costs.json"
+COST_SIZE = (256, 256)  # costs are per image at the recipes' input size
+# The training options that shape the model, with the values a config without them means.
+MODEL_DEFAULTS = {"backbone": "vits16", "decoder_dim": 256, "taps": None, "no_tpa": False, "no_sad": False,
+                  "sad_blocks": 1}
+
+
+def ablation_options(name: str, backbone: str) -> dict:
+    """The training options of ablation ``name`` for ``backbone`` (its last block's index filled in)."""
+    from segdino.backbone import get_spec
+
+    if name not in ABLATIONS:
+        raise SystemExit(f"--ablation must be one of {', '.join(ABLATIONS)}, got {name!r}")
+    opts = dict(ABLATIONS[name][1])
+    if opts.get("taps") == "last":
+        opts["taps"] = (get_spec(backbone).depth - 1,) * 4
+    return opts
+
+
+def model_cost(config: dict, cache: Path | None = COSTS) -> dict:
+    """Parameters and GFLOPs per 256x256 image of the model a training config builds.
+
+    ``config``: a run's training config (a dict; only the keys of ``MODEL_DEFAULTS`` count, absent
+    or null ones are the defaults). GFLOPs from torch's flop counter on one CPU forward pass;
+    results are kept in ``cache`` (JSON, keyed by the model's options) so each variant is counted once.
+    """
+    model_opts = {k: d if config.get(k) is None else config[k] for k, d in MODEL_DEFAULTS.items()}
+    model_opts = {k: list(v) if isinstance(v, tuple) else v for k, v in model_opts.items()}
+    key = json.dumps({**model_opts, "image_size": list(COST_SIZE)}, sort_keys=True)
+    known = json.loads(cache.read_text()) if cache is not None and cache.is_file() else {}
+    if key in known:
+        return known[key]
+    import torch
+
+    from segdino.benchmark import count_gflops
+    from segdino.model import build_model
+
+    backbone = model_opts.pop("backbone")
+    if model_opts["taps"] is not None:
+        model_opts["taps"] = tuple(model_opts["taps"])
+    model = build_model(backbone, image_size=COST_SIZE, **model_opts).eval()
+    counts = model.count_parameters()
+    cost = {"params": counts["total"], "params_decoder": counts["decoder"],
+            "gflops": round(count_gflops(model, torch.zeros(1, 3, *COST_SIZE)), 2)}
+    if cache is not None:
+        known[key] = cost
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(known, indent=1, sort_keys=True) + "\n")
+    return cost
+
 
 def pack(data: Path, out: Path, size: int, quality: int = 92) -> dict:
+    """A compact copy of dataset ``data`` in ``out``: train/val at ``size`` x ``size`` (JPEG of
+    ``quality``, masks PNG), test as released; returns the split counts and the bytes written."""
     from segdino.data.imageio import read_image
     from segdino.data.layouts import find_pairs
     from segdino.data.masks import read_mask
@@ -45,6 +115,7 @@ def pack(data: Path, out: Path, size: int, quality: int = 92) -> dict:
     (out / "images").mkdir(parents=True)
     (out / "masks").mkdir()
     counts = {"train": 0, "val": 0, "test": 0}
+    copied = 0
     for p in pairs:
         split = where.get(p.case_id)
         if split is None:
@@ -57,17 +128,27 @@ def pack(data: Path, out: Path, size: int, quality: int = 92) -> dict:
                 ".jpg", ".jpeg") else shutil.copyfile(p.image, out / "images" / f"{name}{p.image.suffix.lower()}")
             Image.fromarray(mask * 255).save(out / "masks" / f"{name}.png", optimize=True)
         else:
-            img = Image.fromarray(image).resize((size, size), Image.BILINEAR, reducing_gap=None)
-            img.save(out / "images" / f"{name}.jpg", quality=quality)
+            if _is_jpeg_of_size(p.image, image, size):  # a second lossy encoding would only lose detail
+                shutil.copyfile(p.image, out / "images" / f"{name}.jpg")
+                copied += 1
+            else:
+                img = Image.fromarray(image).resize((size, size), Image.BILINEAR, reducing_gap=None)
+                img.save(out / "images" / f"{name}.jpg", quality=quality)
             Image.fromarray(mask * 255).resize((size, size), Image.NEAREST).save(out / "masks" / f"{name}.png", optimize=True)
         counts[split] += 1
     ids = {k: [Path(c).name for c in splits[k]] for k in ("train", "val", "test")}
     (out / "splits.json").write_text(json.dumps(ids, indent=1))
+    kept = f"; {copied} already {size}x{size} JPEG copied as released" if copied else ""
     (out / "SOURCE.txt").write_text(
-        f"Compact copy of {data.name}: train/val resized to {size}x{size} (JPEG q{quality}, masks PNG, "
+        f"Compact copy of {data.name}: train/val resized to {size}x{size} (JPEG q{quality}{kept}, masks PNG, "
         f"nearest); test as released. Splits: {splits.source}.\n")
     total = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    return {"counts": counts, "bytes": total}
+    return {"counts": counts, "bytes": total, "copied_jpeg": copied}
+
+
+def _is_jpeg_of_size(path: Path, image: np.ndarray, size: int) -> bool:
+    """Whether an image file (read as ``image``) is already a ``size`` x ``size`` JPEG, packed byte for byte."""
+    return path.suffix.lower() in (".jpg", ".jpeg") and image.shape[:2] == (size, size)
 
 
 def commit_hash() -> str:
@@ -81,7 +162,13 @@ def commit_hash() -> str:
         return "unknown"
 
 
-def run(args) -> dict:
+def run(args, argv: list[str] | None = None) -> dict:
+    """Train one recipe/seed/ablation, score ``test`` and return (and write to ``--json``) the results.
+
+    ``argv``: this script's arguments, recorded as the run's command.
+    """
+    import shlex
+
     import torch
 
     from segdino.evaluation import evaluate_model
@@ -98,7 +185,14 @@ def run(args) -> dict:
         v = getattr(args, extra)
         if v is not None:
             opts[extra] = v
+    ablation = ablation_options(args.ablation, args.backbone) if args.ablation else {}
+    clash = sorted(k for k in ablation if opts.get(k) is not None)
+    if clash:
+        raise SystemExit(f"--ablation {args.ablation} sets {', '.join('--' + k.replace('_', '-') for k in clash)}; "
+                         "leave it out")
+    opts.update(ablation)
     cfg = resolve_config(opts)
+    cost = model_cost(cfg.to_dict())
     t0 = time.perf_counter()
     summary = run_training(cfg)
     train_s = time.perf_counter() - t0
@@ -117,6 +211,9 @@ def run(args) -> dict:
         "epoch_seconds_total": round(sum(float(r.split(",")[5]) for r in
                                          (Path(args.out) / "log.csv").read_text().splitlines()[1:]), 1),
         "best_epoch": summary["best_epoch"], "best_val_dice": summary["best_score"],
+        "ablation": args.ablation or "full", "params": cost["params"], "params_decoder": cost["params_decoder"],
+        "gflops_per_image": cost["gflops"], "gflops_at": f"{COST_SIZE[0]}x{COST_SIZE[1]}, torch FlopCounterMode",
+        "command": "python benchmarks/realdata.py " + shlex.join(argv) if argv else None,
         "config": cfg.to_dict(), "test": {k: v for k, v in result.items() if k not in ("outputs",)},
         "log": (Path(args.out) / "log.csv").read_text(),
     }
@@ -159,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--data", type=Path, required=True)
     a.add_argument("--out", type=Path, required=True)
     a.add_argument("--size", type=int, default=320)
+    a.add_argument("--quality", type=int, default=92, help="JPEG quality of the resized train/val images")
     r = sub.add_parser("run")
     r.add_argument("--data", type=Path, required=True)
     r.add_argument("--out", type=Path, required=True)
@@ -180,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--loss")
     r.add_argument("--schedule", choices=["cosine", "constant"])
     r.add_argument("--weight-decay", type=float)
+    r.add_argument("--ablation", choices=list(ABLATIONS),
+                   help="a decoder ablation by name: " + "; ".join(f"{k}: {v[0]}" for k, v in ABLATIONS.items()))
     r.add_argument("--resume", action="store_true", help="continue the run in --out if it has a resume state")
     g = sub.add_parser("plot")
     g.add_argument("logs", type=Path, nargs="+")
@@ -193,9 +293,9 @@ def main() -> None:
         plot(args.logs, args.out)
         return
     if args.cmd == "pack":
-        print(json.dumps(pack(args.data, args.out, args.size)))
+        print(json.dumps(pack(args.data, args.out, args.size, args.quality)))
     else:
-        res = run(args)
+        res = run(args, sys.argv[1:])
         dice = res["test"]["mean_over_classes"]["dice"]["mean"]
         print(json.dumps({k: res[k] for k in ("dataset", "recipe", "seed", "train_seconds", "best_val_dice")}),
               f"test Dice {dice:.4f}")
