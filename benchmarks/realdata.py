@@ -192,7 +192,7 @@ def run(args, argv: list[str] | None = None) -> dict:
                          "leave it out")
     opts.update(ablation)
     cfg = resolve_config(opts)
-    cost = model_cost(cfg.to_dict())
+    cost = model_cost(cfg.to_dict(), args.costs)
     t0 = time.perf_counter()
     summary = run_training(cfg)
     train_s = time.perf_counter() - t0
@@ -280,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--weight-decay", type=float)
     r.add_argument("--ablation", choices=list(ABLATIONS),
                    help="a decoder ablation by name: " + "; ".join(f"{k}: {v[0]}" for k, v in ABLATIONS.items()))
+    r.add_argument("--costs", type=Path, default=COSTS, help="cache of the models' parameters and GFLOPs")
     r.add_argument("--resume", action="store_true", help="continue the run in --out if it has a resume state")
     g = sub.add_parser("plot")
     g.add_argument("logs", type=Path, nargs="+")

@@ -194,3 +194,26 @@ def test_results_doc_is_what_the_results_give():
     """docs/RESULTS.md's generated accuracy tables match results/gpu/ (regenerate them when results change)."""
     assert tables.main(["--doc", str(ROOT / "docs" / "RESULTS.md"), "--check"]) == 0, (
         "run: python benchmarks/accuracy_tables.py --doc docs/RESULTS.md --figure results/val_dice_curves.png")
+
+
+def test_an_ablation_run_trains_scores_and_records_its_model(tmp_path):
+    from tests.training.conftest import write_discs
+
+    data = write_discs(tmp_path / "discs", n=12, size=32)
+    names = [f"c{i:02d}" for i in range(12)]
+    (data / "splits.json").write_text(json.dumps({"train": names[:8], "val": names[8:10], "test": names[10:]}))
+    out, result = tmp_path / "run", tmp_path / "r.json"
+    argv = ["run", "--data", str(data), "--out", str(out), "--json", str(result), "--backbone", "vitt16",
+            "--ablation", "no_sad", "--decoder-dim", "16", "--image-size", "32", "--epochs", "1",
+            "--steps-per-epoch", "1", "--batch-size", "4", "--device", "cpu", "--num-workers", "0",
+            "--costs", str(tmp_path / "costs.json")]
+    realdata.run(realdata.build_parser().parse_args(argv), argv)
+    d = json.loads(result.read_text())
+    assert d["ablation"] == "no_sad" and d["config"]["no_sad"] and d["config"]["decoder_dim"] == 16
+    import segdino
+
+    assert segdino.load_model(out / "best.safetensors").config.no_sad
+    assert d["params"] == segdino.build_model("vitt16", decoder_dim=16, no_sad=True).count_parameters()["total"]
+    assert d["gflops_per_image"] > 0 and d["gflops_at"].startswith("256x256")
+    assert d["command"] == "python benchmarks/realdata.py " + " ".join(argv)
+    assert 0.0 <= d["test"]["mean_over_classes"]["dice"]["mean"] <= 1.0
