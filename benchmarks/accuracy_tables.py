@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import re
 import statistics
 import sys
@@ -45,8 +46,8 @@ ABLATION_DATASETS = ("kvasir-seg", "ddti")
 ABLATION_RECIPE = "segdino"
 DATASET_NAMES = {"kvasir-seg": "Kvasir-SEG", "isic-2017": "ISIC 2017", "ddti": "DDTI"}
 #: realdata.py options a variant may change, with their flags (read back from a run's config).
-PASSED_OPTIONS = {"batch_size": "--batch-size", "lr": "--lr", "augment": "--augment", "loss": "--loss",
-                  "schedule": "--schedule", "weight_decay": "--weight-decay", "image_size": "--image-size",
+PASSED_OPTIONS = {"backbone": "--backbone", "decoder_dim": "--decoder-dim", "batch_size": "--batch-size", "lr": "--lr",
+                  "augment": "--augment", "loss": "--loss", "schedule": "--schedule", "weight_decay": "--weight-decay", "image_size": "--image-size",
                   "steps_per_epoch": "--steps-per-epoch", "freeze_backbone": "--freeze-backbone"}
 BATCH_SECONDS = 560  # gpu_batch.sh's limit in the commands shown: under one 600 s device call
 BEGIN = re.compile(r"^<!-- accuracy-table (\w+)((?: \w+=[\w.-]+)*) -->$", re.M)
@@ -160,7 +161,9 @@ class Group:
         return sorted((r for r in self.runs if r.status != "incomplete"), key=lambda r: r.seed)
 
     def values(self, attr: str) -> list[float]:
-        return [getattr(r, attr) for r in self.finished if getattr(r, attr) is not None]
+        """The seeds' values of ``attr``, leaving out the unrecorded and the undefined (HD95 when every
+        image failed is NaN)."""
+        return [v for r in self.finished if (v := getattr(r, attr)) is not None and not math.isnan(v)]
 
     @property
     def epochs(self) -> int:
@@ -179,18 +182,22 @@ class Group:
 
     def options(self) -> list[str]:
         """The realdata.py options (other than the ablation) that this group's runs changed from the recipe."""
-        from segdino.train_config import recipe_defaults
+        import dataclasses
+
+        from segdino.train_config import TrainConfig, recipe_defaults
 
         config = next((r.config for r in self.runs if r.config), {})
-        defaults = recipe_defaults(self.recipe)
-        ablation = realdata.ablation_options(self.ablation, config.get("backbone", "vits16"))
+        defaults = {**dataclasses.asdict(TrainConfig()), **recipe_defaults(self.recipe)}
+        # The full model is the recipe's own: its rows were run without --ablation.
+        backbone = config.get("backbone", "vits16")
+        ablation = {} if self.ablation == "full" else realdata.ablation_options(self.ablation, backbone)
         out = []
         for key, flag in PASSED_OPTIONS.items():
             if key in ablation or key not in config:
                 continue
             value, default = config[key], defaults.get(key)
             norm = lambda v: list(v) if isinstance(v, (list, tuple)) else v
-            if norm(value) == norm(default) or (default is None and not value):
+            if norm(value) == norm(default):
                 continue
             if isinstance(value, bool):
                 out.append(flag)
@@ -235,7 +242,7 @@ def group_of(groups: dict, dataset: str, recipe: str, ablation: str = "full", ta
 
 def num(value: float | None, digits: int) -> str:
     """``value`` to ``digits`` decimals, halves rounded up (0.8125 -> 0.813, as a person rounds)."""
-    if value is None:
+    if value is None or math.isnan(value):
         return "-"
     step = Decimal(1).scaleb(-digits)
     return str(Decimal(repr(float(value))).quantize(step, rounding=ROUND_HALF_UP))
@@ -255,11 +262,10 @@ def stat(values: list[float], digits: int, of: int | None = None) -> str:
 
 def hd95_cell(g: Group) -> str:
     n = len(g.finished)
-    values = g.values("hd95")
-    if not values:
+    failures = g.values("hd95_failures")
+    if not failures:
         return "-"
-    failures = ", ".join(str(f) for f in g.values("hd95_failures"))
-    return f"{stat(values, 1, n)} ({failures})"
+    return f"{stat(g.values('hd95'), 1, n)} ({', '.join(map(str, failures))})"
 
 
 def dataset_name(d: str) -> str:
@@ -347,7 +353,8 @@ def variants_table(groups: dict, datasets=None) -> str:
 
 def ablations_table(groups: dict, datasets=None, recipe: str = ABLATION_RECIPE) -> str:
     """The decoder ablations per dataset: parameters, GFLOPs and accuracy over seeds."""
-    datasets = datasets or ABLATION_DATASETS
+    ablated = {k[0] for k in groups if k[2] != "full"}
+    datasets = datasets or list(ABLATION_DATASETS) + sorted(ablated - set(ABLATION_DATASETS))
     rows = []
     for d in datasets:
         for abl, (what, _) in realdata.ABLATIONS.items():

@@ -133,7 +133,7 @@ def results(tmp_path):
     _log(folder / "ddti-segdino-s2.log.csv", [0.3, 0.6])  # cut by a time limit: no result
     _result(folder, "ddti-segdino-s0-augpaper", "ddti", "segdino", 0, 0.83, 0.74, 19.0, 0, 0.88, 4,
             config={"augment": "paper"})
-    _result(folder, "ddti-segdino-s0-no_tpa", "ddti", "segdino", 0, 0.75, 0.65, 30.0, 3, 0.80, 2,
+    _result(folder, "ddti-segdino-s0-no_tpa", "ddti", "segdino", 0, 0.75, 0.65, float("nan"), 3, 0.80, 2,
             config={"no_tpa": True}, ablation="no_tpa", params=123_456_789, gflops_per_image=9.87)
     (folder / "bench_fused.json").write_text(json.dumps({"device": "x"}))  # not a run: skipped
     return folder
@@ -164,7 +164,7 @@ def test_variant_and_ablation_rows_carry_their_options_costs_and_commands(result
     assert "| DDTI | `segdino` | - | 1 (0) | 0.850 | 0.800 |" in variants  # its recipe, same seed only
     ablations = tables.ablations_table(groups, ["ddti"])
     row = next(line for line in ablations.splitlines() if "`no_tpa`" in line)
-    assert "| 123.46 | 9.9 | 1 (0); missing 1, 2 | 0.750 |" in row
+    assert "| 123.46 | 9.9 | 1 (0); missing 1, 2 | 0.750 | 0.650 | - (3) |" in row  # HD95 NaN: every image failed
     assert '"ddti:segdino:0:no_tpa ddti:segdino:1:no_tpa ddti:segdino:2:no_tpa"' in row
     assert len([line for line in ablations.splitlines() if line.startswith("| DDTI")]) == len(realdata.ABLATIONS)
 
