@@ -1,17 +1,38 @@
-"""GPU: the fused decoder kernels checked and timed, each change on its own, plus a profile.
+"""GPU: the fast path's variants timed side by side in one process, plus a kernel profile.
 
-    python benchmarks/gpu_kernels.py [--quick]
+    python benchmarks/gpu_kernels.py --log results/gpu/gpu_kernels_DATE.log [--kernels] [--budget 200]
 
-1. Each kernel against its reference (relative L2 to float32) and timed alone at the finest SAD
-   level (batch 32, 128x128, D=256) against its memory floor.
-2. Whole models at batch 32 (ViT-S/16, D=256, 256x256, random weights), each compiled with
-   ``reduce-overhead``: the plain model; the fast path; the fast path with one piece taken out.
-   Batch 1 for the plain model and the fast path.
-   ``--quick``: the plain model and the fast path only.
-3. A kernel profile of the fast path at batch 32.
+ViT-S/16, D=256, 256x256, random weights, bf16, channels-last, every model compiled with
+``reduce-overhead`` (CUDA graphs). Variants (``segdino.fused.fuse_model`` options):
+
+- ``plain model, compiled``: the model's own modules (the peer any user has);
+- ``fast (default)``: :func:`segdino.fast.fast_model` as it is;
+- ``fast + linear 1x1``: the decoder's 1x1 convs as GEMMs on the channels-last view;
+- ``fast + linear 1x1 + tiled SAD blocks`` (batch 32): also SAD's depthwise + pointwise + GroupNorm
+  statistics in one Triton kernel, output channels split over programs
+  (``fused_blocks="tiled"``);
+- ``fast, tables from numpy in the graph`` (batch 1): the default with the interpolation matrices
+  built as they were before they were cached on the device (numpy inside the compiled region: host
+  work and a host-to-device copy per call, which also make Inductor skip CUDA graphs): what the
+  cache changed;
+- ``fast + linear 1x1 + up-add kernel`` (batch 32): linear 1x1 convs and SAD's ``up(x) + l`` as the
+  Triton kernel.
+
+Before the models: the fused SAD block kernels alone at the finest level (batch 32, 128x128,
+D=256), against cuDNN's depthwise conv + the pointwise GEMM, each checked against float32.
+
+Batch 32 and batch 1; all variants are compiled first, then timed in alternating rounds (each
+round: every variant, starting variant rotating) so that drifts of the machine hit all alike. Per
+variant: CUDA graph skips and graphs compiled (both from Inductor's counters). Then a kernel
+profile (torch.profiler, top CUDA kernels) of the fastest variant at batch 32 and at batch 1.
+``--kernels``: also each kernel alone against its reference at the finest SAD level.
+``--budget``: seconds after which no further variant is compiled (the profile still runs).
+Everything printed also goes to ``--log``, line by line as it comes.
 """
 
 import argparse
+import contextlib
+import logging
 import statistics
 import sys
 import time
@@ -22,10 +43,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import segdino.fused as fused_mod  # noqa: E402
-from segdino.export import fold_tpa  # noqa: E402
 from segdino.benchmark import randomize_parameters, rel_l2, time_fn  # noqa: E402
-from segdino.fast import FastModel, fast_model, plain_compiled_model  # noqa: E402
+from segdino.fast import fast_model, plain_compiled_model  # noqa: E402
 from segdino.kernels import upsample_add  # noqa: E402
 from segdino.kernels.resize import resize_bilinear_matmul  # noqa: E402
 from segdino.kernels.sad import residual_block  # noqa: E402
@@ -33,131 +52,256 @@ from segdino.model import build_model  # noqa: E402
 from segdino.sad import ResidualDepthwiseBlock  # noqa: E402
 
 DEV = torch.device("cuda")
+LOG = None
+
+
+def log(*parts) -> None:
+    line = " ".join(str(p) for p in parts)
+    print(line, flush=True)
+    if LOG is not None:
+        with open(LOG, "a") as f:
+            f.write(line + "\n")
+
+
+def sync():
+    if DEV.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def bench(fn, n=50):
-    times = time_fn(fn, DEV, 10, n)
-    return statistics.median(times) * 1e3
+    return statistics.median(time_fn(fn, DEV, 10, n)) * 1e3
 
 
-def kernel_checks(rows):
+def block_kernels():
+    """The SAD block's first half alone at the finest level: both fused kernels and cuDNN + cuBLAS."""
+    from segdino.kernels.pointwise import pointwise_linear
+    from segdino.kernels.sad import combine_stats, dw_pw_stats
+
+    torch.manual_seed(0)
+    b, d, n = 32, 256, 128
+    blk = randomize_parameters(ResidualDepthwiseBlock(d), 1).to(DEV)
+    xs = torch.randn(b, d, n, n, device=DEV)
+    xb = xs.bfloat16().contiguous(memory_format=torch.channels_last)
+    dw, pw = blk.depthwise.weight.bfloat16(), blk.pointwise.weight.bfloat16()
+    with torch.no_grad():
+        ref = blk.pointwise(blk.depthwise(xs))
+        mean_ref = ref.view(b, 32, -1).mean(-1)
+        rows = []
+        for name, tiled in (("wide", False), ("tiled", True)):
+            try:
+                t, st = dw_pw_stats(xb, dw, pw, 32, tiled)
+                mean, _ = combine_stats(st, n, d // 32)
+                rows.append((f"dw_pw_stats, {name} kernel", rel_l2(t, ref), rel_l2(mean, mean_ref),
+                             bench(lambda: dw_pw_stats(xb, dw, pw, 32, tiled))))
+            except Exception as e:  # a kernel that fails to build must not stop the run
+                log(f"  dw_pw_stats {name}: FAILED {type(e).__name__}: {str(e)[:300]}")
+        ref_fn = lambda: pointwise_linear(F.conv2d(xb, dw, padding=1, groups=d), pw)  # noqa: E731
+        rows.append(("cuDNN depthwise + pointwise GEMM, eager", rel_l2(ref_fn(), ref), None, bench(ref_fn)))
+    log("\nSAD block first half at 128x128, batch 32: name, rel L2 of t, rel L2 of group means, ms")
+    for name, e1, e2, ms in rows:
+        log(f"  {name:<44} {e1:9.1e} {'' if e2 is None else f'{e2:9.1e}':>9} {ms:8.3f}")
+    log(f"  memory floor (read x, write t) at 4.3 TB/s: {2 * xb.numel() * 2 / 4.3e12 * 1e3:.3f} ms")
+
+
+def kernel_checks():
     torch.manual_seed(0)
     b, d = 32, 256
+    rows = []
     x = torch.randn(b, d, 64, 64, device=DEV)
     l = torch.randn(b, d, 128, 128, device=DEV)
     ref = F.interpolate(x, size=(128, 128), mode="bilinear", align_corners=False) + l
     xb = x.bfloat16().contiguous(memory_format=torch.channels_last)
     lb = l.bfloat16().contiguous(memory_format=torch.channels_last)
-    y = upsample_add(xb, lb)
-    rows.append(("upsample_add 64->128 + l, bf16 kernel", rel_l2(y, ref), bench(lambda: upsample_add(xb, lb))))
-    eager = lambda: F.interpolate(xb, size=(128, 128), mode="bilinear", align_corners=False) + lb  # noqa: E731
-    rows.append(("  reference: F.interpolate + add, bf16 eager", rel_l2(eager(), ref), bench(eager)))
+    rows.append(("upsample_add 64->128 + l, bf16 kernel", rel_l2(upsample_add(xb, lb), ref),
+                 bench(lambda: upsample_add(xb, lb))))
     mm = lambda: resize_bilinear_matmul(xb, (128, 128)) + lb  # noqa: E731
     rows.append(("  matrix-product resize + add, bf16", rel_l2(mm(), ref), bench(mm)))
-    floor = (xb.numel() + 2 * lb.numel()) * 2 / 4.3e12 * 1e3
-    rows.append((f"  memory floor at 4.3 TB/s: {floor:.3f} ms", None, None))
-
-    blk = ResidualDepthwiseBlock(d).to(DEV)
-    randomize_parameters(blk, 1)
+    rows.append((f"  memory floor at 4.3 TB/s: {(xb.numel() + 2 * lb.numel()) * 2 / 4.3e12 * 1e3:.3f} ms", None, None))
+    blk = randomize_parameters(ResidualDepthwiseBlock(d), 1).to(DEV)
     xs = torch.randn(b, d, 128, 128, device=DEV)
     with torch.no_grad():
         ref = blk(xs)
         bb = ResidualDepthwiseBlock(d).to(DEV).bfloat16().to(memory_format=torch.channels_last)
         bb.load_state_dict(blk.state_dict())
         xsb = xs.bfloat16().contiguous(memory_format=torch.channels_last)
-        y = residual_block(xsb, bb)
-        rows.append(("SAD block fused (dw+pw+stats kernel, rest eager), bf16", rel_l2(y, ref),
+        rows.append(("SAD block fused (dw+pw+stats kernel, rest eager), bf16", rel_l2(residual_block(xsb, bb), ref),
                      bench(lambda: residual_block(xsb, bb))))
-        from segdino.kernels.sad import dw_pw_stats
-
-        rows.append(("  dw_pw_stats kernel alone", None,
-                     bench(lambda: dw_pw_stats(xsb, bb.depthwise.weight, bb.pointwise.weight, 32))))
-        dwc = torch.compile(lambda x: bb.pointwise(bb.depthwise(x)))
-        dwc(xsb)
-        rows.append(("  reference dw + pw convs, compiled", None, bench(lambda: dwc(xsb))))
-        rows.append(("  reference block, bf16 eager", rel_l2(bb(xsb), ref), bench(lambda: bb(xsb))))
         cb = torch.compile(bb)
         cb(xsb)
         rows.append(("  reference block, bf16 compiled", rel_l2(cb(xsb), ref), bench(lambda: cb(xsb))))
-        cf = torch.compile(lambda x: residual_block(x, bb))
-        cf(xsb)
-        rows.append(("  fused block, compiled", rel_l2(cf(xsb), ref), bench(lambda: cf(xsb))))
-    floor = 2 * xsb.numel() * 2 / 4.3e12 * 1e3
-    rows.append((f"  dw_pw_stats memory floor (read x, write t): {floor:.3f} ms", None, None))
+    log("\nkernel checks: name, rel L2 vs fp32, ms")
+    for r in rows:
+        log(f"  {r[0]:<60} {'' if r[1] is None else f'{r[1]:.1e}':>9} {'' if r[2] is None else f'{r[2]:.3f}':>8}")
 
 
-def variant(model, name, rope=True, **fuse):
-    """A compiled fused model built with ``segdino.fused.fuse_model(model, **fuse)``."""
-    m = FastModel(fused_mod.fuse_model(model, rope_cache=rope, **fuse), DEV, torch.bfloat16, True,
-                  "reduce-overhead", fused=False, cudnn_benchmark=True)
-    fused_mod.prime_rope(m.inner, (256, 256), DEV)
-    return name, m
+class _CudagraphSkips(logging.Handler):
+    """Collects Inductor's "skipping cudagraphs due to ..." messages (the reason for a skip)."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage()[:300])
+
+
+@contextlib.contextmanager
+def numpy_tables():
+    """Interpolation matrices built from numpy on every call, as before the device cache."""
+    import segdino.kernels.fold as fold
+    import segdino.kernels.resize as resize
+
+    def per_call(name, host, on_device, device, dtype):
+        return torch.from_numpy(host()).to(device, dtype)
+
+    saved = fold.device_table, resize.device_table
+    fold.device_table = resize.device_table = per_call
+    try:
+        yield
+    finally:
+        fold.device_table, resize.device_table = saved
+
+
+def variants(model):
+    """(name, build, batches, context for the compiling calls)."""
+    none = contextlib.nullcontext
+    return [
+        ("plain model, compiled", lambda: plain_compiled_model(model, DEV), (32, 1), none),
+        ("fast (default)", lambda: fast_model(model, DEV), (32, 1), none),
+        ("fast + linear 1x1", lambda: fast_model(model, DEV, fused={"pointwise": "linear"}), (32, 1), none),
+        ("fast + linear 1x1 + tiled SAD blocks",
+         lambda: fast_model(model, DEV, fused={"pointwise": "linear", "fused_blocks": "tiled"}), (32,), none),
+        ("fast, tables from numpy in the graph", lambda: fast_model(model, DEV), (1,), numpy_tables),
+        ("fast + linear 1x1 + up-add kernel",
+         lambda: fast_model(model, DEV, fused={"pointwise": "linear", "resize": "kernel"}), (32,), none),
+    ]
+
+
+def profile(name, m, x, calls=10):
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    for _ in range(3):
+        m(x)
+    sync()
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEV.type == "cuda" else [])
+    with torch_profile(activities=acts) as prof:
+        for _ in range(calls):
+            m(x)
+        sync()
+    log(f"\nprofile: {name}, batch {x.shape[0]}, {calls} calls (totals over all calls)")
+    log(prof.key_averages().table(sort_by="cuda_time_total" if DEV.type == "cuda" else "cpu_time_total", row_limit=30, max_name_column_width=70))
 
 
 def main():
+    global LOG, DEV
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="skip the ablations")
+    ap.add_argument("--log", type=Path, required=True, help="file the output is written to (appended)")
+    ap.add_argument("--kernels", action="store_true", help="also time each kernel alone")
+    ap.add_argument("--budget", type=float, default=200.0, help="seconds after which no variant is compiled")
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--calls", type=int, default=20, help="calls per variant per round")
+    ap.add_argument("--backbone", default="vits16")
+    ap.add_argument("--size", type=int, default=256, help="image size")
+    ap.add_argument("--device", default="cuda", help="cpu only to check the script itself (no compiling)")
     args = ap.parse_args()
+    LOG, DEV = args.log, torch.device(args.device)
+    args.log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
     import timm
     import triton
+    from torch._dynamo.utils import counters
+    import torch._inductor.cudagraph_utils as cgu
 
-    print(torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__, "timm",
-          timm.__version__, time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), flush=True)
-    rows = []
-    kernel_checks(rows)
-    for r in rows:
-        print(r, flush=True)
+    # Every variant compiles the same forward functions again (other modules, other options):
+    # more than Dynamo's default of 8 recompilations per function.
+    for knob in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, knob):
+            setattr(torch._dynamo.config, knob, 64)
+    skips = _CudagraphSkips()
+    if hasattr(cgu, "cudagraphs_log"):
+        cgu.cudagraphs_log.addHandler(skips)
+    log(torch.cuda.get_device_name() if DEV.type == "cuda" else "cpu", "torch", torch.__version__, "triton", triton.__version__, "timm",
+        timm.__version__, time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    if DEV.type == "cuda":
+        block_kernels()
+    if args.kernels:
+        kernel_checks()
 
-    model = randomize_parameters(build_model("vits16")).eval().to(DEV)
+    model = randomize_parameters(build_model(args.backbone)).eval().to(DEV)
     for p in model.parameters():
         p.requires_grad_(False)
     g = torch.Generator().manual_seed(1)
-    xs = {b: torch.randn(b, 3, 256, 256, generator=g).to(DEV) for b in (32, 1)}
+    xs = {b: torch.randn(b, 3, args.size, args.size, generator=g).to(DEV) for b in (32, 1)}
     with torch.no_grad():
         refs = {b: model(x).float() for b, x in xs.items()}
-    paths = [("plain model, compiled", plain_compiled_model(model, DEV)),
-             ("fast (default)", fast_model(model, DEV))]
-    if not args.quick:
-        paths += [
-            ("plain + TPA folded (export.fold_tpa)",
-             FastModel(fold_tpa(model), DEV, torch.bfloat16, True, "reduce-overhead", cudnn_benchmark=True)),
-            variant(model, "fast, up+add as Triton kernel", resize="kernel"),
-            variant(model, "fast + fused SAD blocks (Triton)", fused_blocks=True),
-            variant(model, "fast - RoPE cache", rope=False),
-        ]
-    table = []
-    for name, m in paths:
+
+    built = {}  # (name, batch) -> (model, rel L2, first call s)
+    log("\ncompiling: name, batch, first call s, rel L2 vs eager fp32, CUDA graph skips, graphs compiled")
+    for name, build, batches, ctx in variants(model):
+        if time.perf_counter() - start > args.budget:
+            log(f"  {name}: skipped (past the {args.budget:.0f} s budget)")
+            continue
         try:
-            for b in ((32, 1) if name in ("plain model, compiled", "fast (default)") else (32,)):
+            m = build()
+            for b in batches:
+                if time.perf_counter() - start > args.budget:
+                    log(f"  {name}, batch {b}: skipped (past the {args.budget:.0f} s budget)")
+                    continue
+                sk, graphs, n_msgs = counters["inductor"]["cudagraph_skips"], counters["stats"]["unique_graphs"], len(skips.messages)
                 t0 = time.perf_counter()
-                y = m(xs[b])
+                with ctx():
+                    y = m(xs[b])
+                    m(xs[b])  # a second call: CUDA graph trees record on it
+                sync()
                 first = time.perf_counter() - t0
-                ms = bench(lambda: m(xs[b]))
-                table.append((name, b, ms, b / ms * 1e3, rel_l2(y, refs[b]), first))
-                print(table[-1], flush=True)
+                built[name, b] = (m, rel_l2(y, refs[b]), first)
+                log(f"  {name:<40} {b:>3} {first:6.1f}s {built[name, b][1]:8.1e} "
+                    f"{counters['inductor']['cudagraph_skips'] - sk:>3} {counters['stats']['unique_graphs'] - graphs:>3}")
+                for msg in skips.messages[n_msgs:]:
+                    log(f"      {msg}")
         except Exception as e:  # one broken variant must not lose the others
-            print(f"{name}: FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
+            log(f"  {name}: FAILED {type(e).__name__}: {str(e)[:300]}")
 
-    # Kernel profile of the fast path at batch 32 (graph replays: CUPTI records the kernels inside).
-    fast = paths[1][1]
-    for _ in range(3):
-        fast(xs[32])
-    from torch.profiler import ProfilerActivity, profile
+    log(f"\ntiming: {args.rounds} alternating rounds of {args.calls} calls per variant (CUDA events, "
+        "synchronised per call); median over all calls, range of the round medians; host ms: wall time "
+        "per call without synchronising (launch-bound when close to the median)")
+    results = {}
+    for b in (32, 1):
+        names = [n for (n, bb) in built if bb == b]
+        per = {n: [] for n in names}
+        for r in range(args.rounds):
+            k = r % max(1, len(names))
+            for n in names[k:] + names[:k]:
+                m = built[n, b][0]
+                per[n].append(time_fn(lambda: m(xs[b]), DEV, 2, args.calls))
+        for n in names:
+            m = built[n, b][0]
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(args.calls):
+                m(xs[b])
+            host = (time.perf_counter() - t0) / args.calls * 1e3
+            sync()
+            all_ms = [t * 1e3 for rnd in per[n] for t in rnd]
+            rounds = [statistics.median(rnd) * 1e3 for rnd in per[n]]
+            results[n, b] = (statistics.median(all_ms), min(rounds), max(rounds), host)
 
-    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
-        for _ in range(10):
-            fast(xs[32])
-        torch.cuda.synchronize()
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70))
+    log("\nmodels: name, batch, median ms, images/s, round medians min-max, host ms, vs plain, rel L2, first call s")
+    for b in (32, 1):
+        plain = results.get(("plain model, compiled", b))
+        for (n, bb), (ms, lo, hi, host) in results.items():
+            if bb != b:
+                continue
+            ratio = f"{plain[0] / ms:.2f}x" if plain else ""
+            log(f"  {n:<40} {b:>3} {ms:8.3f} {b / ms * 1e3:8.0f}  {lo:.3f}-{hi:.3f} {host:7.3f} {ratio:>6} "
+                f"{built[n, b][1]:8.1e} {built[n, b][2]:6.1f}s")
 
-    print("\nkernel checks: name, rel L2 vs fp32, ms")
-    for r in rows:
-        print(f"  {r[0]:<60} {'' if r[1] is None else f'{r[1]:.1e}':>9} {'' if r[2] is None else f'{r[2]:.3f}':>8}")
-    print("models: name, batch, median ms, images/s, rel L2 vs eager fp32, first call s")
-    plain = {b: ms for n, b, ms, *_ in table if n == "plain model, compiled"}
-    for n, b, ms, ips, err, first in table:
-        ratio = f"{plain[b] / ms:.2f}x plain" if b in plain else ""
-        print(f"  {n:<44} {b:>3} {ms:8.3f} {ips:9.0f} {err:9.1e} {first:6.1f}s  {ratio}")
+    for b in (32, 1):
+        timed = {n: r[0] for (n, bb), r in results.items() if bb == b and n != "plain model, compiled"}
+        if timed:
+            best = min(timed, key=timed.get)
+            profile(best, built[best, b][0], xs[b])
+    log(f"\ntotal {time.perf_counter() - start:.0f} s")
 
 
 if __name__ == "__main__":

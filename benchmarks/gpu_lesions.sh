@@ -9,20 +9,29 @@
 #   cp -r "$(python -c 'import nibabel, os; print(os.path.dirname(nibabel.__file__))')" .data/pylib/
 #                                                                      # nibabel, pure Python, ~13 MB
 # then run with carry [".data/lidc-nodules", ".data/pylib"] (about 40 MB of the 64 MB allowed):
-#   bash benchmarks/gpu_lesions.sh lidc      # or: scan, or: all (two device calls are safer)
-# Results: $OUT/lesions-<name>.json (per-volume test Dice, HD95, lesion detection F1, the command,
-# GPU and versions) and $OUT/lesions-logs.tar (training logs, plans, configs, summaries).
+#   bash benchmarks/gpu_lesions.sh lidc      # or: scan, or: all (both parts side by side)
+# Results: one tar, $OUT/lesions$TAG.tar, rewritten every minute so that a call cut short still
+# returns what was done: results/gpu/lesions/lesions-<name>.json (per-volume test Dice, HD95,
+# lesion detection F1, the command, GPU and versions), each run's console log and log.csv, and
+# runs/*/{plan.json,config.yaml,report/summary.json}. (The device returns few files.)
 # Variables: EPOCHS, STEPS (default 30 x 100 as in today's baseline), SPACING (LIDC: plan = the
 # default plan, auto = the training median unrefined; a finer value such as 0.35 gives the stride-16 ViT more tokens per nodule),
-# SEEDS (default "0 1 2"), LIMIT (seconds per training, default 420).
+# SEEDS (default "0 1 2"), LIMIT (seconds per training, default 420; LIMIT_SCAN for the whole-scan
+# runs, default LIMIT minus 60 s for writing their data), TAG (appended to the tar's name).
 set -u
 what=${1:-all}
 export PYTHONPATH="$PWD/.data/pylib:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export NCCL_NVLS_ENABLE=0
 EPOCHS=${EPOCHS:-30}; STEPS=${STEPS:-100}; SEEDS=${SEEDS:-"0 1 2"}; LIMIT=${LIMIT:-420}
+LIMIT_SCAN=${LIMIT_SCAN:-$((LIMIT - 60))}; TAG=${TAG:-}
 SPACING=${SPACING:-plan}  # plan: the default plan (no --spacing flag)
-export OUT=${OUT:-results/gpu}
-mkdir -p runs "$OUT"
+OUT=${OUT:-results/gpu}
+export RES=results/gpu/lesions
+mkdir -p runs "$OUT" "$RES"
+pack() { tar -cf "$OUT/.lesions$TAG.tar" "$RES" runs/*/plan.json runs/*/config.yaml runs/*/report/summary.json \
+  2>/dev/null; mv -f "$OUT/.lesions$TAG.tar" "$OUT/lesions$TAG.tar"; }
+( while sleep 60; do pack; done ) &
+packer=$!
 python3 -c "import nibabel" 2>/dev/null || { echo "nibabel missing: carry .data/pylib (see the header)"; exit 2; }
 
 result() {  # result NAME RUN REPORT COMMAND...
@@ -43,32 +52,32 @@ out = {"name": name, "command": command, "dice_per_volume": cls["dice"]["mean"],
        "lesion_recall": les["detection_recall"], "lesion_precision": les["detection_precision"],
        "plan": plan, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
        "torch": torch.__version__, "timm": timm.__version__}
-json.dump(out, open(os.path.join(os.environ["OUT"], f"lesions-{name}.json"), "w"), indent=1)
+json.dump(out, open(os.path.join(os.environ["RES"], f"lesions-{name}.json"), "w"), indent=1)
 print(json.dumps({k: out[k] for k in ("name", "dice_per_volume", "hd95_mm", "lesion_f1")}))
 EOF
 }
 
-train_eval() {  # train_eval NAME DATA TRAIN-ARGS...
-  local name=$1 data=$2; shift 2
+train_eval() {  # train_eval LIMIT NAME DATA TRAIN-ARGS...
+  local limit=$1 name=$2 data=$3; shift 3
   local cmd="python3 -m segdino train --data $data --out runs/$name --epochs $EPOCHS --steps-per-epoch $STEPS \
 --num-workers 3 --quiet --overwrite $*"
-  # The log goes straight into $OUT so that a call cut short still returns it.
-  local log="$OUT/$name.out"
-  ( OMP_NUM_THREADS=3 timeout "$LIMIT" $cmd > "$log" 2>&1
-    cp "runs/$name/log.csv" "$OUT/$name.log.csv" 2>/dev/null
+  local log="$RES/$name.out"
+  ( OMP_NUM_THREADS=3 timeout "$limit" $cmd > "$log" 2>&1
+    cp "runs/$name/log.csv" "$RES/$name.log.csv" 2>/dev/null
     python3 -m segdino evaluate --model "runs/$name" --data "$data" --split test --out "runs/$name/report" \
       >> "$log" 2>&1 && result "$name" "runs/$name" "runs/$name/report" "$cmd"
     tail -n 2 "$log" ) &
+  pids+=($!)
 }
+pids=()
 
 if [[ $what == lidc || $what == all ]]; then
   [[ -d .data/lidc-nodules ]] || { echo "missing .data/lidc-nodules (see the header)"; exit 2; }
   tag="-sp$SPACING"; spacing=(--spacing "$SPACING"); [[ $SPACING == plan ]] && { tag="-plan"; spacing=(); }
   for seed in $SEEDS; do
-    train_eval "lidc-patches$tag-s$seed" .data/lidc-nodules --intensity lung "${spacing[@]}" --seed "$seed" \
+    train_eval "$LIMIT" "lidc-patches$tag-s$seed" .data/lidc-nodules --intensity lung "${spacing[@]}" --seed "$seed" \
       --augment segdino
   done
-  wait
 fi
 
 if [[ $what == scan || $what == all ]]; then
@@ -79,12 +88,16 @@ from segdino.data.whole_scan import write_whole_scan_dataset
 write_whole_scan_dataset('$data', 16, 2, 6, shape=(40, 512, 512), spacing=(2.5, 0.7, 0.7), seed=0, workers=12)
 print('whole-scan data written')"
   fi
-  # The new pipeline (patches of 256 px at the planned 0.7 mm, sliding windows) beside today's
-  # (whole slices resized to 256 px), same data, same budget.
-  train_eval scan-vits16-patches "$data" --backbone vits16 --intensity ct:-200,250 --spacing auto --seed 0
-  train_eval scan-vits16-resized "$data" --backbone vits16 --intensity ct:-200,250 --image-size 256 --seed 0
-  wait
+  # The new pipeline (patches of 256 px at the planned 0.7 mm, sliding windows; and at 0.35 mm,
+  # where a 3-20 mm lesion is 8-57 px, 0.5-3.6 tokens) beside today's (whole slices resized to
+  # 256 px), same data, same budget.
+  train_eval "$LIMIT_SCAN" scan-vits16-patches "$data" --backbone vits16 --intensity ct:-200,250 --spacing auto --seed 0
+  train_eval "$LIMIT_SCAN" scan-vits16-patches-sp0.35 "$data" --backbone vits16 --intensity ct:-200,250 \
+    --spacing 0.35,0.35 --seed 0
+  train_eval "$LIMIT_SCAN" scan-vits16-resized "$data" --backbone vits16 --intensity ct:-200,250 --image-size 256 --seed 0
 fi
-tar -cf "$OUT/lesions-logs$SPACING.tar" runs/*/log.csv runs/*/plan.json runs/*/config.yaml \
-  runs/*/report/summary.json 2>/dev/null
-ls "$OUT"
+wait "${pids[@]}"
+kill "$packer" 2>/dev/null
+pack
+tar -tf "$OUT/lesions$TAG.tar" | grep -c . | sed 's/^/files packed: /'
+cat "$RES"/lesions-*.json 2>/dev/null | grep -E '"(name|dice_per_volume|lesion_f1)"' 

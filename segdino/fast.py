@@ -45,24 +45,46 @@ def _cudnn_autotune(enabled: bool):
         torch.backends.cudnn.benchmark = old
 
 
+class _CastIn(nn.Module):
+    """Casts the input to the model's dtype and memory layout, then runs the model.
+
+    Compiled together with the model, so that the cast and the layout change are part of the
+    captured graph instead of separate launches before it.
+    """
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype, channels_last: bool):
+        super().__init__()
+        self.model, self.dtype, self.channels_last = model, dtype, channels_last
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model(x)
+
+
 class FastModel(nn.Module):
     """Wraps a model for inference: casts inputs, runs the fast module, returns float32 logits.
 
     ``config`` and ``num_classes`` are those of the wrapped model, so it can stand in for it.
-    ``fused``: run the decoder on :mod:`segdino.kernels` (:func:`segdino.fused.fuse_model`);
-    False keeps the model's own modules (the "plain model" of the benchmark).
+    ``fused``: run the decoder on :mod:`segdino.kernels` (:func:`segdino.fused.fuse_model`; a dict
+    passes its options); False keeps the model's own modules (the "plain model" of the benchmark).
+
+    Per call, outside the compiled graph, only the input's copy into the graph and the float32
+    copy of the output remain; the first call at each input shape runs the model once eagerly,
+    which builds the fixed tables (RoPE, interpolation matrices) on the device ahead of compiling.
     """
 
     def __init__(self, model: nn.Module, device: torch.device, dtype: torch.dtype, channels_last: bool,
-                 compile_mode: str | None, fused: bool = False, cudnn_benchmark: bool = False):
+                 compile_mode: str | None, fused: bool | dict = False, cudnn_benchmark: bool = False):
         super().__init__()
         self.config = model.config
         self.device, self.dtype, self.channels_last = device, dtype, channels_last
-        self.fused, self.cudnn_benchmark = fused, cudnn_benchmark
+        self.fused, self.cudnn_benchmark = bool(fused), cudnn_benchmark
         if fused:
             from .fused import fuse_model
 
-            m = fuse_model(model)
+            m = fuse_model(model, **(fused if isinstance(fused, dict) else {}))
         else:
             m = copy.deepcopy(model)
         m = m.eval().to(device=device, dtype=dtype)
@@ -71,44 +93,54 @@ class FastModel(nn.Module):
         for p in m.parameters():
             p.requires_grad_(False)
         self.inner = m
+        # Not a registered submodule: it holds ``inner`` again, whose parameters must appear once.
+        object.__setattr__(self, "_run", _CastIn(m, dtype, channels_last))
         self.compiled = None
         self.compile_mode = compile_mode
         if compile_mode:
-            self.compiled = torch.compile(m, mode=compile_mode, dynamic=False, fullgraph=False)
+            self.compiled = torch.compile(self._run, mode=compile_mode, dynamic=False, fullgraph=False)
+        self._shapes: set[tuple[int, ...]] = set()
 
     @property
     def num_classes(self) -> int:
         return self.config.num_classes
 
+    def _prepare(self, x: torch.Tensor) -> None:
+        """First call at this input shape: RoPE table primed, then one eager call to build the tables."""
+        from .fused import prime_rope
+
+        prime_rope(self.inner, tuple(x.shape[-2:]), self.device)
+        if self.compiled is not None:
+            self._run(x)
+        self._shapes.add(tuple(x.shape))
+
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, dtype=self.dtype, non_blocking=True)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        if self.fused:
-            from .fused import prime_rope
-
-            prime_rope(self.inner, tuple(x.shape[-2:]), self.device)
-        fn = self.compiled if self.compiled is not None else self.inner
+        x = x.to(self.device, non_blocking=True)
         with _cudnn_autotune(self.cudnn_benchmark):
+            if tuple(x.shape) not in self._shapes:
+                self._prepare(x)
+            fn = self.compiled if self.compiled is not None else self._run
             try:
                 y = fn(x)
             except Exception as e:  # compilation can fail on unusual setups: fall back to eager
-                if fn is self.inner:
+                if fn is self._run:
                     raise
                 log.warning("torch.compile failed (%s); using the eager model", type(e).__name__)
                 self.compiled = None
-                y = self.inner(x)
-        return y.float().clone()
+                y = self._run(x)
+        # A copy in any case: a CUDA graph's output is overwritten by its next replay.
+        return y.to(torch.float32, copy=True)
 
 
 def fast_model(model: nn.Module, device: str | torch.device = "cuda", compile_mode: str | None = "auto",
-               dtype: torch.dtype | None = None, fused: bool | None = None) -> nn.Module:
+               dtype: torch.dtype | None = None, fused: bool | dict | None = None) -> nn.Module:
     """The model prepared for fast inference on ``device``.
 
     ``compile_mode``: ``auto`` (``reduce-overhead``, i.e. Triton kernels plus CUDA graphs, on CUDA
     when Triton is there; max-autotune gained 2% at batch 32 for minutes of tuning),
-    a ``torch.compile`` mode, or None for eager. ``fused``: the fused decoder (default: on CUDA).
+    a ``torch.compile`` mode, or None for eager. ``fused``: the fused decoder (default: on CUDA);
+    a dict gives it options (:func:`segdino.fused.fuse_model`, e.g. ``{"pointwise": "linear"}``).
     On CPU the model is returned as it is (fp32), since bf16 matrix work is slow on most CPUs.
     """
     device = torch.device(device)

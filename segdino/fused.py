@@ -9,7 +9,10 @@
   the neighbouring elementwise pass under ``torch.compile``), or as a one-pass Triton kernel
   (:func:`segdino.kernels.upsample_add`, ``resize="kernel"``); the head's resize as that kernel;
 - on request, SAD's residual blocks with the depthwise conv, pointwise conv and GroupNorm statistics
-  in one kernel (:func:`segdino.kernels.sad.residual_block`; slower than cuDNN + cuBLAS so far);
+  in one kernel (:func:`segdino.kernels.sad.residual_block`, two arrangements; the first measured
+  slower than cuDNN + cuBLAS);
+- on request, the decoder's 1x1 convs as plain matrix products on the channels-last view
+  (:mod:`segdino.kernels.pointwise`);
 - the backbone's RoPE tables cached per input size (:mod:`segdino.kernels.rope`).
 
 Each piece falls back to the reference computation where its kernel cannot run (no Triton, CPU,
@@ -26,9 +29,10 @@ from torch import nn
 from .backbone import PATCH_SIZE
 from .head import SegmentationHead
 from .kernels import resize_bilinear, upsample_add
+from .kernels.pointwise import linear_pointwise_convs
 from .kernels.resize import resize_bilinear_matmul
 from .kernels.rope import CachedRope, cache_rope
-from .kernels.sad import residual_block
+from .kernels.sad import KERNELS as BLOCK_KERNELS, residual_block
 from .sad import ScaleAwareDecoder
 from .tpa import FoldedTokenPyramidAdaptation, TokenPyramidAdaptation
 
@@ -50,19 +54,26 @@ def _reference_block(x: torch.Tensor, block: nn.Module) -> torch.Tensor:
 
 class FusedScaleAwareDecoder(nn.Module):
     """:class:`segdino.sad.ScaleAwareDecoder` with the top-down ``up(x) + l`` as matrix products or a
-    one-pass kernel (``resize``: ``matmul`` or ``kernel``), optionally fused blocks (same parameters)."""
+    one-pass kernel (``resize``: ``matmul`` or ``kernel``), optionally fused blocks (same parameters;
+    ``fused_blocks``: False, or the kernel of :func:`segdino.kernels.sad.residual_block`, ``wide``
+    (also ``True``) or ``tiled``)."""
 
-    def __init__(self, sad: ScaleAwareDecoder, resize: str = "matmul", fused_blocks: bool = False):
+    def __init__(self, sad: ScaleAwareDecoder, resize: str = "matmul", fused_blocks: bool | str = False):
         super().__init__()
         if resize not in ("matmul", "kernel"):
             raise ValueError(f"resize must be 'matmul' or 'kernel', got {resize!r}")
+        if fused_blocks is True:
+            fused_blocks = "wide"
+        if fused_blocks and fused_blocks not in BLOCK_KERNELS:
+            raise ValueError(f"fused_blocks must be False, True or one of {BLOCK_KERNELS}, got {fused_blocks!r}")
         self.refine = sad.refine
         if sad.refine:
             self.intra, self.inter = sad.intra, sad.inter
         self.resize, self.fused_blocks = resize, fused_blocks
 
     def forward(self, pyramid: list[torch.Tensor]) -> torch.Tensor:
-        block = residual_block if self.fused_blocks else _reference_block
+        kernel = self.fused_blocks
+        block = (lambda x, blk: residual_block(x, blk, kernel)) if kernel else _reference_block
         up_add = upsample_add if self.resize == "kernel" else upsample_add_matmul
         if self.refine:
             levels = [block(p, blk) for blk, p in zip(self.intra, pyramid)]
@@ -88,16 +99,25 @@ class FusedHead(nn.Module):
         return resize_bilinear(self.conv(x), tuple(size))
 
 
+POINTWISE = ("conv", "linear")
+
+
 def fuse_model(model: nn.Module, rope_cache: bool = True, resize: str = "matmul",
-               fused_blocks: bool = False) -> nn.Module:
+               fused_blocks: bool | str = False, pointwise: str = "conv") -> nn.Module:
     """A copy of a SegDINO model with the fused decoder (and cached RoPE tables); same function.
 
-    ``resize`` and ``fused_blocks``: see :class:`FusedScaleAwareDecoder`; the defaults are the
-    fastest measured on an H200 (docs/RESULTS.md, Speed).
+    ``resize`` and ``fused_blocks``: see :class:`FusedScaleAwareDecoder`. ``pointwise``: the
+    decoder's 1x1 convs (TPA projections, SAD's pointwise convs, the head's conv) as ``conv``
+    (cuDNN) or ``linear``: one matrix product each on the channels-last view
+    (:class:`segdino.kernels.pointwise.PointwiseLinear`, the same Parameters under the same names,
+    so the state dict keeps the model's format). The defaults are the fastest measured on an H200
+    (docs/RESULTS.md, Speed).
 
     Parts that are not the standard modules (e.g. BatchNorm blocks inside SAD) keep their reference
     path inside the fused modules.
     """
+    if pointwise not in POINTWISE:
+        raise ValueError(f"pointwise must be one of {POINTWISE}, got {pointwise!r}")
     fused = copy.deepcopy(model)
     if isinstance(getattr(fused, "tpa", None), TokenPyramidAdaptation):
         fused.tpa = fused.tpa.fold(channels_last=True)
@@ -105,6 +125,11 @@ def fuse_model(model: nn.Module, rope_cache: bool = True, resize: str = "matmul"
         fused.sad = FusedScaleAwareDecoder(fused.sad, resize=resize, fused_blocks=fused_blocks)
     if isinstance(getattr(fused, "head", None), SegmentationHead):
         fused.head = FusedHead(fused.head)
+    if pointwise == "linear":
+        for name in ("tpa", "sad", "head"):
+            part = getattr(fused, name, None)
+            if isinstance(part, nn.Module):
+                linear_pointwise_convs(part)
     vit = getattr(getattr(fused, "backbone", None), "vit", None)
     if rope_cache and vit is not None:
         cache_rope(vit)

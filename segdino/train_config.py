@@ -50,6 +50,7 @@ class TrainConfig:
     schedule: str = "cosine"  # cosine | constant
     warmup_epochs: float = 2.0
     loss: str = "bce_dice"  # bce | bce_dice (ce / ce_dice are the multi-class names)
+    dice: str = "auto"  # soft Dice per image or over the batch; auto: batch for patch training
     augment: str = "segdino"  # segdino | paper | none
     precision: str = "auto"  # auto (bf16 on GPU) | bf16 | fp32
     compile: bool = False  # torch.compile the training graph (CUDA with Triton only; ignored elsewhere)
@@ -97,6 +98,8 @@ class TrainConfig:
             raise ConfigError(f"--schedule must be cosine or constant, got {self.schedule!r}")
         if self.loss not in ("bce", "bce_dice", "ce", "ce_dice"):
             raise ConfigError(f"--loss must be one of bce, bce_dice, ce, ce_dice, got {self.loss!r}")
+        if self.dice not in ("auto", "image", "batch"):
+            raise ConfigError(f"--dice must be auto, image or batch, got {self.dice!r}")
         if self.augment not in ("segdino", "segdino-intensity", "paper", "none"):
             raise ConfigError(f"--augment must be segdino, segdino-intensity, paper or none, got {self.augment!r}")
         self._validate_patches()
@@ -245,7 +248,7 @@ def _check_types(values: dict[str, Any], where: str) -> None:
         float: ("lr", "backbone_lr_scale", "weight_decay", "warmup_epochs", "grad_clip", "foreground_ratio",
                 "save_every", "tile_overlap"),
         bool: ("freeze_backbone", "compile", "fused_decoder", "channels_last", "cache_images", "resume", "overwrite", "quiet"),
-        str: ("data", "out", "recipe", "backbone", "backbone_weights", "init", "schedule", "loss", "augment",
+        str: ("data", "out", "recipe", "backbone", "backbone_weights", "init", "schedule", "loss", "dice", "augment",
               "precision", "device", "on_nan", "on_bad_data", "intensity", "slice_axis"),
     }
     for kind, names in kinds.items():

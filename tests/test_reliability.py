@@ -849,9 +849,9 @@ def _poisoned_loss(monkeypatch, at_call: int, poison_weights: bool = False):
     calls = {"n": 0}
     model_of = {}
 
-    def loss(logits, masks, kind):
+    def loss(logits, masks, kind, **options):
         calls["n"] += 1
-        value = real(logits, masks, kind)
+        value = real(logits, masks, kind, **options)
         if calls["n"] == at_call:
             if poison_weights:
                 with torch.no_grad():

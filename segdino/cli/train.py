@@ -76,6 +76,9 @@ def register(sub) -> None:
     a("--warmup-epochs", type=float, help="epochs of linear learning-rate warm-up")
     a("--loss", choices=["bce", "bce_dice", "ce", "ce_dice"],
       help="training loss (bce and ce name the same choice for binary and multi-class tasks)")
+    a("--dice", choices=["auto", "image", "batch"],
+      help="soft Dice per image or one over the whole batch (nnU-Net's batch Dice); auto: batch for "
+           "patch training, where most patches are empty, per image otherwise")
     a("--augment", choices=["segdino", "segdino-intensity", "paper", "none"],
       help="training augmentation (volumes: segdino-intensity, without colour jitter)")
     a("--precision", choices=["auto", "bf16", "fp32"], help="auto: bf16 autocast on GPU, fp32 elsewhere")

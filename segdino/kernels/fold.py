@@ -15,7 +15,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .resize import bilinear_matrix
+from .resize import bilinear_matrix, bilinear_matrix_tensor
+from .tables import device_table
+
+
+def _shift_taps(xp, a):
+    """(m, n) resize rows -> (m, 3n): the rows a zero-padded 3-tap conv reads at offsets -1, 0, +1
+    (numpy or torch arrays, ``xp`` their module)."""
+    zero = a[:1] * 0.0
+    padded = xp.concatenate([zero, a, zero])  # the conv's zero padding: rows -1 and m read nothing
+    return xp.concatenate([padded[d : d + a.shape[0]] for d in range(3)], axis=1)
 
 
 def shifted_interpolation(n: int, factor: int) -> np.ndarray:
@@ -23,10 +32,7 @@ def shifted_interpolation(n: int, factor: int) -> np.ndarray:
 
     Column ``d * n + j`` holds the weight of source ``j`` for tap ``d`` (0, 1, 2 for offsets -1, 0, +1).
     """
-    a = bilinear_matrix(n, factor * n)
-    zero = np.zeros((1, n))
-    padded = np.concatenate([zero, a, zero])  # the conv's zero padding: rows -1 and factor*n read nothing
-    return np.concatenate([padded[d : d + factor * n] for d in range(3)], axis=1)
+    return _shift_taps(np, bilinear_matrix(n, factor * n))
 
 
 def interpolation_matrix(n: int, factor: int) -> np.ndarray:
@@ -38,7 +44,8 @@ def interpolation_matrix(n: int, factor: int) -> np.ndarray:
 
 
 def _shifted(n: int, factor: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    return torch.from_numpy(shifted_interpolation(n, factor)).to(device, dtype)
+    return device_table(f"shifted:{n}:{factor}", lambda: shifted_interpolation(n, factor),
+                        lambda: _shift_taps(torch, bilinear_matrix_tensor(n, factor * n, device)), device, dtype)
 
 
 def upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor, factor: int) -> torch.Tensor:

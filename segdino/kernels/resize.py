@@ -16,6 +16,21 @@ import torch
 import torch.nn.functional as F
 
 from .dispatch import kernels_enabled
+from .tables import device_table
+
+
+def _bilinear_rule(xp, out_idx, in_idx, n_in: int, n_out: int):
+    """PyTorch's bilinear rule along one axis for numpy (``xp=np``) or torch arrays of float64 indices.
+
+    Written once for both array kinds: the numpy matrix is what exporters record as a constant,
+    the torch one is built on the device (or traced there by ``torch.compile``) without a host copy.
+    """
+    src = ((out_idx + 0.5) * (n_in / n_out) - 0.5).clip(min=0.0)
+    i0 = (src // 1).clip(max=n_in - 1)
+    frac = (src - i0)[:, None]
+    i1 = (i0 + 1).clip(max=n_in - 1)
+    cols = in_idx[None, :]
+    return (cols == i0[:, None]) * (1.0 - frac) + (cols == i1[:, None]) * frac
 
 
 def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
@@ -24,18 +39,20 @@ def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
     PyTorch's rule with an output size given: scale ``n_in / n_out``, source ``s = (i + 0.5) * scale
     - 0.5`` clamped at 0, rows ``floor(s)`` and the next one (clamped at ``n_in - 1``) weighted
     ``1 - frac(s)`` and ``frac(s)``. Built with numpy and without loops, so that exporters record a
-    constant and ``torch.compile`` traces a handful of operations.
+    constant.
     """
-    src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
-    i0 = np.minimum(np.floor(src), n_in - 1)
-    frac = (src - i0)[:, None]
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    cols = np.arange(n_in)[None, :]
-    return (cols == i0[:, None]) * (1.0 - frac) + (cols == i1[:, None]) * frac
+    return _bilinear_rule(np, np.arange(n_out, dtype=np.float64), np.arange(n_in, dtype=np.float64), n_in, n_out)
+
+
+def bilinear_matrix_tensor(n_in: int, n_out: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """:func:`bilinear_matrix` as a float64 tensor built on ``device`` (no host-to-device copy)."""
+    idx = lambda n: torch.arange(n, dtype=torch.float64, device=device)  # noqa: E731
+    return _bilinear_rule(torch, idx(n_out), idx(n_in), n_in, n_out).to(torch.float64)
 
 
 def _matrix(n_in: int, n_out: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    return torch.from_numpy(bilinear_matrix(n_in, n_out)).to(device, dtype)
+    return device_table(f"bilinear:{n_in}:{n_out}", lambda: bilinear_matrix(n_in, n_out),
+                        lambda: bilinear_matrix_tensor(n_in, n_out, device), device, dtype)
 
 
 def _channels_last_out(x: torch.Tensor, addend: Optional[torch.Tensor]) -> bool:

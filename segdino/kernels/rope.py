@@ -37,8 +37,12 @@ class CachedRope(nn.Module):
         table = self._tables.get(key)
         if table is None or table.device != torch.device(device):
             src = self._fp32[0].to(device)
-            with torch.no_grad():
-                self._tables[key] = src.get_embed(shape=[key[0], key[1]]).float().to(device)
+            # An ordinary tensor even when primed under inference mode, so that training can use it.
+            with torch.inference_mode(False), torch.no_grad():
+                table = src.get_embed(shape=[key[0], key[1]]).float().to(device)
+            if table.is_cuda:  # a fixed address: CUDA graphs read it in place instead of copying it in
+                torch._dynamo.mark_static_address(table)
+            self._tables[key] = table
 
     def get_embed(self, shape=None, **kwargs) -> torch.Tensor:
         if shape is not None and not kwargs and not self._augmenting():

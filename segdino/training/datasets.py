@@ -231,6 +231,8 @@ def _patch_data(cfg: TrainConfig, found, settings: dict[str, Any], extra: dict[s
         setattr(scratch, name, value)
     train, val, foreground = patch_datasets(scratch, found, extra["volume"])
     settings = {**settings, **{name: getattr(scratch, name) for name in PLANNED_FIELDS}}
+    if cfg.dice == "auto":
+        settings["dice"] = "batch"  # most patches are empty: see segdino.losses.soft_dice_loss
     extra = {**extra, **{name: scratch.extra[name] for name in PLANNED_EXTRA if name in scratch.extra}}
     return TrainingData(train, val, foreground, settings, extra, _splits_of(train))
 

@@ -209,7 +209,7 @@ class Trainer:
         masks = batch["mask"].to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
             logits = self.forward(x)
-        loss = segmentation_loss(logits.float(), masks, self.cfg.loss)
+        loss = segmentation_loss(logits.float(), masks, self.cfg.loss, batch_dice=self.cfg.dice == "batch")
         if self.loss_hook is not None:
             loss = self.loss_hook(loss, batch)
         return loss
