@@ -84,6 +84,9 @@ def register(sub) -> None:
     a("--precision", choices=["auto", "bf16", "fp32"], help="auto: bf16 autocast on GPU, fp32 elsewhere")
     a("--compile", action="store_true", default=None,
       help="torch.compile the training graph (CUDA with Triton only; off elsewhere, and config.yaml says so)")
+    a("--fused-decoder", action=argparse.BooleanOptionalAction, default=None,
+      help="with --compile, train on the fused decoder (folded TPA, matrix-product resizes, cached RoPE): "
+           "the same function and checkpoints, faster; --no-fused-decoder trains the model's own modules")
     a("--num-workers", type=int, help="DataLoader processes preparing batches (0: in the training process)")
     a("--seed", type=int, help="seed of the weights, the sample order, the augmentation and seeded splits")
     a("--fold", type=int, help="fold of an nnU-Net splits_final.json")
@@ -125,7 +128,7 @@ def register(sub) -> None:
 OPTION_NAMES = [
     "data", "out", "recipe", "epochs", "image_size", "backbone", "decoder_dim", "num_classes",
     "backbone_weights", "init", "freeze_backbone", "batch_size", "lr", "backbone_lr_scale", "weight_decay",
-    "schedule", "warmup_epochs", "loss", "augment", "precision", "compile", "num_workers", "seed", "fold",
+    "schedule", "warmup_epochs", "loss", "augment", "precision", "compile", "fused_decoder", "num_workers", "seed", "fold",
     "val_every", "channel", "resume", "overwrite", "on_nan", "on_bad_data", "steps_per_epoch", "device",
     "intensity", "slice_axis", "context", "foreground_ratio", "volume_cache", "quiet", "save_every",
     "spacing", "patch_size", "folds", "tile_overlap",
