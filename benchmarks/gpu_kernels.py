@@ -8,11 +8,18 @@ ViT-S/16, D=256, 256x256, random weights, bf16, channels-last, every model compi
 - ``plain model, compiled``: the model's own modules (the peer any user has);
 - ``fast (default)``: :func:`segdino.fast.fast_model` as it is;
 - ``fast + linear 1x1``: the decoder's 1x1 convs as GEMMs on the channels-last view;
+- ``fast + linear 1x1 + tiled SAD blocks`` (batch 32): also SAD's depthwise + pointwise + GroupNorm
+  statistics in one Triton kernel, output channels split over programs
+  (``fused_blocks="tiled"``);
 - ``fast, tables from numpy in the graph`` (batch 1): the default with the interpolation matrices
   built as they were before they were cached on the device (numpy inside the compiled region: host
   work and a host-to-device copy per call, which also make Inductor skip CUDA graphs): what the
   cache changed;
-- ``fast + linear 1x1 + up-add kernel``: linear 1x1 convs and SAD's ``up(x) + l`` as the Triton kernel.
+- ``fast + linear 1x1 + up-add kernel`` (batch 32): linear 1x1 convs and SAD's ``up(x) + l`` as the
+  Triton kernel.
+
+Before the models: the fused SAD block kernels alone at the finest level (batch 32, 128x128,
+D=256), against cuDNN's depthwise conv + the pointwise GEMM, each checked against float32.
 
 Batch 32 and batch 1; all variants are compiled first, then timed in alternating rounds (each
 round: every variant, starting variant rotating) so that drifts of the machine hit all alike. Per
@@ -56,8 +63,44 @@ def log(*parts) -> None:
             f.write(line + "\n")
 
 
+def sync():
+    if DEV.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def bench(fn, n=50):
     return statistics.median(time_fn(fn, DEV, 10, n)) * 1e3
+
+
+def block_kernels():
+    """The SAD block's first half alone at the finest level: both fused kernels and cuDNN + cuBLAS."""
+    from segdino.kernels.pointwise import pointwise_linear
+    from segdino.kernels.sad import combine_stats, dw_pw_stats
+
+    torch.manual_seed(0)
+    b, d, n = 32, 256, 128
+    blk = randomize_parameters(ResidualDepthwiseBlock(d), 1).to(DEV)
+    xs = torch.randn(b, d, n, n, device=DEV)
+    xb = xs.bfloat16().contiguous(memory_format=torch.channels_last)
+    dw, pw = blk.depthwise.weight.bfloat16(), blk.pointwise.weight.bfloat16()
+    with torch.no_grad():
+        ref = blk.pointwise(blk.depthwise(xs))
+        mean_ref = ref.view(b, 32, -1).mean(-1)
+        rows = []
+        for name, tiled in (("wide", False), ("tiled", True)):
+            try:
+                t, st = dw_pw_stats(xb, dw, pw, 32, tiled)
+                mean, _ = combine_stats(st, n, d // 32)
+                rows.append((f"dw_pw_stats, {name} kernel", rel_l2(t, ref), rel_l2(mean, mean_ref),
+                             bench(lambda: dw_pw_stats(xb, dw, pw, 32, tiled))))
+            except Exception as e:  # a kernel that fails to build must not stop the run
+                log(f"  dw_pw_stats {name}: FAILED {type(e).__name__}: {str(e)[:300]}")
+        ref_fn = lambda: pointwise_linear(F.conv2d(xb, dw, padding=1, groups=d), pw)  # noqa: E731
+        rows.append(("cuDNN depthwise + pointwise GEMM, eager", rel_l2(ref_fn(), ref), None, bench(ref_fn)))
+    log("\nSAD block first half at 128x128, batch 32: name, rel L2 of t, rel L2 of group means, ms")
+    for name, e1, e2, ms in rows:
+        log(f"  {name:<44} {e1:9.1e} {'' if e2 is None else f'{e2:9.1e}':>9} {ms:8.3f}")
+    log(f"  memory floor (read x, write t) at 4.3 TB/s: {2 * xb.numel() * 2 / 4.3e12 * 1e3:.3f} ms")
 
 
 def kernel_checks():
@@ -126,9 +169,11 @@ def variants(model):
         ("plain model, compiled", lambda: plain_compiled_model(model, DEV), (32, 1), none),
         ("fast (default)", lambda: fast_model(model, DEV), (32, 1), none),
         ("fast + linear 1x1", lambda: fast_model(model, DEV, fused={"pointwise": "linear"}), (32, 1), none),
+        ("fast + linear 1x1 + tiled SAD blocks",
+         lambda: fast_model(model, DEV, fused={"pointwise": "linear", "fused_blocks": "tiled"}), (32,), none),
         ("fast, tables from numpy in the graph", lambda: fast_model(model, DEV), (1,), numpy_tables),
         ("fast + linear 1x1 + up-add kernel",
-         lambda: fast_model(model, DEV, fused={"pointwise": "linear", "resize": "kernel"}), (32, 1), none),
+         lambda: fast_model(model, DEV, fused={"pointwise": "linear", "resize": "kernel"}), (32,), none),
     ]
 
 
@@ -137,25 +182,29 @@ def profile(name, m, x, calls=10):
 
     for _ in range(3):
         m(x)
-    torch.cuda.synchronize()
-    with torch_profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+    sync()
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEV.type == "cuda" else [])
+    with torch_profile(activities=acts) as prof:
         for _ in range(calls):
             m(x)
-        torch.cuda.synchronize()
+        sync()
     log(f"\nprofile: {name}, batch {x.shape[0]}, {calls} calls (totals over all calls)")
-    log(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=70))
+    log(prof.key_averages().table(sort_by="cuda_time_total" if DEV.type == "cuda" else "cpu_time_total", row_limit=30, max_name_column_width=70))
 
 
 def main():
-    global LOG
+    global LOG, DEV
     ap = argparse.ArgumentParser()
     ap.add_argument("--log", type=Path, required=True, help="file the output is written to (appended)")
     ap.add_argument("--kernels", action="store_true", help="also time each kernel alone")
     ap.add_argument("--budget", type=float, default=200.0, help="seconds after which no variant is compiled")
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--calls", type=int, default=20, help="calls per variant per round")
+    ap.add_argument("--backbone", default="vits16")
+    ap.add_argument("--size", type=int, default=256, help="image size")
+    ap.add_argument("--device", default="cuda", help="cpu only to check the script itself (no compiling)")
     args = ap.parse_args()
-    LOG = args.log
+    LOG, DEV = args.log, torch.device(args.device)
     args.log.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     import timm
@@ -169,17 +218,20 @@ def main():
         if hasattr(torch._dynamo.config, knob):
             setattr(torch._dynamo.config, knob, 64)
     skips = _CudagraphSkips()
-    cgu.cudagraphs_log.addHandler(skips)
-    log(torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__, "timm",
+    if hasattr(cgu, "cudagraphs_log"):
+        cgu.cudagraphs_log.addHandler(skips)
+    log(torch.cuda.get_device_name() if DEV.type == "cuda" else "cpu", "torch", torch.__version__, "triton", triton.__version__, "timm",
         timm.__version__, time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    if DEV.type == "cuda":
+        block_kernels()
     if args.kernels:
         kernel_checks()
 
-    model = randomize_parameters(build_model("vits16")).eval().to(DEV)
+    model = randomize_parameters(build_model(args.backbone)).eval().to(DEV)
     for p in model.parameters():
         p.requires_grad_(False)
     g = torch.Generator().manual_seed(1)
-    xs = {b: torch.randn(b, 3, 256, 256, generator=g).to(DEV) for b in (32, 1)}
+    xs = {b: torch.randn(b, 3, args.size, args.size, generator=g).to(DEV) for b in (32, 1)}
     with torch.no_grad():
         refs = {b: model(x).float() for b, x in xs.items()}
 
@@ -200,7 +252,7 @@ def main():
                 with ctx():
                     y = m(xs[b])
                     m(xs[b])  # a second call: CUDA graph trees record on it
-                torch.cuda.synchronize()
+                sync()
                 first = time.perf_counter() - t0
                 built[name, b] = (m, rel_l2(y, refs[b]), first)
                 log(f"  {name:<40} {b:>3} {first:6.1f}s {built[name, b][1]:8.1e} "
@@ -224,12 +276,12 @@ def main():
                 per[n].append(time_fn(lambda: m(xs[b]), DEV, 2, args.calls))
         for n in names:
             m = built[n, b][0]
-            torch.cuda.synchronize()
+            sync()
             t0 = time.perf_counter()
             for _ in range(args.calls):
                 m(xs[b])
             host = (time.perf_counter() - t0) / args.calls * 1e3
-            torch.cuda.synchronize()
+            sync()
             all_ms = [t * 1e3 for rnd in per[n] for t in rnd]
             rounds = [statistics.median(rnd) * 1e3 for rnd in per[n]]
             results[n, b] = (statistics.median(all_ms), min(rounds), max(rounds), host)

@@ -9,7 +9,8 @@
   the neighbouring elementwise pass under ``torch.compile``), or as a one-pass Triton kernel
   (:func:`segdino.kernels.upsample_add`, ``resize="kernel"``); the head's resize as that kernel;
 - on request, SAD's residual blocks with the depthwise conv, pointwise conv and GroupNorm statistics
-  in one kernel (:func:`segdino.kernels.sad.residual_block`; slower than cuDNN + cuBLAS so far);
+  in one kernel (:func:`segdino.kernels.sad.residual_block`, two arrangements; the first measured
+  slower than cuDNN + cuBLAS);
 - on request, the decoder's 1x1 convs as plain matrix products on the channels-last view
   (:mod:`segdino.kernels.pointwise`);
 - the backbone's RoPE tables cached per input size (:mod:`segdino.kernels.rope`).
@@ -31,7 +32,7 @@ from .kernels import resize_bilinear, upsample_add
 from .kernels.pointwise import linear_pointwise_convs
 from .kernels.resize import resize_bilinear_matmul
 from .kernels.rope import CachedRope, cache_rope
-from .kernels.sad import residual_block
+from .kernels.sad import KERNELS as BLOCK_KERNELS, residual_block
 from .sad import ScaleAwareDecoder
 from .tpa import FoldedTokenPyramidAdaptation, TokenPyramidAdaptation
 
@@ -53,19 +54,26 @@ def _reference_block(x: torch.Tensor, block: nn.Module) -> torch.Tensor:
 
 class FusedScaleAwareDecoder(nn.Module):
     """:class:`segdino.sad.ScaleAwareDecoder` with the top-down ``up(x) + l`` as matrix products or a
-    one-pass kernel (``resize``: ``matmul`` or ``kernel``), optionally fused blocks (same parameters)."""
+    one-pass kernel (``resize``: ``matmul`` or ``kernel``), optionally fused blocks (same parameters;
+    ``fused_blocks``: False, or the kernel of :func:`segdino.kernels.sad.residual_block`, ``wide``
+    (also ``True``) or ``tiled``)."""
 
-    def __init__(self, sad: ScaleAwareDecoder, resize: str = "matmul", fused_blocks: bool = False):
+    def __init__(self, sad: ScaleAwareDecoder, resize: str = "matmul", fused_blocks: bool | str = False):
         super().__init__()
         if resize not in ("matmul", "kernel"):
             raise ValueError(f"resize must be 'matmul' or 'kernel', got {resize!r}")
+        if fused_blocks is True:
+            fused_blocks = "wide"
+        if fused_blocks and fused_blocks not in BLOCK_KERNELS:
+            raise ValueError(f"fused_blocks must be False, True or one of {BLOCK_KERNELS}, got {fused_blocks!r}")
         self.refine = sad.refine
         if sad.refine:
             self.intra, self.inter = sad.intra, sad.inter
         self.resize, self.fused_blocks = resize, fused_blocks
 
     def forward(self, pyramid: list[torch.Tensor]) -> torch.Tensor:
-        block = residual_block if self.fused_blocks else _reference_block
+        kernel = self.fused_blocks
+        block = (lambda x, blk: residual_block(x, blk, kernel)) if kernel else _reference_block
         up_add = upsample_add if self.resize == "kernel" else upsample_add_matmul
         if self.refine:
             levels = [block(p, blk) for blk, p in zip(self.intra, pyramid)]
@@ -95,7 +103,7 @@ POINTWISE = ("conv", "linear")
 
 
 def fuse_model(model: nn.Module, rope_cache: bool = True, resize: str = "matmul",
-               fused_blocks: bool = False, pointwise: str = "conv") -> nn.Module:
+               fused_blocks: bool | str = False, pointwise: str = "conv") -> nn.Module:
     """A copy of a SegDINO model with the fused decoder (and cached RoPE tables); same function.
 
     ``resize`` and ``fused_blocks``: see :class:`FusedScaleAwareDecoder`. ``pointwise``: the

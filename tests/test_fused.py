@@ -16,7 +16,7 @@ def test_fused_model_equals_model(monkeypatch):
     model = randomize_(build_model("vitt16", decoder_dim=16, image_size=(32, 32))).double().eval()
     x = torch.randn(1, 3, 32, 48, dtype=torch.float64)
     ref = model(x)
-    for kwargs in ({}, {"resize": "kernel", "rope_cache": False}, {"pointwise": "linear"}):
+    for kwargs in ({}, {"resize": "kernel", "rope_cache": False}, {"pointwise": "linear", "fused_blocks": "tiled"}):
         fused = fuse_model(model, **kwargs)
         assert isinstance(fused.tpa, FusedTokenPyramid) and isinstance(fused.sad, FusedScaleAwareDecoder)
         assert isinstance(fused.head, FusedHead)
@@ -43,6 +43,8 @@ def test_fused_model_equals_model(monkeypatch):
         fuse_model(model, resize="nearest")
     with pytest.raises(ValueError, match="pointwise"):
         fuse_model(model, pointwise="winograd")
+    with pytest.raises(ValueError, match="fused_blocks"):
+        fuse_model(model, fused_blocks="huge")
 
 
 def test_linear_pointwise_keeps_the_models_parameters_and_checkpoint_format():

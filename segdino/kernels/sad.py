@@ -6,9 +6,14 @@ channels at a time straight into the pointwise matrix product (tensor cores), wr
 the centred sums of squares), and normalisation, GELU, gain and residual are one elementwise pass
 that ``torch.compile`` fuses. The depthwise output, a full-size map, never reaches memory.
 
-Inference only (no backward): training uses the reference module. Measured on an H200 it is slower
-than cuDNN's depthwise conv + cuBLAS's pointwise product under ``torch.compile`` (see
-docs/RESULTS.md, Speed), so the fast path leaves it off (``fuse_model(..., fused_blocks=True)``).
+Two arrangements: ``wide``, one program per 64-pixel tile holding all C output channels (measured
+on an H200 at ~5% of its memory floor, slower than cuDNN's depthwise conv + cuBLAS's pointwise
+product under ``torch.compile``, docs/RESULTS.md, Speed), and ``tiled``, the output channels split
+over programs with a (64 pixels, 64 channels) accumulator each, the programs of one pixel tile
+launched together so that they read its input from cache. Both are off by default
+(``fuse_model(..., fused_blocks="wide" | "tiled")``).
+
+Inference only (no backward): training uses the reference module.
 """
 
 from __future__ import annotations
@@ -42,22 +47,39 @@ def fused_block_covers(x: torch.Tensor, channels: int, groups: int) -> bool:
     return x.dtype in allowed and x.numel() < 2**31
 
 
+KERNELS = ("wide", "tiled")
+
+
+def _block_n(channels: int, group_size: int) -> int:
+    """Output channels per program of the tiled kernel: 64, or one whole group where groups are wider."""
+    return min(channels, max(64, group_size))
+
+
 @torch.library.custom_op("segdino::dw_pw_stats", mutates_args=())
-def dw_pw_stats(x: torch.Tensor, dw: torch.Tensor, pw: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+def dw_pw_stats(x: torch.Tensor, dw: torch.Tensor, pw: torch.Tensor, groups: int,
+                tiled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, C, H, W) channels-last -> ``t = PW(DW(x))`` (same layout) and partials (B, H, tiles, G, 2)
-    holding each tile's per-group sum and centred sum of squares."""
-    from .triton_kernels import dw_pw_stats_triton
+    holding each tile's per-group sum and centred sum of squares.
+
+    ``tiled``: the kernel that splits the output channels over programs (a (64 pixels, 64 channels)
+    accumulator each) instead of one program per pixel tile holding all C channels.
+    """
+    from .triton_kernels import dw_pw_stats_tiled_triton, dw_pw_stats_triton
 
     b, c, h, w = x.shape
     tile = _tile(w)
     t = torch.empty_like(x, memory_format=torch.channels_last)
     stats = torch.empty((b, h, -(-w // tile), groups, 2), device=x.device, dtype=torch.float32)
-    dw_pw_stats_triton(x, dw.reshape(c, 9).contiguous(), pw.reshape(c, c).t().contiguous(), t, stats, c // groups, tile)
+    dw9, pw_t = dw.reshape(c, 9).contiguous(), pw.reshape(c, c).t().contiguous()
+    if tiled:
+        dw_pw_stats_tiled_triton(x, dw9, pw_t, t, stats, c // groups, tile, _block_n(c, c // groups), min(c, 64))
+    else:
+        dw_pw_stats_triton(x, dw9, pw_t, t, stats, c // groups, tile)
     return t, stats
 
 
 @dw_pw_stats.register_fake
-def _(x, dw, pw, groups):
+def _(x, dw, pw, groups, tiled=False):
     b, c, h, w = x.shape
     tile = _tile(w)
     t = torch.empty_like(x, memory_format=torch.channels_last)
@@ -82,19 +104,23 @@ def combine_stats(stats: torch.Tensor, width: int, group_size: int) -> tuple[tor
     return mean, m2 / total
 
 
-def residual_block(x: torch.Tensor, block: torch.nn.Module) -> torch.Tensor:
+def residual_block(x: torch.Tensor, block: torch.nn.Module, kernel: str = "wide") -> torch.Tensor:
     """``block(x)`` for a :class:`segdino.sad.ResidualDepthwiseBlock`; fused where the kernel covers it.
 
-    (B, D, H, W) -> (B, D, H, W). Falls back to the module itself for BatchNorm, gradients, CPU
-    tensors (outside the interpreter), and shapes the kernel does not cover.
+    (B, D, H, W) -> (B, D, H, W). ``kernel``: ``wide`` (one program per pixel tile, all channels)
+    or ``tiled`` (output channels split over programs; see :func:`dw_pw_stats`). Falls back to the
+    module itself for BatchNorm, gradients, CPU tensors (outside the interpreter), and shapes the
+    kernel does not cover.
     """
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     norm = block.norm
     c = x.shape[1]
     if (not isinstance(norm, torch.nn.GroupNorm) or (torch.is_grad_enabled() and x.requires_grad)
             or not kernels_enabled(x) or not fused_block_covers(x, c, norm.num_groups)):
         return block(x)
     g = norm.num_groups
-    t, stats = dw_pw_stats(x, block.depthwise.weight, block.pointwise.weight, g)
+    t, stats = dw_pw_stats(x, block.depthwise.weight, block.pointwise.weight, g, kernel == "tiled")
     mean, var = combine_stats(stats, x.shape[-1], c // g)
     rstd = torch.rsqrt(var + norm.eps)  # (B, G)
     scale = rstd.repeat_interleave(c // g, dim=1)  # (B, C)

@@ -105,7 +105,60 @@ def _kernels(interpret: bool):
         tl.store(out, g_sum)
         tl.store(out + 1, g_m2)
 
-    return {"bilinear_add": bilinear_add_kernel, "dw_pw_stats": dw_pw_stats_kernel}
+    @triton.jit
+    def dw_pw_stats_tiled_kernel(
+        x_ptr, dw_ptr, pw_ptr, t_ptr, st_ptr, H, W, n_tiles,
+        sxb, sxc, sxh, sxw, stb, stc, sth, stw,
+        C: tl.constexpr, GS: tl.constexpr, BP: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr,
+    ):
+        # One program: BP pixels of one row, BN output channels (a (BP, BN) float32 accumulator,
+        # small enough to stay in registers). The C // BN programs of one pixel tile are adjacent
+        # in launch order, so the input tile they all read comes from cache after the first.
+        n_ct = C // BN
+        pid = tl.program_id(0)
+        nt = pid % n_ct
+        rest = pid // n_ct
+        tile = rest % n_tiles
+        row = rest // n_tiles
+        b = row // H
+        oy = row % H
+        px = tile * BP + tl.arange(0, BP)
+        co = nt * BN + tl.arange(0, BN)
+        xb = x_ptr + b.to(tl.int64) * sxb
+        acc = tl.zeros((BP, BN), dtype=tl.float32)
+        for k0 in range(0, C, BK):
+            ck = k0 + tl.arange(0, BK)
+            d = tl.zeros((BP, BK), dtype=tl.float32)
+            for dy in tl.static_range(3):
+                yy = oy + dy - 1
+                row_ok = (yy >= 0) & (yy < H)
+                for dx in tl.static_range(3):
+                    xx = px + dx - 1
+                    m = ((xx >= 0) & (xx < W) & row_ok)[:, None]
+                    v = tl.load(xb + yy * sxh + xx[:, None] * sxw + ck[None, :] * sxc, mask=m, other=0.0)
+                    wk = tl.load(dw_ptr + ck * 9 + dy * 3 + dx).to(tl.float32)
+                    d += v.to(tl.float32) * wk[None, :]
+            wt = tl.load(pw_ptr + ck[:, None] * C + co[None, :])  # (BK, BN) of pw^T
+            acc = tl.dot(d.to(wt.dtype), wt, acc)
+        t = acc.to(t_ptr.dtype.element_ty)
+        valid = px < W
+        tl.store(t_ptr + b.to(tl.int64) * stb + oy * sth + px[:, None] * stw + co[None, :] * stc, t,
+                 mask=valid[:, None])
+        # The tile's sum and centred sum of squares for each of its BN // GS groups (of the stored,
+        # rounded values, which are what the normalisation reads back).
+        tf = tl.where(valid[:, None], t.to(tl.float32), 0.0)
+        n = tl.sum(valid.to(tl.float32), axis=0) * GS
+        g_sum = tl.sum(tl.sum(tl.reshape(tf, (BP, BN // GS, GS)), axis=2), axis=0)
+        dev = tl.reshape(tf, (BP, BN // GS, GS)) - (g_sum / n)[None, :, None]
+        dev = tl.where(tl.reshape(tl.broadcast_to(valid[:, None], (BP, BN)), (BP, BN // GS, GS)), dev, 0.0)
+        g_m2 = tl.sum(tl.sum(dev * dev, axis=2), axis=0)
+        gi = nt * (BN // GS) + tl.arange(0, BN // GS)
+        out = st_ptr + (row * n_tiles + tile).to(tl.int64) * (2 * (C // GS)) + gi * 2
+        tl.store(out, g_sum)
+        tl.store(out + 1, g_m2)
+
+    return {"bilinear_add": bilinear_add_kernel, "dw_pw_stats": dw_pw_stats_kernel,
+            "dw_pw_stats_tiled": dw_pw_stats_tiled_kernel}
 
 
 def kernels():
@@ -138,4 +191,17 @@ def dw_pw_stats_triton(x: torch.Tensor, dw: torch.Tensor, pw: torch.Tensor, t: t
     kernels()["dw_pw_stats"][(b * h, n_tiles)](
         x, dw, pw, t, stats, h, w, n_tiles, *x.stride(), *t.stride(),
         C=c, GS=group_size, BP=tile, BK=min(c, 32), num_warps=8 if c >= 128 else 4,
+    )
+
+
+def dw_pw_stats_tiled_triton(x: torch.Tensor, dw: torch.Tensor, pw: torch.Tensor, t: torch.Tensor,
+                             stats: torch.Tensor, group_size: int, tile: int, block_n: int,
+                             block_k: int, num_warps: int = 4) -> None:
+    """:func:`dw_pw_stats_triton` with ``block_n`` output channels per program (a power of two
+    dividing C, a multiple of ``group_size``) and ``block_k`` input channels per step."""
+    b, c, h, w = x.shape
+    n_tiles = triton.cdiv(w, tile)
+    kernels()["dw_pw_stats_tiled"][(b * h * n_tiles * (c // block_n),)](
+        x, dw, pw, t, stats, h, w, n_tiles, *x.stride(), *t.stride(),
+        C=c, GS=group_size, BP=tile, BK=block_k, BN=block_n, num_warps=num_warps,
     )
