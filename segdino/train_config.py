@@ -54,6 +54,9 @@ class TrainConfig:
     augment: str = "segdino"  # segdino | paper | none
     precision: str = "auto"  # auto (bf16 on GPU) | bf16 | fp32
     compile: bool = False  # torch.compile the training graph (CUDA with Triton only; ignored elsewhere)
+    # Train on the fused decoder (segdino.fused: folded TPA, matrix-product resizes, cached RoPE), the
+    # same function and parameters; a run resolves it to on only where it compiles.
+    fused_decoder: bool = True
     channels_last: bool = True
     grad_clip: float | None = 1.0
     num_workers: int = 2
@@ -74,7 +77,7 @@ class TrainConfig:
     slice_axis: str = "axial"
     context: int = 1
     foreground_ratio: float = 0.33
-    volume_cache: int = 4
+    volume_cache: int | None = None  # decoded volumes per worker; None: as many as fit in 2 GiB
     # Patch training (volumes): target in-plane spacing (auto = the training median, or "X,Y" mm),
     # patch size (None = planned), cross-validation folds (made into splits_final.json).
     spacing: str | None = None
@@ -244,7 +247,7 @@ def _check_types(values: dict[str, Any], where: str) -> None:
               "mask_threshold", "context", "volume_cache", "steps_per_epoch", "channel", "folds"),
         float: ("lr", "backbone_lr_scale", "weight_decay", "warmup_epochs", "grad_clip", "foreground_ratio",
                 "save_every", "tile_overlap"),
-        bool: ("freeze_backbone", "compile", "channels_last", "cache_images", "resume", "overwrite", "quiet"),
+        bool: ("freeze_backbone", "compile", "fused_decoder", "channels_last", "cache_images", "resume", "overwrite", "quiet"),
         str: ("data", "out", "recipe", "backbone", "backbone_weights", "init", "schedule", "loss", "dice", "augment",
               "precision", "device", "on_nan", "on_bad_data", "intensity", "slice_axis"),
     }

@@ -84,6 +84,9 @@ def register(sub) -> None:
     a("--precision", choices=["auto", "bf16", "fp32"], help="auto: bf16 autocast on GPU, fp32 elsewhere")
     a("--compile", action="store_true", default=None,
       help="torch.compile the training graph (CUDA with Triton only; off elsewhere, and config.yaml says so)")
+    a("--fused-decoder", action=argparse.BooleanOptionalAction, default=None,
+      help="with --compile, train on the fused decoder (folded TPA, matrix-product resizes, cached RoPE): "
+           "the same function and checkpoints, faster; --no-fused-decoder trains the model's own modules")
     a("--num-workers", type=int, help="DataLoader processes preparing batches (0: in the training process)")
     a("--seed", type=int, help="seed of the weights, the sample order, the augmentation and seeded splits")
     a("--fold", type=int, help="fold of an nnU-Net splits_final.json")
@@ -107,7 +110,8 @@ def register(sub) -> None:
        help="the slices the model sees (anatomical names follow the volume's orientation; 0-2: array axes)")
     av("--context", type=int, help="2.5D: neighbour slices i-k and i+k as the other channels")
     av("--foreground-ratio", type=float, help="share of each batch drawn from slices with the rarest class")
-    av("--volume-cache", type=int, help="decoded volumes kept in memory per worker")
+    av("--volume-cache", type=int,
+       help="decoded volumes kept in memory per worker (default: as many as fit in 2 GiB)")
     av("--spacing", help="patch training at this in-plane spacing: auto (the training median) or X,Y mm")
     av("--patch-size", type=_size, help="patch training: N or HxW px at the target spacing "
                                         "(unset: planned from the data); the model's input size")
@@ -124,7 +128,7 @@ def register(sub) -> None:
 OPTION_NAMES = [
     "data", "out", "recipe", "epochs", "image_size", "backbone", "decoder_dim", "num_classes",
     "backbone_weights", "init", "freeze_backbone", "batch_size", "lr", "backbone_lr_scale", "weight_decay",
-    "schedule", "warmup_epochs", "loss", "augment", "precision", "compile", "num_workers", "seed", "fold",
+    "schedule", "warmup_epochs", "loss", "augment", "precision", "compile", "fused_decoder", "num_workers", "seed", "fold",
     "val_every", "channel", "resume", "overwrite", "on_nan", "on_bad_data", "steps_per_epoch", "device",
     "intensity", "slice_axis", "context", "foreground_ratio", "volume_cache", "quiet", "save_every",
     "spacing", "patch_size", "folds", "tile_overlap",

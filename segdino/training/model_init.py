@@ -91,8 +91,10 @@ def run_record(cfg: TrainConfig, model: SegDINO) -> dict[str, Any]:
 
 
 def resolve_runtime(cfg: TrainConfig, device: torch.device) -> None:
-    """Make ``cfg`` say what will run on ``device``: torch.compile only where it works (CUDA with Triton)."""
+    """Make ``cfg`` say what will run on ``device``: torch.compile only where it works (CUDA with Triton),
+    and the fused decoder only where the training graph is compiled."""
     cfg.compile = bool(cfg.compile and compile_available(device))
+    cfg.fused_decoder = bool(cfg.fused_decoder and cfg.compile)
 
 
 __all__ = ["NO_PRETRAINED_WARNING", "build_run_model", "init_from", "is_pretrained", "resolve_runtime", "run_record"]

@@ -2,7 +2,11 @@
 
 One epoch is :meth:`Trainer.run_epoch` over :meth:`Trainer.train_step` (forward, NaN policy,
 backward, optimiser step), then :meth:`Trainer.validate` when due and :meth:`Trainer.end_epoch`
-(checkpoints, log row). The parts it drives own their state: :class:`~.checkpoints.Checkpoints`
+(checkpoints, log row). The step never waits for the device: losses stay on it and are read every
+:attr:`Trainer.loss_every` steps, where a non-finite one stops the run or is reported as skipped.
+With ``cfg.fused_decoder`` the step runs the model rebuilt on the fused decoder
+(:func:`segdino.fused.fuse_model`), which holds the model's own parameters
+(:func:`share_parameters`): the optimiser, validation and checkpoints see the plain model. The parts it drives own their state: :class:`~.checkpoints.Checkpoints`
 the weights and resume state, :class:`~.run_log.RunLog` the log files, :class:`~.sampling.EpochSampler`
 the sample order, :mod:`.distributed` the collectives. Only rank 0 writes files.
 """
@@ -27,7 +31,7 @@ from ..model import SegDINO
 from ..train_config import TrainConfig
 from . import validation
 from .checkpoints import Checkpoints
-from .distributed import all_ranks_agree, dist_info, sum_over_ranks
+from .distributed import dist_info, sum_over_ranks
 from .model_init import build_run_model, is_pretrained
 from .optim import lr_factor, make_optimizer
 from .run_log import EpochResult, RunLog, epoch_progress
@@ -40,8 +44,53 @@ class TrainingError(SegDINOError):
     """Training cannot go on (a non-finite loss or weights)."""
 
 
+def share_parameters(target: torch.nn.Module, source: torch.nn.Module) -> torch.nn.Module:
+    """Make ``target`` hold ``source``'s parameter and buffer objects under the same names, in place.
+
+    For a module rebuilt from a copy of ``source`` (:func:`segdino.fused.fuse_model`): training
+    ``target`` then trains ``source``, whose state dict stays the checkpoint format. Buffers with no
+    counterpart of the same name and shape (a cache of the rebuilt module) stay its own.
+
+    Raises:
+        ValueError: a parameter of ``target`` has no parameter of the same name and shape in ``source``.
+    """
+    params, buffers = dict(source.named_parameters()), dict(source.named_buffers())
+    missing = set(params) - {name for name, _ in target.named_parameters()}
+    if missing:
+        raise ValueError(f"the target module lacks parameter(s) {', '.join(sorted(missing)[:5])} of the source")
+    for prefix, module in target.named_modules():
+        dot = f"{prefix}." if prefix else ""
+        for name, p in list(module._parameters.items()):
+            if p is None:
+                continue
+            src = params.get(dot + name)
+            if src is None or src.shape != p.shape:
+                raise ValueError(f"parameter {dot + name} {tuple(p.shape)} has no counterpart in the source module")
+            module._parameters[name] = src
+        for name, b in list(module._buffers.items()):
+            src = buffers.get(dot + name)
+            if b is not None and src is not None and src.shape == b.shape:
+                module._buffers[name] = src
+    return target
+
+
+class _Pending:
+    """Steps whose losses are still on the device: (step number, case ids, samples, loss)."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[int, list, int, torch.Tensor]] = []
+
+    def add(self, step: int, cases: list, loss: torch.Tensor) -> None:
+        self.steps.append((step, list(cases), len(cases), loss))
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+
 class Trainer:
     """Trains a SegDINO model and writes the run folder (rank 0 only).
+
+    ``loss_every``: steps between reads of the losses on the host (each read waits for the device).
 
     Args:
         cfg: the resolved configuration (with what the data decided already in it).
@@ -51,6 +100,8 @@ class Trainer:
         out: the run folder (default ``cfg.out``).
         foreground: indices of samples the sampler draws ``cfg.foreground_ratio`` of each batch from.
     """
+
+    loss_every = 20
 
     def __init__(self, cfg: TrainConfig, train_set: Dataset, val_set: Dataset | None,
                  transform: Callable | None, model: SegDINO | None = None, out: Path | None = None,
@@ -64,6 +115,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = model if model is not None else build_run_model(cfg)
         self._place_model()
+        self.train_module = self._training_module()
         self.opt = make_optimizer(self.model, cfg, self.device)
         self.base_lrs = [g["lr"] for g in self.opt.param_groups]
         self.sampler = EpochSampler(train_set, cfg.batch_size, cfg.seed, steps=cfg.steps_per_epoch,
@@ -82,6 +134,7 @@ class Trainer:
         self.run_log = RunLog(self.out, enabled=self.is_main)
         self._native_masks: dict[int, torch.Tensor] = {}
         self.loss_hook: Callable[[torch.Tensor, dict], torch.Tensor] | None = None  # tests inject faults here
+        self.first_step_seconds: float | None = None  # the first step of this process (compilation included)
         self.pretrained = is_pretrained(cfg)
 
     def _device(self) -> torch.device:
@@ -96,12 +149,27 @@ class Trainer:
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
 
+    def _training_module(self) -> torch.nn.Module:
+        """The module the step runs: the model, or (``cfg.fused_decoder``) the model on the fused
+        decoder, holding the model's own parameters, with its RoPE table computed for the input size."""
+        if not self.cfg.fused_decoder:
+            return self.model
+        from ..fused import fuse_model, prime_rope
+
+        fused = share_parameters(fuse_model(self.model), self.model).to(self.device)
+        if self.channels_last:
+            fused.to(memory_format=torch.channels_last)
+        # The device as parameters report it (cuda:0, not cuda), the key the table is kept under.
+        device = next(self.model.parameters()).device
+        prime_rope(fused, tuple(self.model.config.image_size), device)
+        return fused
+
     def _wrapped_forward(self) -> Callable:
-        """The training forward: the model, under DDP with several processes, compiled on request."""
-        forward: Callable = self.model
+        """The training forward: the training module, under DDP with several processes, compiled on request."""
+        forward: Callable = self.train_module
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            forward = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            forward = torch.nn.parallel.DistributedDataParallel(self.train_module, device_ids=ids)
         if self.cfg.compile:
             from ..fast import compile_available
 
@@ -146,53 +214,103 @@ class Trainer:
             loss = self.loss_hook(loss, batch)
         return loss
 
-    def train_step(self, batch: dict[str, Any], epoch: int) -> torch.Tensor | None:
-        """One optimiser step on ``batch``; its loss, or None when a non-finite loss was skipped.
+    def train_step(self, batch: dict[str, Any], epoch: int) -> torch.Tensor:
+        """One optimiser step on ``batch``; returns its loss, a tensor on the device, unread.
 
-        A non-finite loss on any rank stops training (``--on-nan stop``, naming the step and the
-        cases) or skips the step on every rank alike.
+        Nothing here waits for the device. With ``--on-nan skip``, a step whose loss is not finite
+        on some rank leaves the weights and the optimiser's state as they were on every rank (on
+        the device with a fused optimiser; otherwise by reading the flag). :meth:`run_epoch`
+        reads the losses and applies the policy (stop, naming the step and its cases).
         """
         self.set_lr()
         loss = self.loss_of(batch)
-        if not all_ranks_agree(torch.isfinite(loss.detach()), self.world):
-            where = (f"non-finite loss at step {self.step + 1} (epoch {epoch + 1}) on cases "
-                     f"{', '.join(map(str, batch['case_id']))}")
-            if self.cfg.on_nan == "stop":
-                raise TrainingError(f"{where}; stopped, {self.checkpoints.kept()} (--on-nan skip skips such steps)")
-            log.warning("%s: step skipped", where)
-            self.opt.zero_grad(set_to_none=True)
-            self.step += 1
-            return None
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        self.opt.step()
+        if self.cfg.on_nan == "skip":
+            self._step_if_finite(loss.detach())
+        else:
+            self.opt.step()
         self.step += 1
         return loss.detach()
 
+    def _step_if_finite(self, loss: torch.Tensor) -> None:
+        bad = sum_over_ranks((~torch.isfinite(loss)).float().reshape(()), self.world).clamp_(max=1.0)
+        if self.opt.defaults.get("fused"):
+            # A fused optimiser skips its update where found_inf is 1, on the device (the protocol
+            # torch.amp.GradScaler speaks with fused optimisers).
+            self.opt.found_inf = bad
+            try:
+                self.opt.step()
+            finally:
+                del self.opt.found_inf
+        elif not bool(bad):
+            self.opt.step()
+
     def run_epoch(self, epoch: int, loader: DataLoader, bar) -> tuple[float, int]:
-        """Train one epoch; (mean loss over every rank's steps, samples seen by all ranks)."""
-        losses, seen = [], 0
+        """Train one epoch; (mean loss over every rank's steps, samples seen by all ranks).
+
+        Losses are read every :attr:`loss_every` steps and at the end (one wait for the device
+        each); a non-finite one then stops training (``--on-nan stop``, naming its step and cases)
+        or is left out of the mean and reported (``--on-nan skip``, whose step changed nothing).
+        """
+        pending, tally = _Pending(), {"sum": torch.zeros((), device=self.device), "steps": 0, "seen": 0}
         for batch in loader:
             if batch["skipped"]:
                 self.run_log.record_skipped(batch["skipped"])
             if batch["image"] is None:
                 continue
+            t0 = time.perf_counter() if self.first_step_seconds is None else None
             loss = self.train_step(batch, epoch)
-            if loss is None:
-                continue
-            losses.append(loss)
-            seen += len(batch["case_id"])
+            if t0 is not None:
+                self._sync()
+                self.first_step_seconds = time.perf_counter() - t0
+            pending.add(self.step, batch["case_id"], loss)
             bar.update(1)
-            if len(losses) % 10 == 1:
+            if len(pending) >= self.loss_every:
+                self._read_losses(pending, tally, epoch)
                 # The running mean of the epoch: one step's loss jumps with its batch.
-                bar.set_postfix(loss=f"{float(torch.stack(losses).mean()):.4f}")
-        total = torch.stack(losses).sum().float() if losses else torch.zeros((), device=self.device)
-        stats = torch.tensor([float(total), float(len(losses)), float(seen)], device=self.device)
+                bar.set_postfix(loss=f"{tally['mean']:.4f}")
+        self._read_losses(pending, tally, epoch)
+        stats = torch.stack([tally["sum"].float(), torch.tensor(float(tally["steps"]), device=self.device),
+                             torch.tensor(float(tally["seen"]), device=self.device)])
         sum_over_ranks(stats, self.world)
-        mean = float(stats[0] / stats[1]) if stats[1] > 0 else float("nan")
-        return mean, int(stats[2])
+        total, steps, seen = self._host(stats)
+        return (total / steps if steps > 0 else float("nan")), int(seen)
+
+    def _read_losses(self, pending: _Pending, tally: dict, epoch: int) -> None:
+        """Add the pending steps' losses to ``tally`` (one wait for the device) and apply the NaN policy."""
+        if not len(pending):
+            return
+        losses = torch.stack([loss.float().reshape(()) for *_, loss in pending.steps])
+        finite = torch.isfinite(losses)
+        tally["sum"] = tally["sum"] + torch.where(finite, losses, torch.zeros_like(losses)).sum()
+        # Pooled over ranks, so that every rank stops or skips alike.
+        bad = sum_over_ranks((~finite).float(), self.world)
+        values = self._host(torch.cat([bad, tally["sum"].float().reshape(1)]))
+        flags, total = values[:-1], values[-1]
+        for (step, cases, n, _), b in zip(pending.steps, flags):
+            if b:
+                where = f"non-finite loss at step {step} (epoch {epoch + 1}) on cases {', '.join(map(str, cases))}"
+                if self.cfg.on_nan == "stop":
+                    pending.steps.clear()
+                    raise TrainingError(f"{where}; stopped, {self.checkpoints.kept()} "
+                                        "(--on-nan skip skips such steps)")
+                log.warning("%s: step skipped", where)
+            else:
+                tally["steps"] += 1
+                tally["seen"] += n
+        tally["mean"] = total / max(1, tally["steps"])
+        pending.steps.clear()
+
+    def _host(self, t: torch.Tensor) -> list[float]:
+        """``t``'s values on the host: the one place the epoch waits for the device."""
+        return t.detach().cpu().tolist()
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def validation_due(self, epoch: int) -> bool:
         """Whether epoch index ``epoch`` (from 0) ends with a validation."""
@@ -208,12 +326,12 @@ class Trainer:
             for epoch in range(self.start_epoch, cfg.epochs):
                 self.sampler.set_epoch(epoch)
                 self.model.train()
+                self.train_module.train()
                 bar = epoch_progress(self.steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}",
                                      quiet=cfg.quiet, enabled=self.is_main)
                 t0 = time.perf_counter()
                 train_loss, seen = self.run_epoch(epoch, loader, bar)
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize()
+                self._sync()
                 seconds = time.perf_counter() - t0
                 self.check_weights(epoch + 1)  # before validation, which refuses non-finite outputs
                 val, per_class = self.validate() if self.validation_due(epoch) else (None, None)
@@ -285,12 +403,16 @@ class Trainer:
             })
         best = f"best {self.best:.4f} (epoch {self.best_epoch})" if res.val_dice is not None else ""
         val = f"val Dice {res.val_dice:.4f}  " if res.val_dice is not None else ""
+        first = ""
+        if res.epoch == self.start_epoch + 1 and self.first_step_seconds is not None:
+            first = f" (first step {self.first_step_seconds:.1f} s: warm-up{', compilation' if self.cfg.compile else ''})"
         self.say(f"epoch {res.epoch}/{self.cfg.epochs}  loss {res.train_loss:.4f}  {val}{best}  "
-                 f"{res.seconds:.1f} s, {res.images_per_s:.0f} img/s")
+                 f"{res.seconds:.1f} s, {res.images_per_s:.0f} img/s{first}")
 
     def check_weights(self, epoch: int) -> None:
         """Stop (:class:`TrainingError`) if a weight is NaN or infinite after ``epoch`` (from 1)."""
-        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+        finite = [torch.isfinite(p).all() for p in self.model.parameters()]
+        if finite and not bool(torch.stack(finite).all()):  # one wait for the device
             raise TrainingError(f"non-finite weights after epoch {epoch}; nothing written, {self.checkpoints.kept()}")
 
     def say(self, line: str) -> None:

@@ -64,6 +64,15 @@ class VolumePatchDataset(VolumeSliceDataset):
         lab = resample_labels(labels, spacing, target, where=where)
         return np.clip(img, 0.0, 1.0).astype(np.float16), lab
 
+    def decoded_bytes(self, ci: int) -> int:
+        """Estimated memory of case ``ci`` decoded at the target spacing."""
+        if self.target is None:
+            return super().decoded_bytes(ci)
+        axis = self.axes[ci]
+        rest = [a for a in range(3) if a != axis]
+        scale = np.prod([self.spacings[ci][a] / t for a, t in zip(rest, self.target)])
+        return int(np.prod(self.shapes[ci], dtype=np.int64) * scale) * 3
+
     def case_arrays(self, ci: int) -> tuple[np.ndarray, np.ndarray]:
         """(image in [0, 1], labels) of case ``ci`` at the target spacing (cached)."""
         return self._load(ci)

@@ -221,3 +221,81 @@ def test_nan_loss_can_be_skipped(discs, tmp_path):
     assert trainer.step == 3
     assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
     assert all(torch.isfinite(v).all() for v in trainer.model.state_dict().values())
+
+
+def _fixed_batch(n=4, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"image": torch.rand(n, 3, size, size, generator=g), "mask": (torch.rand(n, size, size, generator=g) > 0.6).long(),
+            "case_id": [f"r{i}" for i in range(n)], "skipped": []}
+
+
+def test_fused_decoder_trains_the_plain_models_parameters_with_the_same_losses_and_gradients(discs, tmp_path):
+    batch = _fixed_batch()
+    trainers = {}
+    for fused in (False, True):
+        cfg = config(discs, tmp_path / f"run{int(fused)}", batch_size=4, fused_decoder=fused, loss="bce_dice")
+        trainers[fused] = Trainer(cfg, list(range(8)), None, None, out=tmp_path / f"run{int(fused)}")
+    plain, fused = trainers[False], trainers[True]
+    assert plain.train_module is plain.model and fused.train_module is not fused.model
+    assert type(fused.train_module.tpa).__name__ != type(fused.model.tpa).__name__  # the folded TPA runs
+    shared = dict(fused.train_module.named_parameters())
+    assert all(shared[k] is p for k, p in fused.model.named_parameters())
+    for _ in range(3):
+        la, lb = plain.train_step(batch, 0), fused.train_step(batch, 0)
+        assert torch.allclose(la, lb, rtol=1e-4, atol=1e-6), (la, lb)
+        for (name, pa), pb in zip(plain.model.named_parameters(), fused.model.parameters()):
+            if pa.grad is None:
+                assert pb.grad is None, name
+                continue
+            err = (pa.grad - pb.grad).norm() / pa.grad.norm().clamp_min(1e-12)
+            assert err < 1e-3, (name, float(err))
+    # The checkpoint is the plain model's: it loads as any model file and predicts what the run's model does.
+    (tmp_path / "run1").mkdir(exist_ok=True)
+    fused.checkpoints.save_weights(fused.model, {"epoch": "1", "val_dice": "", "pretrained": "false"}, last=True,
+                                   best=False)
+    loaded = segdino.load_model(tmp_path / "run1" / "last.safetensors").eval()
+    assert set(loaded.state_dict()) == set(segdino.build_model("vitt16", decoder_dim=16, image_size=(32, 32)).state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = fused.model.eval()(x)
+        assert torch.equal(loaded(x), want)
+        assert torch.allclose(fused.train_module.eval()(x), want, rtol=1e-4, atol=1e-5)
+
+
+def test_losses_are_read_every_n_steps_and_a_nan_stops_at_the_read(discs, tmp_path):
+    cfg = config(discs, tmp_path / "run", epochs=1, batch_size=4)  # 24 training images: 6 steps
+    train, _, _ = build_datasets(cfg)
+    trainer = Trainer(cfg, train, None, None, out=tmp_path / "run")
+    trainer.loss_every = 4
+    reads = []
+    real = trainer._host
+    trainer._host = lambda t: reads.append(trainer.step) or real(t)
+    loader = trainer.train_loader()
+    from segdino.progress import Progress
+
+    mean, seen = trainer.run_epoch(0, loader, Progress(6, "e", "step", quiet=True, enabled=False))
+    assert reads == [4, 6, 6] and seen == 24 and np.isfinite(mean)  # two reads of losses, one of the epoch's sums
+    reads.clear()
+    trainer.loss_hook = lambda loss, batch: loss * float("nan") if trainer.step == 7 else loss  # the 8th step
+    with pytest.raises(TrainingError, match=r"step 8 \(epoch 2\) on cases"):
+        trainer.run_epoch(1, loader, Progress(6, "e", "step", quiet=True, enabled=False))
+    assert reads == [10]  # noticed at the first read after it, not by waiting at every step
+
+
+def test_a_skipped_step_leaves_weights_and_optimiser_unchanged_on_the_device(discs, tmp_path):
+    cfg = config(discs, tmp_path / "run", batch_size=4, on_nan="skip")
+    trainer = Trainer(cfg, list(range(8)), None, None, out=tmp_path / "run")
+    trainer.opt = torch.optim.AdamW(trainer.model.parameters(), lr=1e-3, fused=True)  # as on CUDA
+    trainer.base_lrs = [g["lr"] for g in trainer.opt.param_groups]
+    batch = _fixed_batch()
+    trainer.train_step(batch, 0)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    steps = [s["step"].clone() for s in trainer.opt.state.values()]
+    trainer.loss_hook = lambda loss, b: loss * float("nan")
+    loss = trainer.train_step(batch, 0)
+    assert not torch.isfinite(loss) and not hasattr(trainer.opt, "found_inf")
+    assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    assert all(torch.equal(a, s["step"]) for a, s in zip(steps, trainer.opt.state.values()))
+    trainer.loss_hook = None
+    trainer.train_step(batch, 0)
+    assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
