@@ -14,6 +14,7 @@ patches that hold foreground is at least ``--foreground-ratio``.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -63,6 +64,16 @@ class VolumePatchDataset(VolumeSliceDataset):
         img = resample_image(norm.astype(np.float32), spacing, target, order=1, where=where)
         lab = resample_labels(labels, spacing, target, where=where)
         return np.clip(img, 0.0, 1.0).astype(np.float16), lab
+
+    def decoded_bytes(self, ci: int) -> int:
+        """As :meth:`VolumeSliceDataset.decoded_bytes`, at the target spacing (the plane grows or shrinks)."""
+        native = super().decoded_bytes(ci)
+        if self.target is None:
+            return native
+        from .planning import case_geometry
+
+        spacing, _, _ = case_geometry(self.cases[ci], self.axes[ci])
+        return int(native * (spacing[0] / self.target[0]) * (spacing[1] / self.target[1]))
 
     def case_arrays(self, ci: int) -> tuple[np.ndarray, np.ndarray]:
         """(image in [0, 1], labels) of case ``ci`` at the target spacing (cached)."""
@@ -152,6 +163,20 @@ class VolumePatchDataset(VolumeSliceDataset):
             yield logits_to_labels(logits.float()), gt
 
 
+#: Decoded volumes a run keeps in memory for the whole run, shared by its DataLoader workers.
+PRELOAD_BYTES = 4 * 2**30
+
+
+def preload_cases(train: VolumeSliceDataset, val: VolumeSliceDataset | None, max_bytes: int = PRELOAD_BYTES) -> None:
+    """Decode the training cases, then the validation cases, once and in parallel, while they fit in ``max_bytes``.
+
+    Larger datasets keep decoding ``--volume-cache`` cases at a time in each worker.
+    """
+    threads = min(8, os.cpu_count() or 1)
+    if train.preload(threads, max_bytes) and val is not None:
+        val.preload(threads, max_bytes - sum(train.decoded_bytes(ci) for ci in range(len(train.cases))))
+
+
 def patch_datasets(cfg, found, settings: dict):
     """Train and val patch datasets of a training configuration, planned from the training cases.
 
@@ -187,6 +212,8 @@ def patch_datasets(cfg, found, settings: dict):
     train.plan = plan
     val_cases = found.split_cases("val") if "val" in found.splits else []
     val = VolumePatchDataset(val_cases, **common) if val_cases else None
+    if cfg.on_bad_data == "stop":  # with skip, a bad volume is met (and skipped) when a sample needs it
+        preload_cases(train, val)  # before the foreground index, which then reads no label file again
     foreground = None
     if cfg.foreground_ratio > 0:
         fg = train.foreground_indices()
