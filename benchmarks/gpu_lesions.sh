@@ -18,6 +18,7 @@
 # default plan, auto = the training median unrefined; a finer value such as 0.35 gives the stride-16 ViT more tokens per nodule),
 # SEEDS (default "0 1 2"), LIMIT (seconds per training, default 420; LIMIT_SCAN for the whole-scan
 # runs, default LIMIT minus 60 s for writing their data), TAG (appended to the tar's name).
+# EXTRA: more `segdino train` options for every run (e.g. --volume-cache 700).
 set -u
 what=${1:-all}
 export PYTHONPATH="$PWD/.data/pylib:$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -60,7 +61,7 @@ EOF
 train_eval() {  # train_eval LIMIT NAME DATA TRAIN-ARGS...
   local limit=$1 name=$2 data=$3; shift 3
   local cmd="python3 -m segdino train --data $data --out runs/$name --epochs $EPOCHS --steps-per-epoch $STEPS \
---num-workers 3 --quiet --overwrite $*"
+--num-workers 3 --quiet --overwrite ${EXTRA:-} $*"
   local log="$RES/$name.out"
   ( OMP_NUM_THREADS=3 timeout "$limit" $cmd > "$log" 2>&1
     cp "runs/$name/log.csv" "$RES/$name.log.csv" 2>/dev/null

@@ -77,7 +77,7 @@ class TrainConfig:
     slice_axis: str = "axial"
     context: int = 1
     foreground_ratio: float = 0.33
-    volume_cache: int = 4
+    volume_cache: int | None = None  # decoded volumes per worker; None: as many as fit in 2 GiB
     # Patch training (volumes): target in-plane spacing (auto = the training median, or "X,Y" mm),
     # patch size (None = planned), cross-validation folds (made into splits_final.json).
     spacing: str | None = None

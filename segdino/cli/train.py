@@ -110,7 +110,8 @@ def register(sub) -> None:
        help="the slices the model sees (anatomical names follow the volume's orientation; 0-2: array axes)")
     av("--context", type=int, help="2.5D: neighbour slices i-k and i+k as the other channels")
     av("--foreground-ratio", type=float, help="share of each batch drawn from slices with the rarest class")
-    av("--volume-cache", type=int, help="decoded volumes kept in memory per worker")
+    av("--volume-cache", type=int,
+       help="decoded volumes kept in memory per worker (default: as many as fit in 2 GiB)")
     av("--spacing", help="patch training at this in-plane spacing: auto (the training median) or X,Y mm")
     av("--patch-size", type=_size, help="patch training: N or HxW px at the target spacing "
                                         "(unset: planned from the data); the model's input size")

@@ -20,6 +20,10 @@ from .layouts import VolumeCase, find_volume_cases
 from .slicing import context_slice, label_slice, resolve_axis, slice_shape, validate_axis
 
 
+#: Memory for decoded volumes per process (each DataLoader worker has its own cache) when no
+#: cache size is given: 2 GiB holds ~2,000 LIDC-sized crops or ~50 whole 40x512x512 scans.
+CACHE_BYTES = 2 * 2**30
+
 class VolumeSliceDataset(Dataset):
     """Every slice of every case along one axis, as 2D samples for the SegDINO model.
 
@@ -33,8 +37,9 @@ class VolumeSliceDataset(Dataset):
       ``slice_index``: the slice's index along the axis of its case.
 
     Memory: decoded, normalised volumes (image as float16 in [0, 1], finer than the 8-bit steps
-    of 2D images, plus labels) are kept in an LRU cache of ``cache_size`` cases; each DataLoader
-    worker has its own cache. Shuffling slices across all cases makes every access decode a
+    of 2D images, plus labels) are kept in an LRU cache of ``cache_size`` cases, by default as
+    many as fit in :data:`CACHE_BYTES` (estimated from the headers); each DataLoader worker has
+    its own cache. Shuffling slices across all cases makes every access decode a
     volume: :meth:`epoch_order` gives a shuffled order that visits cases in blocks that fit the
     cache.
 
@@ -47,17 +52,19 @@ class VolumeSliceDataset(Dataset):
         intensity: an intensity spec (see :mod:`segdino.volumes.intensity`).
         image_size: (h, w) the model is fed, or one int.
         num_classes: 1 (binary) or K >= 2 classes including background.
-        cache_size: how many decoded cases to keep.
+        cache_size: how many decoded cases to keep; None: as many as fit in :data:`CACHE_BYTES`
+            (:meth:`cache_capacity`), so a dataset of small crops is decoded once and a dataset
+            of whole scans is not decoded again for every sample.
     """
 
     def __init__(self, cases: Sequence[VolumeCase], axis: str | int = "axial", context: int = 0,
                  intensity: Mapping[str, Any] | None = None, image_size: int | Sequence[int] = 256,
-                 num_classes: int = 1, cache_size: int = 2):
+                 num_classes: int = 1, cache_size: int | None = 2):
         if intensity is None:
             raise ConfigError("a volume dataset needs an intensity setting (a CT window or MRI percentiles)")
         if not isinstance(context, int) or context < 0:
             raise ConfigError(f"slice context k must be an integer >= 0, got {context!r}")
-        if cache_size < 1:
+        if cache_size is not None and cache_size < 1:
             raise ConfigError(f"cache_size must be >= 1, got {cache_size}")
         if num_classes < 1:
             raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
@@ -71,18 +78,21 @@ class VolumeSliceDataset(Dataset):
         self.image_size = (int(image_size), int(image_size)) if isinstance(image_size, int) else \
             tuple(int(s) for s in image_size)
         self.num_classes = int(num_classes)
-        self.cache_size = int(cache_size)
+        self.cache_size = None if cache_size is None else int(cache_size)
+        self._capacity: int | None = None
         self.splits: dict[str, list[str]] | None = None
         self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self.loads = 0  # decoded cases so far (for tests and logging)
         self._label_index: list[tuple[int, ...]] | None = None
         self.shapes: list[tuple[int, int, int]] = []
         self.axes: list[int] = []
+        self.spacings: list[np.ndarray] = []  # voxel size (mm) along each array axis, from the headers
         for c in self.cases:
             shape, affine = self._geometry(c)
             self._check_label_header(c, shape, affine)
             self.shapes.append(shape)
             self.axes.append(resolve_axis(self.axis_setting, affine))
+            self.spacings.append(np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0))
         counts = [s[a] for s, a in zip(self.shapes, self.axes)]
         self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
 
@@ -130,7 +140,7 @@ class VolumeSliceDataset(Dataset):
     def _keep(self, ci: int, norm: np.ndarray, labels: np.ndarray) -> None:
         self.loads += 1
         self._cache[ci] = (norm, labels)
-        while len(self._cache) > self.cache_size:
+        while len(self._cache) > self.cache_capacity():
             self._cache.popitem(last=False)
 
     def _decode(self, ci: int) -> tuple[np.ndarray, np.ndarray]:
@@ -145,26 +155,36 @@ class VolumeSliceDataset(Dataset):
         norm = normalize_intensity(image.array, self.intensity, dtype=np.float16)
         return self._prepare(ci, norm, labels, image.spacing)
 
-    def decoded_bytes(self, ci: int) -> int:
-        """Memory case ``ci`` takes decoded (float16 image and 8-bit labels), estimated from its header."""
-        return int(np.prod(self.shapes[ci])) * (2 + (1 if self.num_classes <= 256 else 4))
-
     def preload(self, num_threads: int | None = None, max_bytes: int | None = None) -> bool:
         """Decode every case now, on ``num_threads`` threads, and keep them all (the cache grows to hold them).
 
         Called before a DataLoader starts its workers, which then share these arrays instead of each
-        decoding the volumes again every epoch. With ``max_bytes``, nothing is done when the decoded
-        cases would take more (:meth:`decoded_bytes`). Returns whether the cases were loaded.
+        decoding the volumes itself. With ``max_bytes``, nothing is done when the decoded cases would
+        take more (:meth:`decoded_bytes`). Returns whether the cases were loaded.
         """
         if max_bytes is not None and sum(self.decoded_bytes(ci) for ci in range(len(self.cases))) > max_bytes:
             return False
-        self.cache_size = max(self.cache_size, len(self.cases))
+        self.cache_size = max(self.cache_capacity(), len(self.cases))
         missing = [ci for ci in range(len(self.cases)) if ci not in self._cache]
         threads = max(1, min(num_threads or os.cpu_count() or 1, len(missing) or 1))
         with ThreadPoolExecutor(max_workers=threads) as pool:  # decompression releases the GIL in part
             for ci, (norm, labels) in zip(missing, pool.map(self._decode, missing)):
                 self._keep(ci, norm, labels)
         return True
+
+    def decoded_bytes(self, ci: int) -> int:
+        """Estimated memory of case ``ci`` decoded: float16 image and uint8 labels."""
+        return int(np.prod(self.shapes[ci], dtype=np.int64)) * 3
+
+    def cache_capacity(self) -> int:
+        """How many decoded cases the cache keeps: ``cache_size``, or by default as many cases of
+        the median decoded size as fit in :data:`CACHE_BYTES` (at least 2, at most all)."""
+        if self.cache_size is not None:
+            return self.cache_size
+        if self._capacity is None:
+            median = float(np.median([self.decoded_bytes(i) for i in range(len(self.cases))])) if self.cases else 1.0
+            self._capacity = int(min(max(2, CACHE_BYTES // max(median, 1.0)), max(2, len(self.cases))))
+        return self._capacity
 
     def _prepare(self, ci: int, norm: np.ndarray, labels: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A hook for subclasses to change a decoded case (e.g. resample it) before it is cached."""
@@ -262,7 +282,7 @@ class VolumeSliceDataset(Dataset):
         Cases are shuffled, cut into blocks, and the slices of each block shuffled together, so a
         pass decodes each volume about once instead of once per slice.
         """
-        block = self.cache_size if block is None else int(block)
+        block = self.cache_capacity() if block is None else int(block)
         rng = np.random.default_rng([int(seed), int(epoch)])
         case_order = rng.permutation(len(self.cases))
         order: list[int] = []

@@ -24,7 +24,7 @@ from ..errors import ConfigError
 from ..inference import logits_to_labels, normalize
 from ..resample import check_spacing, resample_image, resample_labels
 from ..sliding_window import sliding_window
-from .dataset import VolumeSliceDataset
+from .dataset import CACHE_BYTES, VolumeSliceDataset
 from .layouts import VolumeCase
 from .slicing import context_slice, label_slice
 
@@ -66,14 +66,13 @@ class VolumePatchDataset(VolumeSliceDataset):
         return np.clip(img, 0.0, 1.0).astype(np.float16), lab
 
     def decoded_bytes(self, ci: int) -> int:
-        """As :meth:`VolumeSliceDataset.decoded_bytes`, at the target spacing (the plane grows or shrinks)."""
-        native = super().decoded_bytes(ci)
+        """Estimated memory of case ``ci`` decoded at the target spacing."""
         if self.target is None:
-            return native
-        from .planning import case_geometry
-
-        spacing, _, _ = case_geometry(self.cases[ci], self.axes[ci])
-        return int(native * (spacing[0] / self.target[0]) * (spacing[1] / self.target[1]))
+            return super().decoded_bytes(ci)
+        axis = self.axes[ci]
+        rest = [a for a in range(3) if a != axis]
+        scale = np.prod([self.spacings[ci][a] / t for a, t in zip(rest, self.target)])
+        return int(np.prod(self.shapes[ci], dtype=np.int64) * scale) * 3
 
     def case_arrays(self, ci: int) -> tuple[np.ndarray, np.ndarray]:
         """(image in [0, 1], labels) of case ``ci`` at the target spacing (cached)."""
@@ -163,14 +162,11 @@ class VolumePatchDataset(VolumeSliceDataset):
             yield logits_to_labels(logits.float()), gt
 
 
-#: Decoded volumes a run keeps in memory for the whole run, shared by its DataLoader workers.
-PRELOAD_BYTES = 4 * 2**30
-
-
-def preload_cases(train: VolumeSliceDataset, val: VolumeSliceDataset | None, max_bytes: int = PRELOAD_BYTES) -> None:
+def preload_cases(train: VolumeSliceDataset, val: VolumeSliceDataset | None, max_bytes: int = CACHE_BYTES) -> None:
     """Decode the training cases, then the validation cases, once and in parallel, while they fit in ``max_bytes``.
 
-    Larger datasets keep decoding ``--volume-cache`` cases at a time in each worker.
+    The workers of the DataLoader then share them. Larger datasets are decoded as samples need them,
+    the cache of each worker keeping what fits (:meth:`VolumeSliceDataset.cache_capacity`).
     """
     threads = min(8, os.cpu_count() or 1)
     if train.preload(threads, max_bytes) and val is not None:

@@ -71,3 +71,30 @@ def test_volume_slice_dataset_streams_and_indexes(tmp_path):
         VolumeSliceDataset(cases, axis=a, intensity=None)
     split_ds = VolumeSliceDataset.from_folder(root, split="val", intensity=percentile_window(), image_size=16)
     assert split_ds.splits == found.splits and {split_ds[0]["case_id"]} <= set(found.splits["val"])
+
+
+def test_the_default_cache_holds_as_many_decoded_volumes_as_fit_its_memory(tmp_path, monkeypatch):
+    import segdino.volumes.dataset as dataset_module
+    from segdino.volumes.patches import VolumePatchDataset
+
+    cases = find_volume_cases(make_plain(tmp_path / "cache", n=5)).cases
+    # Small volumes all fit: shuffled access in any order decodes each case once.
+    ds = VolumeSliceDataset(cases, intensity=percentile_window(), image_size=16, cache_size=None)
+    assert ds.cache_capacity() == 5
+    for i in np.random.default_rng(0).permutation(len(ds)):
+        ds[int(i)]
+    assert ds.loads == 5
+    # With room for two cases of the median size, two are kept (never fewer than two).
+    monkeypatch.setattr(dataset_module, "CACHE_BYTES", 2 * ds.decoded_bytes(0) + 1)
+    small = VolumeSliceDataset(cases, intensity=percentile_window(), image_size=16, cache_size=None)
+    assert small.cache_capacity() == 2
+    for i in small.epoch_order(seed=0):
+        small[i]
+        assert len(small._cache) <= 2
+    assert small.loads == 5
+    # Resampled to a finer spacing, a case takes more memory, as many times as it has more voxels.
+    sp = ds.spacings[0]
+    rest = [a for a in range(3) if a != ds.axes[0]]
+    fine = VolumePatchDataset(cases, spacing=(sp[rest[0]] / 2, sp[rest[1]] / 2), patch_size=(16, 16),
+                              intensity=percentile_window(), cache_size=None)
+    assert fine.decoded_bytes(0) == 4 * ds.decoded_bytes(0)
