@@ -8,6 +8,8 @@
 # Output: $OUT/small$TAG.tar (logs, summaries) and one line per run on stdout. On a GPU machine the
 # runs share the GPU; THREADS (default 2) CPU threads each.
 set -u
+# The GPU machine has no nibabel: carry .data/pylib as benchmarks/gpu_lesions.sh says.
+export PYTHONPATH="$PWD/.data/pylib:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 OUT=${OUT:-results}; TAG=${TAG:-}; DIAMETERS=${DIAMETERS:-8,20}; THREADS=${THREADS:-2}
 root=runs/small-scan; data=$root/data-${DIAMETERS/,/-}
 mkdir -p "$root" "$OUT"

@@ -11,8 +11,8 @@
 - on request, SAD's residual blocks with the depthwise conv, pointwise conv and GroupNorm statistics
   in one kernel (:func:`segdino.kernels.sad.residual_block`, two arrangements; the first measured
   slower than cuDNN + cuBLAS);
-- on request, the decoder's 1x1 convs as plain matrix products on the channels-last view
-  (:mod:`segdino.kernels.pointwise`);
+- the decoder's 1x1 convs as plain matrix products on the channels-last view
+  (:mod:`segdino.kernels.pointwise`; ``pointwise="conv"`` keeps cuDNN's convs);
 - the backbone's RoPE tables cached per input size (:mod:`segdino.kernels.rope`).
 
 Each piece falls back to the reference computation where its kernel cannot run (no Triton, CPU,
@@ -103,7 +103,7 @@ POINTWISE = ("conv", "linear")
 
 
 def fuse_model(model: nn.Module, rope_cache: bool = True, resize: str = "matmul",
-               fused_blocks: bool | str = False, pointwise: str = "conv") -> nn.Module:
+               fused_blocks: bool | str = False, pointwise: str = "linear") -> nn.Module:
     """A copy of a SegDINO model with the fused decoder (and cached RoPE tables); same function.
 
     ``resize`` and ``fused_blocks``: see :class:`FusedScaleAwareDecoder`. ``pointwise``: the
@@ -111,7 +111,9 @@ def fuse_model(model: nn.Module, rope_cache: bool = True, resize: str = "matmul"
     (cuDNN) or ``linear``: one matrix product each on the channels-last view
     (:class:`segdino.kernels.pointwise.PointwiseLinear`, the same Parameters under the same names,
     so the state dict keeps the model's format). The defaults are the fastest measured on an H200
-    (docs/RESULTS.md, Speed).
+    (docs/RESULTS.md, Speed), except ``pointwise="linear"``, the same function by another
+    route, chosen by prediction (cuDNN's 1x1 kernel measured at ~5x the GEMM's time) before its
+    own measurement.
 
     Parts that are not the standard modules (e.g. BatchNorm blocks inside SAD) keep their reference
     path inside the fused modules.

@@ -35,7 +35,10 @@ class CachedRope(nn.Module):
     def prime(self, shape: tuple[int, int], device: torch.device) -> None:
         key = (int(shape[0]), int(shape[1]))
         table = self._tables.get(key)
-        if table is None or table.device != torch.device(device):
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:  # "cuda" names the current card: compare as it
+            device = torch.device("cuda", torch.cuda.current_device())
+        if table is None or table.device != device:
             src = self._fp32[0].to(device)
             # An ordinary tensor even when primed under inference mode, so that training can use it.
             with torch.inference_mode(False), torch.no_grad():

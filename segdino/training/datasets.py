@@ -194,6 +194,7 @@ def _volume_decisions(cfg: TrainConfig, found) -> tuple[dict[str, Any], dict[str
 def build_volume_datasets(cfg: TrainConfig, run: Path | None = None) -> TrainingData:
     """The slice (or, with ``--spacing``/``--patch-size``, patch) datasets of a volume dataset."""
     from ..volumes import VolumeSliceDataset
+    from ..volumes.patches import preload_cases
     from ..volumes.planning import wants_patches
 
     found = _volume_cases(cfg, run)
@@ -207,6 +208,8 @@ def build_volume_datasets(cfg: TrainConfig, run: Path | None = None) -> Training
     train.splits = found.splits
     val_cases = found.split_cases("val") if "val" in found.splits else []
     val = VolumeSliceDataset(val_cases, **common) if val_cases else None
+    if cfg.on_bad_data == "stop":  # with skip, a bad volume is met (and skipped) when a sample needs it
+        preload_cases(train, val)  # before the label index, which then reads no label file again
     foreground = None
     if cfg.foreground_ratio > 0:
         table = train.label_index()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -132,6 +133,18 @@ class VolumeSliceDataset(Dataset):
         if ci in self._cache:
             self._cache.move_to_end(ci)
             return self._cache[ci]
+        norm, labels = self._decode(ci)
+        self._keep(ci, norm, labels)
+        return norm, labels
+
+    def _keep(self, ci: int, norm: np.ndarray, labels: np.ndarray) -> None:
+        self.loads += 1
+        self._cache[ci] = (norm, labels)
+        while len(self._cache) > self.cache_capacity():
+            self._cache.popitem(last=False)
+
+    def _decode(self, ci: int) -> tuple[np.ndarray, np.ndarray]:
+        """Case ``ci`` read, checked, normalised and prepared; touches no shared state (threads run it)."""
         case = self.cases[ci]
         image = read_volume(case.image, case.channel)
         label = read_volume(case.label, label=True)
@@ -140,12 +153,24 @@ class VolumeSliceDataset(Dataset):
             raise DataError(f"{case.image}: shape {image.shape} differs from its header {self.shapes[ci]}")
         labels = self._labels(label.array, case.label)
         norm = normalize_intensity(image.array, self.intensity, dtype=np.float16)
-        norm, labels = self._prepare(ci, norm, labels, image.spacing)
-        self.loads += 1
-        self._cache[ci] = (norm, labels)
-        while len(self._cache) > self.cache_capacity():
-            self._cache.popitem(last=False)
-        return norm, labels
+        return self._prepare(ci, norm, labels, image.spacing)
+
+    def preload(self, num_threads: int | None = None, max_bytes: int | None = None) -> bool:
+        """Decode every case now, on ``num_threads`` threads, and keep them all (the cache grows to hold them).
+
+        Called before a DataLoader starts its workers, which then share these arrays instead of each
+        decoding the volumes itself. With ``max_bytes``, nothing is done when the decoded cases would
+        take more (:meth:`decoded_bytes`). Returns whether the cases were loaded.
+        """
+        if max_bytes is not None and sum(self.decoded_bytes(ci) for ci in range(len(self.cases))) > max_bytes:
+            return False
+        self.cache_size = max(self.cache_capacity(), len(self.cases))
+        missing = [ci for ci in range(len(self.cases)) if ci not in self._cache]
+        threads = max(1, min(num_threads or os.cpu_count() or 1, len(missing) or 1))
+        with ThreadPoolExecutor(max_workers=threads) as pool:  # decompression releases the GIL in part
+            for ci, (norm, labels) in zip(missing, pool.map(self._decode, missing)):
+                self._keep(ci, norm, labels)
+        return True
 
     def decoded_bytes(self, ci: int) -> int:
         """Estimated memory of case ``ci`` decoded: float16 image and uint8 labels."""

@@ -14,6 +14,7 @@ patches that hold foreground is at least ``--foreground-ratio``.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -23,7 +24,7 @@ from ..errors import ConfigError
 from ..inference import logits_to_labels, normalize
 from ..resample import check_spacing, resample_image, resample_labels
 from ..sliding_window import sliding_window
-from .dataset import VolumeSliceDataset
+from .dataset import CACHE_BYTES, VolumeSliceDataset
 from .layouts import VolumeCase
 from .slicing import context_slice, label_slice
 
@@ -161,6 +162,17 @@ class VolumePatchDataset(VolumeSliceDataset):
             yield logits_to_labels(logits.float()), gt
 
 
+def preload_cases(train: VolumeSliceDataset, val: VolumeSliceDataset | None, max_bytes: int = CACHE_BYTES) -> None:
+    """Decode the training cases, then the validation cases, once and in parallel, while they fit in ``max_bytes``.
+
+    The workers of the DataLoader then share them. Larger datasets are decoded as samples need them,
+    the cache of each worker keeping what fits (:meth:`VolumeSliceDataset.cache_capacity`).
+    """
+    threads = min(8, os.cpu_count() or 1)
+    if train.preload(threads, max_bytes) and val is not None:
+        val.preload(threads, max_bytes - sum(train.decoded_bytes(ci) for ci in range(len(train.cases))))
+
+
 def patch_datasets(cfg, found, settings: dict):
     """Train and val patch datasets of a training configuration, planned from the training cases.
 
@@ -196,6 +208,8 @@ def patch_datasets(cfg, found, settings: dict):
     train.plan = plan
     val_cases = found.split_cases("val") if "val" in found.splits else []
     val = VolumePatchDataset(val_cases, **common) if val_cases else None
+    if cfg.on_bad_data == "stop":  # with skip, a bad volume is met (and skipped) when a sample needs it
+        preload_cases(train, val)  # before the foreground index, which then reads no label file again
     foreground = None
     if cfg.foreground_ratio > 0:
         fg = train.foreground_indices()
