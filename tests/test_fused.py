@@ -63,3 +63,14 @@ def test_linear_pointwise_keeps_the_models_parameters_and_checkpoint_format():
     assert blk.pointwise.weight is dict(linear.named_parameters())["sad.intra.0.pointwise.weight"]
     assert blk.pointwise.weight.shape == model.sad.intra[0].pointwise.weight.shape
 
+
+
+def test_fused_blocks_run_models_with_several_sad_blocks_per_step():
+    from segdino.fused import fuse_model
+    from segdino.model import build_model
+
+    model = randomize_(build_model("vitt16", decoder_dim=16, image_size=(32, 32), sad_blocks=2)).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        for fused_blocks in ("wide", "tiled"):
+            assert torch.allclose(fuse_model(model, fused_blocks=fused_blocks)(x), model(x), atol=1e-4)

@@ -114,7 +114,11 @@ def residual_block(x: torch.Tensor, block: torch.nn.Module, kernel: str = "wide"
     """
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-    norm = block.norm
+    if isinstance(block, torch.nn.Sequential):  # several blocks per step (``sad_blocks``): each in turn
+        for inner in block:
+            x = residual_block(x, inner, kernel)
+        return x
+    norm = getattr(block, "norm", None)
     c = x.shape[1]
     if (not isinstance(norm, torch.nn.GroupNorm) or (torch.is_grad_enabled() and x.requires_grad)
             or not kernels_enabled(x) or not fused_block_covers(x, c, norm.num_groups)):

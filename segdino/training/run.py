@@ -26,7 +26,8 @@ from .trainer import Trainer
 log = logging.getLogger("segdino.train")
 
 # The resume check: a resumed run must train the same model on the same data.
-RESUME_KEYS = ("backbone", "decoder_dim", "num_classes", "image_size", "data", "seed", "batch_size", "recipe")
+RESUME_KEYS = ("backbone", "decoder_dim", "num_classes", "image_size", "data", "seed", "batch_size", "recipe",
+               "taps", "no_tpa", "no_sad", "sad_blocks")  # the decoder switches change the model, not its weights' names
 
 
 def open_run_folder(cfg: TrainConfig, write: bool = True) -> tuple[Path, OutputFolder | None]:

@@ -143,3 +143,12 @@ def test_a_volume_run_resumes_with_the_class_count_its_data_decided(tiny_volumes
     assert segdino.load_model(first["best"]).num_classes == 3
     run_training(_config(tiny_volumes, tmp_path / "run", epochs=2, steps_per_epoch=1, resume=True, **opts))
     assert _log_epochs(tmp_path / "run") == ["1", "2"]
+
+
+def test_resume_refuses_another_decoder_switch(data, tmp_path):
+    """--no-tpa keeps every weight's name and shape, so only the check can tell the runs apart."""
+    run = tmp_path / "run"
+    training.run_training(_config(data, run, epochs=1, no_tpa=True))
+    with pytest.raises(ConfigError, match="no_tpa is False but the run .* used True"):
+        training.run_training(_config(data, run, epochs=2, resume=True))
+    training.run_training(_config(data, run, epochs=2, resume=True, no_tpa=True))
