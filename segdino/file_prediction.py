@@ -222,6 +222,7 @@ class PredictOptions:
     workers: int = 2
     channel: int | str | None = None
     largest_component: bool = False
+    min_size: float | None = None  # mm^3, volumes
     device: str | None = "auto"
     progress: bool | str = False
 
@@ -326,7 +327,8 @@ def _predict_volumes(model, volumes: list[Path], out: Path, options: PredictOpti
     results = predict_volume_files(model, volumes, out, probabilities=options.probabilities,
                                    largest_component=options.largest_component, batch_size=options.batch_size,
                                    device=None, channel=_channel(options.channel), overlays=options.overlays,
-                                   tile_overlap=options.tile_overlap, progress=options.progress)
+                                   tile_overlap=options.tile_overlap, min_size_mm3=options.min_size,
+                                   progress=options.progress)
     written = [Path(path) for _, path, err in results if path is not None and err is None]
     errors = [f"{src}: {err}" if str(src) not in str(err) else str(err) for src, _, err in results if err is not None]
     return written, errors

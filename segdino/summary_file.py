@@ -48,6 +48,7 @@ EVALUATION_KEYS: dict[str, Any] = {
     "pretrained": None,
     "warning": None,
     "largest_component_classes": [],
+    "min_size_mm3": None,
     "reoriented": [],
     "resampled": [],
     "ignored_predictions": [],

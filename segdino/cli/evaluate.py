@@ -52,6 +52,9 @@ def register(subparsers) -> None:
                         help="volumes: the channel of multi-channel volumes (index or name)")
     parser.add_argument("--largest-component", action="store_true",
                         help="volumes: keep only the largest connected component of each predicted class")
+    parser.add_argument("--min-size", type=float, default=None, metavar="MM3",
+                        help="volumes: remove predicted components smaller than MM3 cubic millimetres from every "
+                             "class before scoring (false positives of lesion detection are mostly specks)")
     parser.add_argument("--nsd-tolerance", type=float, default=None, metavar="MM",
                         help="volumes: normalised surface Dice counts boundary voxels within MM of the other "
                              "boundary (default 1 mm)")
@@ -132,9 +135,9 @@ def _evaluate(args: argparse.Namespace, out: Path, run_dir: Path | None) -> dict
     if is_volume_dataset(args.data):
         return _evaluate_volumes(args, out, run_dir)
     if args.channel is not None or args.largest_component or args.nsd_tolerance is not None \
-            or args.resample or args.tile_overlap is not None:
-        raise ConfigError(f"--channel, --largest-component, --nsd-tolerance, --resample and --tile-overlap apply "
-                          f"to volume datasets; {args.data} holds 2D images")
+            or args.resample or args.tile_overlap is not None or args.min_size is not None:
+        raise ConfigError(f"--channel, --largest-component, --min-size, --nsd-tolerance, --resample and "
+                          f"--tile-overlap apply to volume datasets; {args.data} holds 2D images")
     if args.predictions is not None:
         return evaluate_predictions(
             args.predictions, args.data, out, num_classes=args.num_classes or 1, split=args.split,
@@ -163,6 +166,6 @@ def _evaluate_volumes(args: argparse.Namespace, out: Path, run_dir: Path | None)
         args.data, out, predictions=args.predictions, model=args.model, split=args.split, fold=args.fold,
         channel=_channel(args.channel), device=args.device, batch_size=args.batch_size,
         largest_component=args.largest_component, run_dir=run_dir, resample=args.resample,
-        tile_overlap=args.tile_overlap, progress=progress_mode(args),
+        tile_overlap=args.tile_overlap, min_size_mm3=args.min_size, progress=progress_mode(args),
         **({} if args.nsd_tolerance is None else {"nsd_tolerance": args.nsd_tolerance}),
     )

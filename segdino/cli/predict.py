@@ -51,6 +51,8 @@ def register(subparsers) -> None:
                         help="volumes: the channel of multi-channel volumes (index or name)")
     parser.add_argument("--largest-component", action="store_true",
                         help="volumes: keep only the largest connected component of each predicted class")
+    parser.add_argument("--min-size", type=float, default=None, metavar="MM3",
+                        help="volumes: remove predicted components smaller than MM3 cubic millimetres from every class")
     add_quiet_argument(parser)
     add_device_argument(parser)
     parser.set_defaults(func=run_predict)

@@ -44,7 +44,7 @@ from . import figures as _figures
 from .grids import GRID_TOLERANCE, on_label_grid, prediction_on_label_grid  # noqa: F401  (kept importable here)
 from .io import Volume, prediction_ending, read_volume, write_volume
 from .layouts import VolumeCase, VolumeCases, find_volume_cases
-from .postprocess import largest_component_classes, postprocess_labels
+from .postprocess import check_min_size, largest_component_classes, postprocess_labels
 from .slicing import resolve_axis
 
 log = logging.getLogger("segdino.volumes")
@@ -183,6 +183,7 @@ def evaluate_volumes(
     nsd_tolerance: float = NSD_TOLERANCE,
     resample: bool = False,
     tile_overlap: float | None = None,
+    min_size_mm3: float | None = None,
     progress: bool | str = False,
 ) -> dict[str, Any]:
     """Score a split of a volume dataset, from predicted volumes or from a model.
@@ -209,6 +210,8 @@ def evaluate_volumes(
         resample: predictions on another grid than their label's are resampled onto it
             (nearest neighbour, through the two affines) instead of refused.
         tile_overlap: sliding-window overlap for the model (see :func:`segdino.volumes.predict.predict_volume`).
+        min_size_mm3: remove predicted components smaller than this volume (mm^3) from every
+            foreground class before scoring (after ``largest_component``).
         progress: show progress per volume: True a bar on a terminal (plain lines elsewhere),
             ``"quiet"`` plain lines only.
 
@@ -243,16 +246,19 @@ def evaluate_volumes(
         num_classes = _dataset_classes(found, cases)
     names = _class_names(num_classes, found, model)
     cleaned = largest_component_classes(largest_component, num_classes)  # bad class ids fail before any work
+    min_size_mm3 = check_min_size(min_size_mm3)
     facts = dict(mode="model" if model is not None else "predictions", data=str(found.root), layout=found.layout,
                  split=split, split_source=split_source, cases=case_ids,
                  predictions=str(predictions) if predictions is not None else None,
                  model=_model_name(model, model_file), num_classes=num_classes,
                  class_names={str(c): n for c, n in names.items()}, distance_unit="mm",
-                 nsd_tolerance=float(nsd_tolerance), largest_component_classes=cleaned, reoriented=[], resampled=[],
+                 nsd_tolerance=float(nsd_tolerance), largest_component_classes=cleaned, min_size_mm3=min_size_mm3,
+                 reoriented=[], resampled=[],
                  ignored_predictions=ignored, dataset_issues=list(found.issues),
                  pretrained=pretrained_of(run_dir, model_file))
-    scoring = _VolumeScoring(found, Path(out) / run_files.PREDICTIONS, pred_files, model, settings, largest_component,
-                             num_classes, resample, facts)
+    post = dict(largest_component=largest_component, num_classes=num_classes, min_size_mm3=min_size_mm3)
+    scoring = _VolumeScoring(found, Path(out) / run_files.PREDICTIONS, pred_files, model, settings, post, resample,
+                             facts)
     source_name = f"predictions in {facts['predictions']}" if model is None else f"model {facts['model']}"
     source = Source("volumes", num_classes, names, facts,
                     title=f"SegDINO volume evaluation: {split} split of {found.root.name}, {source_name}",
@@ -267,10 +273,10 @@ class _VolumeScoring:
     and show it for the report."""
 
     def __init__(self, found: VolumeCases, pred_dir: Path, pred_files: Mapping[str, Path], model, settings,
-                 largest_component, num_classes: int, resample: bool, facts: dict[str, Any]):
+                 post: dict[str, Any], resample: bool, facts: dict[str, Any]):
         self.found, self.pred_dir, self.pred_files = found, pred_dir, pred_files
-        self.model, self.settings, self.largest_component = model, settings, largest_component
-        self.num_classes, self.resample, self.facts = num_classes, resample, facts
+        self.model, self.settings, self.post = model, settings, post  # post: postprocess_labels' options
+        self.num_classes, self.resample, self.facts = post["num_classes"], resample, facts
         self.modality = None
         if found.channel_names and (found.channel or 0) < len(found.channel_names):
             self.modality = found.channel_names[found.channel or 0]
@@ -285,8 +291,8 @@ class _VolumeScoring:
             label = read_volume(case.label, label=True)
             if self.model is not None:
                 pred_path = self.prediction_path(case)
-                pred_vol = _predict_case(self.model, case, label, pred_path, batch_size, device,
-                                         self.largest_component, tile_overlap)
+                pred_vol = _predict_case(self.model, case, label, pred_path, batch_size, device, self.post,
+                                         tile_overlap)
             else:
                 pred_path = self.pred_files[case.case_id]
                 pred_vol = read_volume(pred_path, label=True)
@@ -294,7 +300,7 @@ class _VolumeScoring:
             if was_resampled:
                 self.facts["resampled"].append(case.case_id)
             if self.model is None:
-                pred = postprocess_labels(pred, self.largest_component, self.num_classes)
+                pred = postprocess_labels(pred, spacing=label.spacing, **self.post)
             if moved:
                 self.facts["reoriented"].append(case.case_id)
             spacing = tuple(float(s) for s in label.spacing)
@@ -309,7 +315,7 @@ class _VolumeScoring:
         pred, _, _ = prediction_on_label_grid(read_volume(pred_path, label=True), label,
                                               case_id in self.facts["resampled"])
         if self.model is None:
-            pred = postprocess_labels(pred, self.largest_component, self.num_classes)
+            pred = postprocess_labels(pred, spacing=label.spacing, **self.post)
         try:  # the picture only: an unreadable or misplaced image leaves a blank background
             image = Volume(on_label_grid(read_volume(case.image, case.channel), label, what="image")[0],
                            label.affine)
@@ -331,14 +337,14 @@ class _VolumeScoring:
 
 
 def _predict_case(model, case: VolumeCase, label: Volume, pred_path: Path, batch_size: int, device,
-                  largest_component, tile_overlap: float | None = None) -> Volume:
+                  post: dict[str, Any], tile_overlap: float | None = None) -> Volume:
     from .predict import predict_volume
 
     image = read_volume(case.image, case.channel)
     # A label off its image's grid is a dataset problem: say so before predicting, naming the image.
     on_label_grid(image, label, what="image")
     labels = predict_volume(model, image, batch_size=batch_size, device=device, tile_overlap=tile_overlap)
-    labels = postprocess_labels(labels, largest_component, int(model.config.num_classes))
+    labels = postprocess_labels(labels, spacing=image.spacing, **post)
     write_volume(pred_path, labels, image.affine)
     return Volume(labels, image.affine, pred_path)
 

@@ -4,11 +4,18 @@ Largest connected component, per class: an organ is one piece of tissue, so stra
 its label elsewhere in the volume are false positives. Keeping only each class's largest
 component removes them. It is wrong for classes with several true pieces (lesions,
 metastases): apply it to the classes that are one object, which ``classes`` selects.
+
+Minimum component size, per class (``--min-size`` in mm^3): for classes with several true
+pieces, predicted components smaller than the smallest lesion worth reporting are removed
+(false positives of a lesion detector are mostly specks one slice thick). The size is a
+volume in mm^3, so one setting means the same on every scanner's grid.
 """
 
 from __future__ import annotations
 
 from typing import Iterable
+
+import math
 
 import numpy as np
 from scipy import ndimage
@@ -89,15 +96,64 @@ def largest_component_classes(largest_component: bool | Iterable[int] | None, nu
     return classes
 
 
-def postprocess_labels(labels: np.ndarray, largest_component: bool | Iterable[int] | None = False,
-                       num_classes: int = 1) -> np.ndarray:
-    """The optional post-processing of predicted labels: :func:`keep_largest_component` of the
-    classes :func:`largest_component_classes` selects (``labels`` itself when none). A binary
-    task (``num_classes`` 1) treats every non-zero label as its one foreground class."""
-    classes = largest_component_classes(largest_component, num_classes)
-    if not classes:
+def check_min_size(min_size_mm3: float | None) -> float | None:
+    """``min_size_mm3`` as a float (None stays None); ConfigError unless a finite volume >= 0."""
+    if min_size_mm3 is None:
+        return None
+    try:
+        value = float(min_size_mm3)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not (math.isfinite(value) and value >= 0):
+        raise ConfigError(f"--min-size must be a volume in mm^3 >= 0, got {min_size_mm3!r}")
+    return value
+
+
+def remove_small_components(labels: np.ndarray, min_voxels: int, connectivity: int | None = None) -> np.ndarray:
+    """``labels`` with every connected component of each non-zero label smaller than
+    ``min_voxels`` voxels set to background (0); a copy when anything is removed.
+
+    Args:
+        labels: integer label map of any dimension, 0 = background.
+        min_voxels: components with fewer voxels are removed.
+        connectivity: see :func:`largest_connected_component` (default: all neighbours).
+    """
+    labels = np.asarray(labels)
+    if min_voxels <= 1:
         return labels
-    if num_classes == 1:
-        keep = largest_connected_component(labels != 0)
-        return np.where(keep, labels, 0).astype(labels.dtype, copy=False)
-    return keep_largest_component(labels, classes)
+    conn = labels.ndim if connectivity is None else int(connectivity)
+    structure = ndimage.generate_binary_structure(labels.ndim, conn)
+    out = labels
+    for c in (int(v) for v in np.unique(labels) if v != 0):
+        comp, n = ndimage.label(labels == c, structure=structure)
+        sizes = np.bincount(comp.ravel(), minlength=n + 1)
+        small = sizes < min_voxels
+        small[0] = False
+        if small.any():
+            out = out.copy() if out is labels else out
+            out[small[comp]] = 0
+    return out
+
+
+def postprocess_labels(labels: np.ndarray, largest_component: bool | Iterable[int] | None = False,
+                       num_classes: int = 1, min_size_mm3: float | None = None,
+                       spacing: Iterable[float] | None = None) -> np.ndarray:
+    """The optional post-processing of predicted labels: :func:`keep_largest_component` of the
+    classes :func:`largest_component_classes` selects, then, with ``min_size_mm3``,
+    :func:`remove_small_components` of every foreground class below that volume (``spacing``:
+    the voxel size in mm); ``labels`` itself when neither is asked. A binary task
+    (``num_classes`` 1) treats every non-zero label as its one foreground class."""
+    classes = largest_component_classes(largest_component, num_classes)
+    if classes:
+        if num_classes == 1:
+            keep = largest_connected_component(labels != 0)
+            labels = np.where(keep, labels, 0).astype(labels.dtype, copy=False)
+        else:
+            labels = keep_largest_component(labels, classes)
+    min_size_mm3 = check_min_size(min_size_mm3)
+    if min_size_mm3:
+        if spacing is None:
+            raise ConfigError("a minimum component size in mm^3 needs the voxel spacing")
+        voxel = float(np.prod([float(s) for s in spacing]))
+        labels = remove_small_components(labels, int(math.ceil(min_size_mm3 / voxel - 1e-9)))
+    return labels

@@ -49,7 +49,7 @@ from ..resample import check_spacing
 from ..sliding_window import logits_at_spacing
 from .intensity import normalize_intensity, read_volume_settings
 from .io import Volume, is_volume_path, prediction_ending, read_volume, strip_volume_suffix
-from .postprocess import largest_component_classes, postprocess_labels
+from .postprocess import check_min_size, largest_component_classes, postprocess_labels
 from .slicing import context_slice, reassemble, resolve_axis
 
 log = logging.getLogger("segdino.volumes")
@@ -311,7 +311,8 @@ def predict_volume_files(model, inputs: str | os.PathLike | Sequence[str | os.Pa
                          probabilities: bool = False, largest_component: bool | Iterable[int] = False,
                          batch_size: int = 8, device: str | torch.device | None = None,
                          channel: int | str | None = None, overlays: bool = False,
-                         tile_overlap: float | None = None, progress: bool | str = False) -> list[tuple[str, str | None, str | None]]:
+                         tile_overlap: float | None = None, min_size_mm3: float | None = None,
+                         progress: bool | str = False) -> list[tuple[str, str | None, str | None]]:
     """Segment volume files and write each label volume in its source geometry and format.
 
     Args:
@@ -334,6 +335,8 @@ def predict_volume_files(model, inputs: str | os.PathLike | Sequence[str | os.Pa
             colours) and a montage ``out/overlays/CASE.png``
             (:func:`segdino.volumes.figures.write_volume_overlays`).
         tile_overlap: see :func:`predict_volume`.
+        min_size_mm3: remove predicted components smaller than this volume (mm^3) from every
+            foreground class (:func:`segdino.volumes.postprocess.remove_small_components`).
         progress: show progress per volume: True a bar on a terminal (plain lines elsewhere),
             ``"quiet"`` plain lines only.
 
@@ -353,6 +356,7 @@ def predict_volume_files(model, inputs: str | os.PathLike | Sequence[str | os.Pa
     ch = _channel_index(channel, inputs)
     num_classes = int(model.config.num_classes)
     largest_component_classes(largest_component, num_classes)
+    check_min_size(min_size_mm3)
     predictor = Predictor(model, device, batch_size=batch_size)
     out = Path(out)
     writer = PredictionWriter(out, num_classes)
@@ -370,7 +374,7 @@ def predict_volume_files(model, inputs: str | os.PathLike | Sequence[str | os.Pa
                 volume = _read(job, ch)
                 with torch.inference_mode():
                     labels, prob = _predict(predictor, volume, batch_size, None, probabilities, tile_overlap)
-                labels = postprocess_labels(labels, largest_component, num_classes)
+                labels = postprocess_labels(labels, largest_component, num_classes, min_size_mm3, volume.spacing)
                 writer.write_volume(job.case, labels, volume.affine, prob, prediction_ending(job.source))
                 if overlays:
                     _write_overlays(out / OVERLAYS, job.case, model, volume, labels)

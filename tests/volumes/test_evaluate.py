@@ -340,6 +340,20 @@ def test_evaluate_predictions_from_the_command_line(dataset, tmp_path, capsys):
     missed = [r for r in lesion_rows if r["kind"] == "lesion" and r["class_name"] == "lesion" and r["found"] == "0"]
     assert {r["case"] for r in missed} == {b} and len(missed) == n_lesions(gts[b])
 
+    # A minimum size above the 8-voxel speck (12.8 mm^3) and below every lesion removes the false positive only.
+    out2 = tmp_path / "report-min-size"
+    code, cap = _run_cli(["evaluate", "--predictions", str(pred_dir), "--data", str(dataset), "--out", str(out2),
+                          "--min-size", "13"], capsys)
+    assert code == 0, cap.err
+    s2 = read_summary(out2 / "summary.json")
+    les2 = s2["lesions"]["lesion"]
+    assert s2["min_size_mm3"] == 13.0 and les2["false_positives"] == 0
+    assert (les2["found"], les2["missed"]) == (les["found"], les["missed"])
+    code, cap = _run_cli(["evaluate", "--predictions", str(pred_dir), "--data", str(dataset), "--out",
+                          str(tmp_path / "bad"), "--min-size", "-1"], capsys)
+    assert code != 0 and "--min-size must be a volume in mm^3 >= 0, got -1" in cap.err
+    assert "Traceback" not in cap.err and not (tmp_path / "bad").exists()
+
     report = (out / "report.md").read_text()
     assert "HD95 (mm)" in report and "Lesion-wise detection" in report and f"Worst: {b}" in report
     for name in ("case_best.png", "case_worst.png", "dice_histogram.png"):
