@@ -3,7 +3,7 @@
 Reads every run's results JSON and log.csv in a folder (default results/gpu), groups the runs by
 dataset, recipe, ablation and variant tag over seeds, and writes markdown tables::
 
-    python benchmarks/accuracy_tables.py --doc docs/RESULTS.md --figure results/val_dice_curves.png
+    python benchmarks/accuracy_tables.py --doc docs/RESULTS.md --figure docs/figures/val_dice_curves.png
 
 ``--doc`` rewrites the generated blocks of a markdown file in place: each lies between a line
 ``<!-- accuracy-table KIND [dataset=NAME] [recipe=NAME] -->`` and ``<!-- /accuracy-table -->``;
@@ -291,26 +291,27 @@ SUMMARY_HEADER = ["test Dice", "test IoU", "HD95 px (failures per seed)", "HD95 
 
 # --- tables ----------------------------------------------------------------------------------
 
+def _recipe_groups(groups: dict, datasets, recipes):
+    """(dataset, recipe, group) of the full model, no variant, for every dataset and recipe."""
+    for d in datasets or _datasets(groups, RECIPE_DATASETS):
+        for rec in recipes:
+            yield d, rec, group_of(groups, d, rec)
+
+
 def recipes_table(groups: dict, datasets=None, recipes=RECIPES) -> str:
     """Mean ± std over seeds per dataset and recipe (the full model, no variant)."""
-    datasets = datasets or _datasets(groups, RECIPE_DATASETS)
     rows = []
-    for d in datasets:
-        for rec in recipes:
-            g = group_of(groups, d, rec)
-            rows.append([dataset_name(d), rec, g.seeds_text(), *summary_cells(g), f"`{g.command()}`"])
+    for d, rec, g in _recipe_groups(groups, datasets, recipes):
+        rows.append([dataset_name(d), rec, g.seeds_text(), *summary_cells(g), f"`{g.command()}`"])
     return table(["dataset", "recipe", "seeds"] + SUMMARY_HEADER + ["command"], rows)
 
 
 def seeds_table(groups: dict, datasets=None, recipes=RECIPES) -> str:
     """One row per run of the recipes (full model, no variant), incomplete runs included."""
-    datasets = datasets or _datasets(groups, RECIPE_DATASETS)
     rows = []
-    for d in datasets:
-        for rec in recipes:
-            g = group_of(groups, d, rec)
-            for r in sorted(g.runs, key=lambda r: r.seed):
-                rows.append([dataset_name(d), rec, str(r.seed), *run_cells(r, g.epochs)])
+    for d, rec, g in _recipe_groups(groups, datasets, recipes):
+        for r in sorted(g.runs, key=lambda r: r.seed):
+            rows.append([dataset_name(d), rec, str(r.seed), *run_cells(r, g.epochs)])
     return table(["dataset", "recipe", "seed", "test Dice", "test IoU", "HD95 px (failures)",
                   "HD95 px, failures as diagonal", "val Dice (best epoch)", "training time, s", "state"], rows)
 

@@ -193,7 +193,7 @@ def test_curves_figure_is_a_small_png(results, tmp_path):
 def test_results_doc_is_what_the_results_give():
     """docs/RESULTS.md's generated accuracy tables match results/gpu/ (regenerate them when results change)."""
     assert tables.main(["--doc", str(ROOT / "docs" / "RESULTS.md"), "--check"]) == 0, (
-        "run: python benchmarks/accuracy_tables.py --doc docs/RESULTS.md --figure results/val_dice_curves.png")
+        "run: python benchmarks/accuracy_tables.py --doc docs/RESULTS.md --figure docs/figures/val_dice_curves.png")
 
 
 def test_an_ablation_run_trains_scores_and_records_its_model(tmp_path):
