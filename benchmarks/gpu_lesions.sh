@@ -10,6 +10,8 @@
 #                                                                      # nibabel, pure Python, ~13 MB
 # then run with carry [".data/lidc-nodules", ".data/pylib"] (about 40 MB of the 64 MB allowed):
 #   bash benchmarks/gpu_lesions.sh lidc      # or: scan, or: all (both parts side by side)
+#   bash benchmarks/gpu_lesions.sh jobs "NAME|DATA|TRAIN ARGS" ...   # any runs side by side, e.g.
+#     "lidc-resized256-s0|.data/lidc-nodules|--intensity lung --image-size 256 --seed 0"
 # Results: one tar, $OUT/lesions$TAG.tar, rewritten every minute so that a call cut short still
 # returns what was done: results/gpu/lesions/lesions-<name>.json (per-volume test Dice, HD95,
 # lesion detection F1, the command, GPU and versions), each run's console log and log.csv, and
@@ -78,6 +80,15 @@ if [[ $what == lidc || $what == all ]]; then
   for seed in $SEEDS; do
     train_eval "$LIMIT" "lidc-patches$tag-s$seed" .data/lidc-nodules --intensity lung "${spacing[@]}" --seed "$seed" \
       --augment segdino
+  done
+fi
+
+if [[ $what == jobs ]]; then
+  shift
+  for job in "$@"; do
+    IFS='|' read -r name data args <<< "$job"
+    # shellcheck disable=SC2086  # the job's arguments are words
+    train_eval "$LIMIT" "$name" "$data" $args
   done
 fi
 
