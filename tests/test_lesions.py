@@ -204,6 +204,30 @@ def test_ensemble_of_models_for_different_tasks_is_refused(tmp_path):
     assert isinstance(model, AveragedModel) and len(model.members) == 2 and len(model.flips) == 4
 
 
+def test_fold_models_that_chose_different_minimum_sizes_ensemble_with_the_smallest():
+    import dataclasses
+
+    import segdino
+    from segdino.volumes import volume_settings
+
+    base = volume_settings({"kind": "ct", "low": -200.0, "high": 250.0}, "axial", 1)
+    members = []
+    for size in (30.0, 12.5, None):
+        m = segdino.build_model("vitt16", num_classes=1, decoder_dim=16, image_size=32)
+        vol = dict(base, **({} if size is None else {"min_size_mm3": size, "min_size_source": "validation"}))
+        m.config = dataclasses.replace(m.config, volume=vol)
+        members.append(m)
+    both = AveragedModel(members[:2])
+    assert both.config.volume["min_size_mm3"] == 12.5 and "smallest of 2" in both.config.volume["min_size_source"]
+    assert both.config.volume["intensity"] == base["intensity"]
+    # A member that removes nothing: the ensemble removes nothing either.
+    assert "min_size_mm3" not in AveragedModel(members).config.volume
+    other = segdino.build_model("vitt16", num_classes=1, decoder_dim=16, image_size=32)
+    other.config = dataclasses.replace(other.config, volume=dict(base, context=2))
+    with pytest.raises(CheckpointError, match="volume settings"):
+        AveragedModel([members[0], other])
+
+
 # --- folds -----------------------------------------------------------------------------------
 
 
