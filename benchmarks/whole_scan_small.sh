@@ -6,7 +6,8 @@
 # lesions of DIAMETERS mm (default 8,20). Every run: vitt16, decoder 32, batch 8, 16 steps per epoch,
 # --intensity ct:-200,250, foreground ratio 0.5, no workers; its arguments add to or override these.
 # Output: $OUT/small$TAG.tar (logs, summaries) and one line per run on stdout. On a GPU machine the
-# runs share the GPU; THREADS (default 2) CPU threads each.
+# runs share the GPU; THREADS (default 2) CPU threads each. EVAL_ARGS: more `segdino evaluate` options
+# (e.g. --tta).
 set -u
 # The GPU machine has no nibabel: carry .data/pylib as benchmarks/gpu_lesions.sh says.
 export PYTHONPATH="$PWD/.data/pylib:$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -27,7 +28,7 @@ for job in "$@"; do
       --intensity ct:-200,250 --foreground-ratio 0.5 $args > "$root/$name.out" 2>&1
     t1=$(date +%s)
     OMP_NUM_THREADS=$THREADS python3 -m segdino evaluate --model "$root/$name" --data "$data" --split test \
-      --out "$root/$name/report" >> "$root/$name.out" 2>&1
+      --out "$root/$name/report" ${EVAL_ARGS:-} >> "$root/$name.out" 2>&1
     python3 - "$root/$name/report/summary.json" "$name" "$((t1 - t0))" "$args" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
