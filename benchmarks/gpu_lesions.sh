@@ -17,7 +17,8 @@
 # lesion detection F1, the command, GPU and versions), each run's console log and log.csv, and
 # runs/*/{plan.json,config.yaml,report/summary.json}. (The device returns few files.)
 # Variables: EPOCHS, STEPS (default 30 x 100 as in today's baseline), SPACING (LIDC: plan = the
-# default plan, auto = the training median unrefined; a finer value such as 0.35 gives the stride-16 ViT more tokens per nodule),
+# default plan, i.e. whole slices resized, as these are crops; auto = patches at the training median; a value
+# such as 0.17 = patches at that spacing),
 # SEEDS (default "0 1 2"), LIMIT (seconds per training, default 420; LIMIT_SCAN for the whole-scan
 # runs, default LIMIT minus 60 s for writing their data), TAG (appended to the tar's name).
 # EXTRA: more `segdino train` options for every run (e.g. --volume-cache 700).
@@ -76,9 +77,11 @@ pids=()
 
 if [[ $what == lidc || $what == all ]]; then
   [[ -d .data/lidc-nodules ]] || { echo "missing .data/lidc-nodules (see the header)"; exit 2; }
-  tag="-sp$SPACING"; spacing=(--spacing "$SPACING"); [[ $SPACING == plan ]] && { tag="-plan"; spacing=(); }
+  # The default plan (whole slices resized for these crops: segdino.volumes.planning.crop_plan), or
+  # patches at SPACING. (Runs before 2026-12-02 named lidc-patches-plan-* were patches at 0.236 mm.)
+  tag="-patches-sp$SPACING"; spacing=(--spacing "$SPACING"); [[ $SPACING == plan ]] && { tag="-default"; spacing=(); }
   for seed in $SEEDS; do
-    train_eval "$LIMIT" "lidc-patches$tag-s$seed" .data/lidc-nodules --intensity lung "${spacing[@]}" --seed "$seed" \
+    train_eval "$LIMIT" "lidc$tag-s$seed" .data/lidc-nodules --intensity lung "${spacing[@]}" --seed "$seed" \
       --augment segdino
   done
 fi

@@ -204,6 +204,14 @@ def _class_masks(labels: np.ndarray, num_classes: int, what: str) -> dict[int, n
     return {c: labels == c for c in foreground_classes(num_classes)}
 
 
+def dice_coefficient(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Dice of two boolean masks of one shape: 2|P∩G| / (|P| + |G|), 1 when both are empty."""
+    n_p, n_g = int(np.count_nonzero(pred)), int(np.count_nonzero(gt))
+    if n_p + n_g == 0:
+        return 1.0
+    return 2.0 * int(np.count_nonzero(pred & gt)) / (n_p + n_g)
+
+
 def case_metrics(
     pred: np.ndarray,
     gt: np.ndarray,
@@ -244,7 +252,7 @@ def case_metrics(
         hd95, asd = hd95_asd(p, g, sp)
         failed = (n_p == 0) != (n_g == 0)
         out[c] = {
-            "dice": 1.0 if union == 0 else 2.0 * inter / (n_p + n_g),
+            "dice": dice_coefficient(p, g),
             "iou": 1.0 if union == 0 else inter / union,
             **({} if nsd_tolerance is None else {"nsd": normalized_surface_dice(p, g, nsd_tolerance, sp)}),
             "hd95": hd95,
@@ -426,5 +434,5 @@ def lesion_metrics(
 
 
 __all__ = ["METRICS", "NSD_TOLERANCE", "SURFACE_METRICS", "case_metrics", "case_rows", "describe", "diagonal",
-           "foreground_classes", "hd95_asd", "lesion_metrics", "normalized_surface_dice", "summarize",
+           "dice_coefficient", "foreground_classes", "hd95_asd", "lesion_metrics", "normalized_surface_dice", "summarize",
            "summarize_lesions", "surface_distances"]

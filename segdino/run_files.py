@@ -29,6 +29,7 @@ CONFIG = "config.yaml"
 SPLITS = "splits.json"
 FOLD_SPLITS = "splits_final.json"  # nnU-Net's name for a list of cross-validation folds
 PLAN = "plan.json"
+POSTPROCESSING = "postprocessing.json"  # the minimum component size training chose, and its scores
 LOG_CSV = "log.csv"
 TRAIN_LOG = "train.log"
 BEST = "best.safetensors"
@@ -66,7 +67,7 @@ def run_weights(folder: str | Path) -> Path:
     return Path(folder) / BEST
 
 
-__all__ = ["BEST", "CASES_CSV", "CONFIG", "FIGURES", "FOLD_SPLITS", "LAST", "LESIONS_CSV", "LOG_CSV", "MASKS",
+__all__ = ["BEST", "CASES_CSV", "CONFIG", "FIGURES", "FOLD_SPLITS", "LAST", "LESIONS_CSV", "LOG_CSV", "MASKS", "POSTPROCESSING",
            "OVERLAYS", "PLAN", "PREDICTIONS", "PROBABILITIES", "REPORT_HTML", "REPORT_MD", "RESUME_DIR",
            "RESUME_STATE", "RUN_MARKERS", "RUN_READ_MARKERS", "SPLITS", "SUMMARY", "TENSORBOARD",
            "TRAIN_LOG", "is_run_folder", "run_weights"]

@@ -15,6 +15,7 @@ One implementation serves 2D images and the slices of volumes:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Callable, Sequence
 
@@ -111,8 +112,31 @@ def _name(model, i: int) -> str:
                or f"model {i + 1}")
 
 
+#: Volume settings that are post-processing each member chose for itself, not the task or input.
+POSTPROCESS_KEYS = ("min_size_mm3", "min_size_source")
+
+
+def _task_volume(volume):
+    return None if volume is None else {k: v for k, v in volume.items() if k not in POSTPROCESS_KEYS}
+
+
+def ensemble_config(models: Sequence):
+    """The config an ensemble predicts with: the first member's, with the smallest minimum
+    component size of the members that chose one (a size chosen on one member's predictions
+    removes at most what that size removes from the average); none if a member chose none."""
+    first = models[0].config
+    sizes = [(getattr(m.config, "volume", None) or {}).get("min_size_mm3") for m in models]
+    if len(models) == 1 or all(s == sizes[0] for s in sizes):
+        return first
+    volume = _task_volume(first.volume)
+    if all(s is not None for s in sizes):
+        volume.update(min_size_mm3=min(sizes), min_size_source=f"the smallest of {len(models)} ensemble members'")
+    return dataclasses.replace(first, volume=volume)
+
+
 def check_compatible(models: Sequence, names: Sequence[str] | None = None) -> None:
-    """Ensemble members must agree on classes, input size, normalisation and volume settings."""
+    """Ensemble members must agree on classes, input size, normalisation and volume settings
+    (their post-processing, :data:`POSTPROCESS_KEYS`, may differ: :func:`ensemble_config`)."""
     names = list(names) if names is not None else [_name(m, i) for i, m in enumerate(models)]
     first = models[0].config
     for m, name in zip(models[1:], names[1:]):
@@ -120,7 +144,8 @@ def check_compatible(models: Sequence, names: Sequence[str] | None = None) -> No
         for what, a, b in (("class count", first.num_classes, c.num_classes),
                            ("input size", tuple(first.image_size), tuple(c.image_size)),
                            ("normalisation", (tuple(first.mean), tuple(first.std)), (tuple(c.mean), tuple(c.std))),
-                           ("volume settings", getattr(first, "volume", None), getattr(c, "volume", None))):
+                           ("volume settings", _task_volume(getattr(first, "volume", None)),
+                            _task_volume(getattr(c, "volume", None)))):
             if a != b:
                 raise CheckpointError(f"{name}: its {what} {b!r} differs from {names[0]}'s {a!r}; "
                                       "an ensemble averages models of one task and input")
@@ -151,7 +176,7 @@ class AveragedModel(torch.nn.Module):
             self.members = models
             self.device = getattr(models[0], "device", None)
         self.flips = [tuple(int(d) for d in f) for f in flips] or [()]
-        self.config = models[0].config
+        self.config = ensemble_config(models)
         self.num_classes = self.config.num_classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -207,4 +232,4 @@ def logits_at_spacing(model, x: torch.Tensor, spacing: Sequence[float] | None, t
 
 
 __all__ = ["TTA_FLIPS", "check_overlap", "gaussian_weight", "tile_starts", "sliding_window", "probabilities",
-           "logits_of", "check_compatible", "AveragedModel", "ensemble", "logits_at_spacing"]
+           "logits_of", "check_compatible", "ensemble_config", "POSTPROCESS_KEYS", "AveragedModel", "ensemble", "logits_at_spacing"]

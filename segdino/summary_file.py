@@ -49,6 +49,7 @@ EVALUATION_KEYS: dict[str, Any] = {
     "warning": None,
     "largest_component_classes": [],
     "min_size_mm3": None,
+    "min_size_source": None,  # "--min-size", or what the model's training chose it on
     "reoriented": [],
     "resampled": [],
     "ignored_predictions": [],

@@ -7,6 +7,7 @@ file's keys are the flag names (``image-size`` or ``image_size``).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,9 +91,26 @@ class TrainConfig:
     patch_size: tuple[int, int] | None = None
     folds: int | None = None
     tile_overlap: float = 0.5
+    # Post-processing recorded in the model: predicted components under this volume (mm^3) are
+    # removed; auto: the size that scores best on the validation volumes after training; 0: none.
+    min_size: str | float = "auto"
     quiet: bool = False
     save_every: float = 60.0  # seconds between writes of last + resume state (always after the last epoch)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def _validate_min_size(self) -> None:
+        """``min_size``: ``auto`` or a volume in mm^3 >= 0 (a number, or its text from the command line)."""
+        value = self.min_size
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            self.min_size = "auto"
+            return
+        try:
+            number = float(value) if not isinstance(value, bool) else float("nan")
+        except (TypeError, ValueError):
+            number = float("nan")
+        if not (math.isfinite(number) and number >= 0):
+            raise ConfigError(f"--min-size must be auto or a volume in mm^3 >= 0, got {value!r}")
+        self.min_size = number
 
     def validate(self) -> None:
         if self.recipe not in RECIPES:
@@ -110,6 +128,7 @@ class TrainConfig:
             raise ConfigError(f"--augment must be segdino, segdino-intensity, paper or none, got {self.augment!r}")
         self._validate_patches()
         self._validate_decoder()
+        self._validate_min_size()
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"--precision must be auto, bf16 or fp32, got {self.precision!r}")
         if self.on_nan not in ("stop", "skip") or self.on_bad_data not in ("stop", "skip"):

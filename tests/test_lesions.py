@@ -204,6 +204,30 @@ def test_ensemble_of_models_for_different_tasks_is_refused(tmp_path):
     assert isinstance(model, AveragedModel) and len(model.members) == 2 and len(model.flips) == 4
 
 
+def test_fold_models_that_chose_different_minimum_sizes_ensemble_with_the_smallest():
+    import dataclasses
+
+    import segdino
+    from segdino.volumes import volume_settings
+
+    base = volume_settings({"kind": "ct", "low": -200.0, "high": 250.0}, "axial", 1)
+    members = []
+    for size in (30.0, 12.5, None):
+        m = segdino.build_model("vitt16", num_classes=1, decoder_dim=16, image_size=32)
+        vol = dict(base, **({} if size is None else {"min_size_mm3": size, "min_size_source": "validation"}))
+        m.config = dataclasses.replace(m.config, volume=vol)
+        members.append(m)
+    both = AveragedModel(members[:2])
+    assert both.config.volume["min_size_mm3"] == 12.5 and "smallest of 2" in both.config.volume["min_size_source"]
+    assert both.config.volume["intensity"] == base["intensity"]
+    # A member that removes nothing: the ensemble removes nothing either.
+    assert "min_size_mm3" not in AveragedModel(members).config.volume
+    other = segdino.build_model("vitt16", num_classes=1, decoder_dim=16, image_size=32)
+    other.config = dataclasses.replace(other.config, volume=dict(base, context=2))
+    with pytest.raises(CheckpointError, match="volume settings"):
+        AveragedModel([members[0], other])
+
+
 # --- folds -----------------------------------------------------------------------------------
 
 
@@ -381,22 +405,33 @@ def test_bad_fold_and_patch_requests_are_one_line_naming_the_file(scans, tmp_pat
     assert not (tmp_path / "r" / "config.yaml").exists()
 
 
-def test_the_default_plan_refines_the_median_spacing_until_slices_are_tokens_wide(scans):
+def test_the_default_plan_trains_crops_whole_and_scans_on_patches(scans, tmp_path):
     from types import SimpleNamespace
 
+    from segdino.data.whole_scan import write_whole_scan_dataset
+    from segdino.training.datasets import build_volume_datasets
+    from segdino.train_config import resolve_config
     from segdino.volumes import find_volume_cases
-    from segdino.volumes.planning import MAX_REFINE, plan_volumes, refine_for_tokens, wants_patches
+    from segdino.volumes.planning import MIN_TOKENS, crop_plan, plan_volumes, wants_patches
 
+    # 80 x 64 px at 1 mm: 4 tokens across, a crop: whole slices resized to the model's input.
     cases = find_volume_cases(scans).split_cases("train")
-    plan = plan_volumes(cases, "axial", None, None, min_tokens=8)  # 80 x 64 px at 1 mm: 4 tokens across
-    assert plan.spacing == pytest.approx((0.5, 0.5)) and plan.median_shape == (160, 128)
-    assert plan.patch_size == (160, 128) and "refined 2x" in plan.spacing_source
-    assert plan_volumes(cases, "axial", None, None, min_tokens=4).spacing == pytest.approx((1.0, 1.0))
-    # LIDC-like crops of 48 px at 0.7 mm: 3 tokens, refined to 8 (128 px at 0.2625 mm).
-    sp, factor = refine_for_tokens((0.7, 0.7), (48, 48), 8)
-    assert factor == pytest.approx(128 / 48) and sp == pytest.approx((0.2625, 0.2625))
-    assert refine_for_tokens((1.0, 1.0), (8, 8), 8)[1] == MAX_REFINE  # never more than MAX_REFINE
-    assert refine_for_tokens((0.7, 0.7), (512, 512), 8) == ((0.7, 0.7), 1.0)
+    crops = crop_plan(cases, "axial", (64, 64))
+    assert crops is not None and crops.median_shape == (80, 64) and crops.median_source_spacing == (1.0, 1.0)
+    assert f"under {MIN_TOKENS} tokens" in crops.describe() and "resized to 64x64" in crops.describe()
+    cfg = resolve_config(dict(data=str(scans), out=str(tmp_path / "r"), intensity="ct:-200,250", image_size=64,
+                              backbone="vitt16", num_workers=0))
+    cfg.extra["explicit"] = []  # as from the command line without --image-size
+    data = build_volume_datasets(cfg)
+    assert type(data.train).__name__ == "VolumeSliceDataset" and data.plan.mode == "whole slices resized"
+    assert "spacing" not in data.extra["volume"]  # predicted whole, resized, as trained
+    # 128 px across at 1 mm is 8 tokens: patches at the median spacing.
+    big = write_whole_scan_dataset(tmp_path / "big", 2, 1, 1, shape=(6, 128, 144), spacing=(2.5, 1.0, 1.0), seed=0,
+                                   lesions=(1, 1), diameters=(6.0, 8.0))
+    big_cases = find_volume_cases(big).split_cases("train")
+    assert crop_plan(big_cases, "axial", (256, 256)) is None
+    plan = plan_volumes(big_cases, "axial", None, None)
+    assert plan.spacing == pytest.approx((1.0, 1.0)) and sorted(plan.patch_size) == [128, 144]
     cfg = lambda spacing=None, patch=None, explicit=(): SimpleNamespace(spacing=spacing, patch_size=patch,  # noqa: E731
                                                                           extra={"explicit": list(explicit)})
     assert wants_patches(cfg()) and wants_patches(cfg("auto")) and wants_patches(cfg(patch=(32, 32)))

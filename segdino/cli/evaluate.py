@@ -54,7 +54,8 @@ def register(subparsers) -> None:
                         help="volumes: keep only the largest connected component of each predicted class")
     parser.add_argument("--min-size", type=float, default=None, metavar="MM3",
                         help="volumes: remove predicted components smaller than MM3 cubic millimetres from every "
-                             "class before scoring (false positives of lesion detection are mostly specks)")
+                             "class before scoring (false positives of lesion detection are mostly specks); default with "
+                             "--model: the size its training chose, if any; 0 keeps every component")
     parser.add_argument("--nsd-tolerance", type=float, default=None, metavar="MM",
                         help="volumes: normalised surface Dice counts boundary voxels within MM of the other "
                              "boundary (default 1 mm)")

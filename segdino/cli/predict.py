@@ -52,7 +52,9 @@ def register(subparsers) -> None:
     parser.add_argument("--largest-component", action="store_true",
                         help="volumes: keep only the largest connected component of each predicted class")
     parser.add_argument("--min-size", type=float, default=None, metavar="MM3",
-                        help="volumes: remove predicted components smaller than MM3 cubic millimetres from every class")
+                        help="volumes: remove predicted components smaller than MM3 cubic millimetres from every class "
+                             "(default: the size the model's training chose on its validation cases, if any; "
+                             "0 keeps every component)")
     add_quiet_argument(parser)
     add_device_argument(parser)
     parser.set_defaults(func=run_predict)

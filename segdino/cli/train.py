@@ -124,6 +124,10 @@ def register(sub) -> None:
     av("--folds", type=int, help="make (once, seeded, by patient) and use K cross-validation folds "
                                  "in DATA/splits_final.json; --fold picks one")
     av("--tile-overlap", type=float, help="sliding-window overlap in validation")
+    av("--min-size", metavar="MM3|auto",
+       help="post-processing recorded in the model: predicted components under MM3 cubic millimetres "
+            "are removed; auto: the size that scores best (mean of Dice and lesion F1) on the validation "
+            "volumes after training; 0: none")
     p.add_argument("--gpus", type=int, help="start this many training processes on this machine (torchrun)")
     a("--quiet", action="store_true", default=None,
       help="no progress bars: plain lines (one per epoch, or per minute), as when output is not a terminal")
@@ -137,7 +141,7 @@ OPTION_NAMES = [
     "backbone_weights", "init", "freeze_backbone", "batch_size", "lr", "backbone_lr_scale", "weight_decay",
     "schedule", "warmup_epochs", "loss", "augment", "precision", "compile", "fused_decoder", "num_workers", "seed", "fold",
     "val_every", "channel", "resume", "overwrite", "on_nan", "on_bad_data", "steps_per_epoch", "device",
-    "intensity", "slice_axis", "context", "foreground_ratio", "volume_cache", "quiet", "save_every",
+    "intensity", "slice_axis", "context", "foreground_ratio", "volume_cache", "quiet", "save_every", "min_size",
     "spacing", "patch_size", "folds", "tile_overlap",
 ]
 

@@ -35,12 +35,12 @@ from .model_init import NO_PRETRAINED_WARNING, build_run_model, init_from, is_pr
 from .optim import backbone_lr_scale, lr_factor, make_optimizer
 from .run import check_resumed_config, describe_setup, open_run_folder, prepare_run_folder, run_paths, run_training
 from .run_log import EpochResult, RunLog
-from .sampling import EpochSampler, TrainView, collate_eval, collate_train
+from .sampling import EpochSampler, RunSampler, TrainView, collate_eval, collate_train
 from .trainer import Trainer, TrainingError
 from .validation import dice_from_counts, overlap_counts
 
 __all__ = [
-    "Checkpoints", "EpochResult", "EpochSampler", "NO_PRETRAINED_WARNING", "RESUME_FILE", "RunLog", "TrainView",
+    "Checkpoints", "EpochResult", "EpochSampler", "NO_PRETRAINED_WARNING", "RESUME_FILE", "RunLog", "RunSampler", "TrainView",
     "Trainer", "TrainingData", "TrainingError", "backbone_lr_scale", "build_datasets", "build_run_model",
     "build_volume_datasets", "check_resumed_config", "collate_eval", "collate_train", "describe_setup",
     "dice_from_counts", "dist_info", "init_distributed", "init_from", "is_pretrained", "is_volume_data",

@@ -55,7 +55,8 @@ class TrainingData:
 
     @property
     def plan(self):
-        """The :class:`~segdino.volumes.planning.VolumePlan` of a patch run, or None."""
+        """The plan of a volume run (:class:`~segdino.volumes.planning.VolumePlan` for patches,
+        :class:`~segdino.volumes.planning.CropPlan` for crops trained whole), or None."""
         return getattr(self.train, "plan", None)
 
     def configure(self, cfg: TrainConfig) -> TrainConfig:
@@ -195,17 +196,26 @@ def build_volume_datasets(cfg: TrainConfig, run: Path | None = None) -> Training
     """The slice (or, with ``--spacing``/``--patch-size``, patch) datasets of a volume dataset."""
     from ..volumes import VolumeSliceDataset
     from ..volumes.patches import preload_cases
-    from ..volumes.planning import wants_patches
+    from ..volumes.planning import crop_plan, wants_patches
 
     found = _volume_cases(cfg, run)
     settings, extra = _volume_decisions(cfg, found)
+    crops = None  # whole slices: asked for (--image-size), or the plan for crops
     if wants_patches(cfg):
-        return _patch_data(cfg, found, settings, extra)
+        if cfg.spacing is not None or cfg.patch_size is not None:
+            return _patch_data(cfg, found, settings, extra)
+        crops = crop_plan(found.split_cases("train"), extra["volume"]["axis"], cfg.image_size)
+        if crops is None:
+            return _patch_data(cfg, found, settings, extra)
+        print(crops.describe())  # what the run will do, even with --quiet
+        extra["plan"] = crops.to_dict()
     vol = extra["volume"]
     common = dict(axis=vol["axis"], context=vol["context"], intensity=vol["intensity"],
                   image_size=cfg.image_size, num_classes=settings["num_classes"], cache_size=cfg.volume_cache)
     train = VolumeSliceDataset(found.split_cases("train"), **common)
     train.splits = found.splits
+    if crops is not None:
+        train.plan = crops
     val_cases = found.split_cases("val") if "val" in found.splits else []
     val = VolumeSliceDataset(val_cases, **common) if val_cases else None
     if cfg.on_bad_data == "stop":  # with skip, a bad volume is met (and skipped) when a sample needs it

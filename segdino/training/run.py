@@ -162,6 +162,24 @@ def _prepare(cfg: TrainConfig, out: Path, rank: int, device) -> TrainingData:
     return data
 
 
+def choose_postprocessing(cfg: TrainConfig, out: Path, data: TrainingData, trainer: Trainer) -> None:
+    """Volumes: record the minimum component size (``--min-size``) in the best model, choosing it
+    on the validation volumes for ``auto`` (:mod:`segdino.volumes.postprocess_plan`)."""
+    from ..volumes.postprocess_plan import describe_choice, plan_min_size, record_min_size
+
+    if not (out / run_files.BEST).is_file() or cfg.min_size == 0:
+        return
+    if cfg.min_size != "auto":
+        choice = record_min_size(out, float(cfg.min_size))
+    elif not getattr(data.val, "cases", None):
+        trainer.say("post-processing: no validation volumes to choose a minimum component size on; none recorded")
+        return
+    else:
+        choice = plan_min_size(out, data.val.cases, batch_size=cfg.batch_size, device=trainer.device,
+                               tile_overlap=cfg.tile_overlap)
+    trainer.say(describe_choice(choice))
+
+
 def run_training(cfg: TrainConfig) -> dict[str, Any]:
     """Train per ``cfg`` into ``cfg.out``; returns the best epoch, its score and the run folder."""
     if not cfg.data or not cfg.out:
@@ -183,6 +201,9 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         for line in describe_setup(cfg, trainer, data.train, data.val, record):
             trainer.say(line)
         trainer.fit()
+        if rank == 0 and cfg.extra.get("volume"):
+            choose_postprocessing(cfg, out, data, trainer)
+        barrier(world)
         return {"best_epoch": trainer.best_epoch, "best_score": trainer.best,
                 "has_validation": data.val is not None, "out": str(out), "pretrained": record["pretrained"],
                 **run_paths(out)}
@@ -192,5 +213,5 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         shutdown_distributed(world)
 
 
-__all__ = ["check_resumed_config", "describe_setup", "open_run_folder", "prepare_run_folder", "run_paths",
+__all__ = ["check_resumed_config", "choose_postprocessing", "describe_setup", "open_run_folder", "prepare_run_folder", "run_paths",
            "run_training", "write_run_record"]

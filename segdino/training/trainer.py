@@ -13,11 +13,12 @@ the sample order, :mod:`.distributed` the collectives. Only rank 0 writes files.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ from .distributed import dist_info, sum_over_ranks
 from .model_init import build_run_model, is_pretrained
 from .optim import lr_factor, make_optimizer
 from .run_log import EpochResult, RunLog, epoch_progress
-from .sampling import EpochSampler, TrainView, train_loader
+from .sampling import EpochSampler, RunSampler, TrainView, train_loader
 
 log = logging.getLogger("segdino.train")
 
@@ -188,9 +189,12 @@ class Trainer:
 
     # -- the loop --
 
-    def train_loader(self) -> DataLoader:
+    def train_loader(self, start: int | None = None, end: int | None = None) -> DataLoader:
+        """The training DataLoader: the sampler's current epoch, or with ``start`` and ``end`` the
+        epochs ``start`` to ``end - 1`` through one iterator (:class:`~segdino.training.sampling.RunSampler`)."""
         view = TrainView(self.train_set, self.transform, self.cfg.seed, skip_bad=self.cfg.on_bad_data == "skip")
-        return train_loader(view, self.sampler, self.cfg.batch_size, self.cfg.num_workers,
+        sampler = self.sampler if start is None else RunSampler(self.sampler, start, end)
+        return train_loader(view, sampler, self.cfg.batch_size, self.cfg.num_workers,
                             pin_memory=self.device.type == "cuda")
 
     def set_lr(self) -> float:
@@ -248,7 +252,7 @@ class Trainer:
         elif not bool(bad):
             self.opt.step()
 
-    def run_epoch(self, epoch: int, loader: DataLoader, bar) -> tuple[float, int]:
+    def run_epoch(self, epoch: int, loader: Iterable, bar) -> tuple[float, int]:
         """Train one epoch; (mean loss over every rank's steps, samples seen by all ranks).
 
         Losses are read every :attr:`loss_every` steps and at the end (one wait for the device
@@ -321,7 +325,8 @@ class Trainer:
         """Train from ``start_epoch`` to the last epoch; one :class:`EpochResult` per epoch run."""
         cfg = self.cfg
         results = []
-        loader = self.train_loader()
+        # One iterator for the whole run: the workers go on preparing batches across epoch ends.
+        batches = iter(self.train_loader(self.start_epoch, cfg.epochs))
         try:
             for epoch in range(self.start_epoch, cfg.epochs):
                 self.sampler.set_epoch(epoch)
@@ -330,7 +335,7 @@ class Trainer:
                 bar = epoch_progress(self.steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}",
                                      quiet=cfg.quiet, enabled=self.is_main)
                 t0 = time.perf_counter()
-                train_loss, seen = self.run_epoch(epoch, loader, bar)
+                train_loss, seen = self.run_epoch(epoch, itertools.islice(batches, self.steps_per_epoch), bar)
                 self._sync()
                 seconds = time.perf_counter() - t0
                 self.check_weights(epoch + 1)  # before validation, which refuses non-finite outputs

@@ -44,7 +44,7 @@ from . import figures as _figures
 from .grids import GRID_TOLERANCE, on_label_grid, prediction_on_label_grid  # noqa: F401  (kept importable here)
 from .io import Volume, prediction_ending, read_volume, write_volume
 from .layouts import VolumeCase, VolumeCases, find_volume_cases
-from .postprocess import check_min_size, largest_component_classes, postprocess_labels
+from .postprocess import largest_component_classes, postprocess_labels, resolve_min_size
 from .slicing import resolve_axis
 
 log = logging.getLogger("segdino.volumes")
@@ -211,7 +211,8 @@ def evaluate_volumes(
             (nearest neighbour, through the two affines) instead of refused.
         tile_overlap: sliding-window overlap for the model (see :func:`segdino.volumes.predict.predict_volume`).
         min_size_mm3: remove predicted components smaller than this volume (mm^3) from every
-            foreground class before scoring (after ``largest_component``).
+            foreground class before scoring (after ``largest_component``); None: with a model, the
+            size its training chose, if any; 0: remove nothing.
         progress: show progress per volume: True a bar on a terminal (plain lines elsewhere),
             ``"quiet"`` plain lines only.
 
@@ -246,13 +247,14 @@ def evaluate_volumes(
         num_classes = _dataset_classes(found, cases)
     names = _class_names(num_classes, found, model)
     cleaned = largest_component_classes(largest_component, num_classes)  # bad class ids fail before any work
-    min_size_mm3 = check_min_size(min_size_mm3)
+    min_size_mm3, size_source = resolve_min_size(min_size_mm3, settings)
     facts = dict(mode="model" if model is not None else "predictions", data=str(found.root), layout=found.layout,
                  split=split, split_source=split_source, cases=case_ids,
                  predictions=str(predictions) if predictions is not None else None,
                  model=_model_name(model, model_file), num_classes=num_classes,
                  class_names={str(c): n for c, n in names.items()}, distance_unit="mm",
                  nsd_tolerance=float(nsd_tolerance), largest_component_classes=cleaned, min_size_mm3=min_size_mm3,
+                 min_size_source=size_source,
                  reoriented=[], resampled=[],
                  ignored_predictions=ignored, dataset_issues=list(found.issues),
                  pretrained=pretrained_of(run_dir, model_file))

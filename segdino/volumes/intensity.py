@@ -152,9 +152,12 @@ def normalize_intensity(array: np.ndarray, spec: Mapping[str, Any], dtype=np.flo
 
 
 def volume_settings(intensity: Mapping[str, Any], axis: str | int = "axial", context: int = 0,
-                    spacing=None) -> dict[str, Any]:
+                    spacing=None, min_size_mm3: float | None = None, min_size_source: str | None = None
+                    ) -> dict[str, Any]:
     """The dict stored in ``ModelConfig.volume``: intensity spec, slice axis, 2.5D context k and,
-    for models trained on patches at a target in-plane spacing, that ``spacing`` (rows, columns mm)."""
+    for models trained on patches at a target in-plane spacing, that ``spacing`` (rows, columns mm);
+    for models whose training chose one, the minimum predicted component size ``min_size_mm3``
+    that prediction applies by default, and where it came from (``min_size_source``)."""
     if not isinstance(context, int) or isinstance(context, bool) or context < 0:
         raise ConfigError(f"slice context k must be an integer >= 0, got {context!r}")
     out = {"intensity": validate_intensity(intensity), "axis": validate_axis(axis), "context": int(context)}
@@ -166,6 +169,13 @@ def volume_settings(intensity: Mapping[str, Any], axis: str | int = "axial", con
         if len(sp) != 2 or not all(np.isfinite(s) and s > 0 for s in sp):
             raise ConfigError(f"volume settings: target spacing must be two positive numbers (mm), got {spacing!r}")
         out["spacing"] = sp
+    if min_size_mm3 is not None:
+        value = float(min_size_mm3) if isinstance(min_size_mm3, (int, float)) and not isinstance(min_size_mm3, bool) \
+            else float("nan")
+        if not (np.isfinite(value) and value >= 0):
+            raise ConfigError(f"volume settings: min_size_mm3 must be a volume in mm^3 >= 0, got {min_size_mm3!r}")
+        out["min_size_mm3"] = value
+        out["min_size_source"] = str(min_size_source or "the model file")
     return out
 
 
@@ -176,4 +186,5 @@ def read_volume_settings(d: Mapping[str, Any] | None) -> dict[str, Any]:
     missing = [k for k in ("intensity", "axis", "context") if k not in d]
     if missing:
         raise ConfigError(f"volume settings lack {', '.join(missing)}: {dict(d)!r}")
-    return volume_settings(d["intensity"], d["axis"], d["context"], d.get("spacing"))
+    return volume_settings(d["intensity"], d["axis"], d["context"], d.get("spacing"), d.get("min_size_mm3"),
+                           d.get("min_size_source"))

@@ -186,13 +186,11 @@ def patch_datasets(cfg, found, settings: dict):
     """
     from ..resample import parse_spacing
     from .intensity import volume_settings
-    from .planning import MIN_TOKENS, plan_volumes
+    from .planning import plan_volumes
 
     spacing = None if cfg.spacing in (None, "auto") else parse_spacing(cfg.spacing)
     train_cases = found.split_cases("train")
-    # No --spacing: the default plan, the median refined for the ViT's tokens; --spacing auto: the median.
-    plan = plan_volumes(train_cases, settings["axis"], spacing, cfg.patch_size, max_patch=max(cfg.image_size),
-                        min_tokens=MIN_TOKENS if cfg.spacing is None else None)
+    plan = plan_volumes(train_cases, settings["axis"], spacing, cfg.patch_size, max_patch=max(cfg.image_size))
     print(plan.describe())  # what the run will do, even with --quiet (which silences progress bars)
     cfg.spacing = ",".join(f"{v:.6g}" for v in plan.spacing)
     cfg.patch_size = plan.patch_size

@@ -9,11 +9,19 @@ Minimum component size, per class (``--min-size`` in mm^3): for classes with sev
 pieces, predicted components smaller than the smallest lesion worth reporting are removed
 (false positives of a lesion detector are mostly specks one slice thick). The size is a
 volume in mm^3, so one setting means the same on every scanner's grid.
+
+Choosing that size from data (:func:`choose_min_size`), as nnU-Net decides its post-processing on
+cross-validation predictions: the trained model's predictions of the validation cases are scored
+with every removal that changes them (nothing removed, then each predicted component's size in
+turn), and the smallest size with the best score is kept. The score is the mean of the
+per-volume Dice and the lesion detection F1, so removing a real lesion costs as much as keeping
+a false one. Training does this on its validation cases (``segdino train --min-size auto``) and
+records the size in the model; prediction and evaluation then apply it unless told otherwise.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import math
 
@@ -109,6 +117,18 @@ def check_min_size(min_size_mm3: float | None) -> float | None:
     return value
 
 
+def resolve_min_size(min_size_mm3: float | None, settings: dict | None) -> tuple[float | None, str | None]:
+    """The minimum component size a prediction applies, and where it comes from: ``min_size_mm3``
+    when given (``--min-size``; 0 removes nothing), else the one the model's volume ``settings``
+    record (chosen in training), else none."""
+    value = check_min_size(min_size_mm3)
+    if value is not None:
+        return value, "--min-size"
+    if settings and settings.get("min_size_mm3") is not None:
+        return float(settings["min_size_mm3"]), str(settings.get("min_size_source") or "the model file")
+    return None, None
+
+
 def remove_small_components(labels: np.ndarray, min_voxels: int, connectivity: int | None = None) -> np.ndarray:
     """``labels`` with every connected component of each non-zero label smaller than
     ``min_voxels`` voxels set to background (0); a copy when anything is removed.
@@ -133,6 +153,82 @@ def remove_small_components(labels: np.ndarray, min_voxels: int, connectivity: i
             out = out.copy() if out is labels else out
             out[small[comp]] = 0
     return out
+
+
+def component_volumes(labels: np.ndarray, spacing: Iterable[float], connectivity: int | None = None) -> list[float]:
+    """The volume (mm^3) of every connected component of every non-zero label of ``labels``."""
+    labels = np.asarray(labels)
+    voxel = float(np.prod([float(s) for s in spacing]))
+    structure = ndimage.generate_binary_structure(labels.ndim, labels.ndim if connectivity is None else connectivity)
+    out: list[float] = []
+    for c in (int(v) for v in np.unique(labels) if v != 0):
+        comp, n = ndimage.label(labels == c, structure=structure)
+        out.extend((np.bincount(comp.ravel(), minlength=n + 1)[1:] * voxel).tolist())
+    return out
+
+
+MAX_CANDIDATES = 64  # sizes tried by choose_min_size (quantiles of the predicted components beyond that)
+
+
+def choose_min_size(predictions: Sequence[np.ndarray], references: Sequence[np.ndarray],
+                    spacings: Sequence[Iterable[float]], num_classes: int = 1,
+                    max_candidates: int = MAX_CANDIDATES) -> dict:
+    """The minimum component size (mm^3) that scores best on labelled cases (module docstring).
+
+    Args:
+        predictions: predicted label volumes, without any size filter.
+        references: their reference label volumes, same shapes.
+        spacings: each case's voxel size in mm.
+        num_classes: the model's outputs (1: binary, every non-zero label is the foreground).
+        max_candidates: the most removal sizes tried.
+
+    Returns:
+        dict: ``min_size_mm3`` (0.0: removing nothing scores best), ``score`` (mean of per-volume
+        Dice and lesion F1 at that size), ``dice`` and ``lesion_f1`` at that size, the same at
+        size 0 (``dice_without``, ``lesion_f1_without``, ``score_without``), ``removed`` (predicted
+        components the size removes), ``cases`` and ``candidates`` (sizes tried).
+    """
+    from ..metric_stats import summarize_lesions
+    from ..metrics import dice_coefficient, lesion_metrics
+
+    if not (len(predictions) == len(references) == len(spacings)) or not predictions:
+        raise ConfigError("choosing a minimum component size needs one reference per prediction, and at least one")
+    spacings = [tuple(float(s) for s in sp) for sp in spacings]
+    classes = [1] if num_classes == 1 else list(range(1, int(num_classes)))
+    sizes = sorted({v for p, sp in zip(predictions, spacings) for v in component_volumes(
+        (np.asarray(p) != 0) if num_classes == 1 else p, sp)})
+    if len(sizes) > max_candidates:
+        sizes = sorted(set(np.quantile(sizes, np.linspace(0, 1, max_candidates)).tolist()))
+    # A candidate just above a component's size removes that component (and every smaller one).
+    candidates = [0.0] + [v * (1 + 1e-6) for v in sizes]
+
+    def score(min_size: float) -> dict:
+        dice, lesions, removed = [], {c: [] for c in classes}, 0
+        for pred, ref, sp in zip(predictions, references, spacings):
+            pred = np.asarray(pred)
+            if num_classes == 1:
+                pred = (pred != 0).astype(np.uint8)
+                ref = (np.asarray(ref) != 0).astype(np.uint8)
+            kept = postprocess_labels(pred, num_classes=num_classes, min_size_mm3=min_size, spacing=sp)
+            removed += len(component_volumes(pred, sp)) - len(component_volumes(kept, sp))
+            ref = np.asarray(ref)
+            per_class = []
+            for c in classes:
+                p, g = kept == c, ref == c
+                per_class.append(dice_coefficient(p, g))
+                lesions[c].append(lesion_metrics(p, g, sp))
+            dice.append(float(np.mean(per_class)))
+        f1 = float(np.mean([summarize_lesions(lesions[c])["detection_f1"] for c in classes]))
+        d = float(np.mean(dice))
+        return {"dice": d, "lesion_f1": f1, "score": (d + f1) / 2, "removed": removed}
+
+    scored = [(t, score(t)) for t in candidates]
+    best = max(s["score"] for _, s in scored)
+    t, s = next((t, s) for t, s in scored if s["score"] >= best - 1e-12)  # the smallest size scoring best
+    base = scored[0][1]
+    return {"min_size_mm3": float(t), "score": s["score"], "dice": s["dice"], "lesion_f1": s["lesion_f1"],
+            "removed": s["removed"], "score_without": base["score"], "dice_without": base["dice"],
+            "lesion_f1_without": base["lesion_f1"], "cases": len(predictions), "candidates": len(candidates)}
 
 
 def postprocess_labels(labels: np.ndarray, largest_component: bool | Iterable[int] | None = False,

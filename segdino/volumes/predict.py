@@ -49,7 +49,7 @@ from ..resample import check_spacing
 from ..sliding_window import logits_at_spacing
 from .intensity import normalize_intensity, read_volume_settings
 from .io import Volume, is_volume_path, prediction_ending, read_volume, strip_volume_suffix
-from .postprocess import check_min_size, largest_component_classes, postprocess_labels
+from .postprocess import largest_component_classes, postprocess_labels, resolve_min_size
 from .slicing import context_slice, reassemble, resolve_axis
 
 log = logging.getLogger("segdino.volumes")
@@ -336,7 +336,8 @@ def predict_volume_files(model, inputs: str | os.PathLike | Sequence[str | os.Pa
             (:func:`segdino.volumes.figures.write_volume_overlays`).
         tile_overlap: see :func:`predict_volume`.
         min_size_mm3: remove predicted components smaller than this volume (mm^3) from every
-            foreground class (:func:`segdino.volumes.postprocess.remove_small_components`).
+            foreground class (:func:`segdino.volumes.postprocess.remove_small_components`); None:
+            the size the model's training chose, if any; 0: remove nothing.
         progress: show progress per volume: True a bar on a terminal (plain lines elsewhere),
             ``"quiet"`` plain lines only.
 
@@ -351,12 +352,15 @@ def predict_volume_files(model, inputs: str | os.PathLike | Sequence[str | os.Pa
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     check_input_kind(model, "volume", inputs[0] if inputs else None)
-    read_volume_settings(getattr(model.config, "volume", None))  # fail before any file is read
+    settings = read_volume_settings(getattr(model.config, "volume", None))  # fail before any file is read
     inputs = [Path(p) for p in inputs]
     ch = _channel_index(channel, inputs)
     num_classes = int(model.config.num_classes)
     largest_component_classes(largest_component, num_classes)
-    check_min_size(min_size_mm3)
+    min_size_mm3, size_source = resolve_min_size(min_size_mm3, settings)
+    if min_size_mm3 and size_source != "--min-size":
+        log.info("removing predicted components under %g mm^3 (%s; --min-size 0 keeps them)", min_size_mm3,
+                 size_source)
     predictor = Predictor(model, device, batch_size=batch_size)
     out = Path(out)
     writer = PredictionWriter(out, num_classes)

@@ -38,6 +38,13 @@ def test_train_predict_evaluate_from_the_command_line(tiny_volumes, tmp_path, ca
     config = json.loads(json.dumps(__import__("yaml").safe_load((run / "config.yaml").read_text())))
     assert config["num_classes"] == 3 and config["foreground_ratio"] == 0.5
     assert (run / "best.safetensors").is_file() and (run / "splits.json").is_file()
+    # The minimum component size was chosen on the validation volume and recorded in the model.
+    chosen = json.loads((run / "postprocessing.json").read_text())["min_size"]
+    assert chosen["cases"] == 1 and chosen["score"] >= chosen["score_without"]
+    from segdino.checkpoint import load_model
+
+    recorded = load_model(run).config.volume
+    assert recorded["min_size_mm3"] == chosen["min_size_mm3"] and "validation" in recorded["min_size_source"]
 
     preds = tmp_path / "pred"
     assert cli_main(["predict", str(tiny_volumes / "imagesTs"), "--model", str(run), "--out", str(preds),
@@ -61,6 +68,7 @@ def test_train_predict_evaluate_from_the_command_line(tiny_volumes, tmp_path, ca
     a = read_summary(by_model / "summary.json")
     b = read_summary(by_files / "summary.json")
     assert a["split"] == "test" and len(a["cases"]) == 2
+    assert a["min_size_mm3"] == chosen["min_size_mm3"] and a["min_size_source"] == recorded["min_size_source"]
     names = {v["class_name"] for v in a["per_class"].values()}
     assert names == {"organ", "lesion"}
     # Scoring the model directly and scoring its written volumes give the same numbers.

@@ -28,6 +28,34 @@ def test_epoch_order_depends_on_seed_and_epoch_only():
     assert sorted(r0 + r1) == sorted(one) and not set(r0) & set(r1)
 
 
+def test_a_run_sampler_gives_every_epoch_its_own_keys_back_to_back():
+    from torch.utils.data import DataLoader
+
+    from segdino.training import RunSampler
+
+    data = list(range(23))
+    fg = np.arange(18, 23)
+    s = EpochSampler(data, 4, seed=5, foreground=fg, foreground_ratio=0.5)
+    per_epoch = []
+    for e in range(2, 5):
+        s.set_epoch(e)
+        per_epoch += list(s)
+    run = RunSampler(s, 2, 5)
+    assert list(run) == per_epoch and len(run) == len(per_epoch) == 3 * 20
+    s.set_epoch(0)  # the trainer moving the epoch meanwhile changes none of the run's keys
+    assert list(run) == per_epoch
+    # Through one DataLoader iterator, batches never straddle two epochs.
+    class Keys:
+        def __getitem__(self, key):
+            return key
+
+        def __len__(self):
+            return 23
+
+    batches = list(DataLoader(Keys(), batch_size=4, sampler=run, collate_fn=lambda b: b))
+    assert len(batches) == 15 and all(len({e for e, _ in b}) == 1 for b in batches)
+
+
 def test_foreground_ratio_is_met_in_every_batch():
     data = list(range(100))
     fg = np.arange(90, 100)
