@@ -6,9 +6,9 @@ ViT-S/16, D=256, 256x256, random weights, bf16, channels-last, every model compi
 ``reduce-overhead`` (CUDA graphs). Variants (``segdino.fused.fuse_model`` options):
 
 - ``plain model, compiled``: the model's own modules (the peer any user has);
-- ``fast, 1x1 as cuDNN convs``: :func:`segdino.fast.fast_model` with ``pointwise="conv"``, the
-  fast path as it was measured before;
-- ``fast + linear 1x1 (default)``: the decoder's 1x1 convs as GEMMs on the channels-last view;
+- ``fast, 1x1 as cuDNN convs (default)``: :func:`segdino.fast.fast_model` as it is;
+- ``fast + linear 1x1``: the decoder's 1x1 convs as GEMMs on the channels-last view
+  (``pointwise="linear"``, what training runs);
 - ``fast + linear 1x1 + tiled SAD blocks`` (batch 32): also SAD's depthwise + pointwise + GroupNorm
   statistics in one Triton kernel, output channels split over programs
   (``fused_blocks="tiled"``);
@@ -182,8 +182,8 @@ def variants(model):
     """(name, build, batches)."""
     return [
         ("plain model, compiled", lambda: plain_compiled_model(model, DEV), (32, 1)),
-        ("fast, 1x1 as cuDNN convs", lambda: fast_model(model, DEV, fused={"pointwise": "conv"}), (32, 1)),
-        ("fast + linear 1x1 (default)", lambda: fast_model(model, DEV), (32, 1)),
+        ("fast, 1x1 as cuDNN convs (default)", lambda: fast_model(model, DEV), (32, 1)),
+        ("fast + linear 1x1", lambda: fast_model(model, DEV, fused={"pointwise": "linear"}), (32, 1)),
         ("fast + linear 1x1 + tiled SAD blocks",
          lambda: fast_model(model, DEV, fused={"pointwise": "linear", "fused_blocks": "tiled"}), (32,)),
         ("fast, 1x1 convs, tables from numpy",

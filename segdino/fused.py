@@ -103,7 +103,7 @@ POINTWISE = ("conv", "linear")
 
 
 def fuse_model(model: nn.Module, rope_cache: bool = True, resize: str = "matmul",
-               fused_blocks: bool | str = False, pointwise: str = "linear") -> nn.Module:
+               fused_blocks: bool | str = False, pointwise: str = "conv") -> nn.Module:
     """A copy of a SegDINO model with the fused decoder (and cached RoPE tables); same function.
 
     ``resize`` and ``fused_blocks``: see :class:`FusedScaleAwareDecoder`. ``pointwise``: the
@@ -111,9 +111,9 @@ def fuse_model(model: nn.Module, rope_cache: bool = True, resize: str = "matmul"
     (cuDNN) or ``linear``: one matrix product each on the channels-last view
     (:class:`segdino.kernels.pointwise.PointwiseLinear`, the same Parameters under the same names,
     so the state dict keeps the model's format). The defaults are the fastest measured on an H200
-    (docs/RESULTS.md, Speed), except ``pointwise="linear"``, the same function by another
-    route, chosen by prediction (cuDNN's 1x1 kernel measured at ~5x the GEMM's time) before its
-    own measurement.
+    for inference (docs/RESULTS.md, Speed): cuDNN's convs beat the GEMMs at batch 32 in both
+    measurements (5.28 against 5.35 ms, 5.38 against 5.58 ms) and tie at batch 1. Training runs
+    ``pointwise="linear"``, the form its 1,071 images/s step was measured with.
 
     Parts that are not the standard modules (e.g. BatchNorm blocks inside SAD) keep their reference
     path inside the fused modules.

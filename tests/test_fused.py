@@ -16,7 +16,7 @@ def test_fused_model_equals_model(monkeypatch):
     model = randomize_(build_model("vitt16", decoder_dim=16, image_size=(32, 32))).double().eval()
     x = torch.randn(1, 3, 32, 48, dtype=torch.float64)
     ref = model(x)
-    for kwargs in ({}, {"resize": "kernel", "rope_cache": False, "pointwise": "conv"}, {"fused_blocks": "tiled"}):
+    for kwargs in ({}, {"resize": "kernel", "rope_cache": False, "pointwise": "linear"}, {"fused_blocks": "tiled"}):
         fused = fuse_model(model, **kwargs)
         assert isinstance(fused.tpa, FusedTokenPyramid) and isinstance(fused.sad, FusedScaleAwareDecoder)
         assert isinstance(fused.head, FusedHead)
@@ -29,7 +29,7 @@ def test_fused_model_equals_model(monkeypatch):
     model.zero_grad()
     model(xg).square().mean().backward()
     ref_grads = dict(model.named_parameters())
-    for kwargs in ({}, {"pointwise": "conv"}):
+    for kwargs in ({}, {"pointwise": "linear"}):
         fused = fuse_model(model, **kwargs)
         fused(xg).square().mean().backward()
         checked = 0
@@ -53,7 +53,7 @@ def test_linear_pointwise_keeps_the_models_parameters_and_checkpoint_format():
     from segdino.model import build_model
 
     model = randomize_(build_model("vitt16", decoder_dim=16, image_size=(32, 32))).eval()
-    conv, linear = fuse_model(model, pointwise="conv"), fuse_model(model)
+    conv, linear = fuse_model(model), fuse_model(model, pointwise="linear")
     # Every 1x1 conv of the decoder: 4 TPA projections, 8 SAD pointwise convs, the head's conv.
     swapped = [n for n, m in linear.named_modules() if isinstance(m, PointwiseLinear)]
     assert len(swapped) == 13 and all(n.split(".")[0] in ("tpa", "sad", "head") for n in swapped)

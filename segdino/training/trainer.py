@@ -157,7 +157,8 @@ class Trainer:
             return self.model
         from ..fused import fuse_model, prime_rope
 
-        fused = share_parameters(fuse_model(self.model), self.model).to(self.device)
+        # pointwise="linear": the form the fused training step was measured with (docs/RESULTS.md, Speed).
+        fused = share_parameters(fuse_model(self.model, pointwise="linear"), self.model).to(self.device)
         if self.channels_last:
             fused.to(memory_format=torch.channels_last)
         # The device as parameters report it (cuda:0, not cuda), the key the table is kept under.
