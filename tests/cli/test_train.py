@@ -78,19 +78,28 @@ def test_train_predict_evaluate_from_the_command_line(tiny_volumes, tmp_path, ca
         assert (by_model / name).is_file()
 
 
-def test_demo_volumes_runs_and_prints_both_dice_lines(tmp_path, capsys):
+def test_demo_volumes_finds_the_lesions_of_held_out_whole_scans(tmp_path, capsys):
+    """The whole-scan task on CPU at the demo's full length: a small model trained here finds the
+    8-20 mm lesions of the held-out volumes (per-volume Dice >= 0.6, lesion detection F1 >= 0.7),
+    where the best global threshold scores under 0.3."""
     pytest.importorskip("nibabel")
     out = tmp_path / "demo"
-    assert cli_main(["demo", "--volumes", "--epochs", "1", "--out", str(out), "--device", "cpu"]) == 0
+    assert cli_main(["demo", "--volumes", "--out", str(out), "--device", "cpu"]) == 0
     text = capsys.readouterr().out
     model_line = next(line for line in text.splitlines() if line.startswith("SegDINO"))
+    f1_line = next(line for line in text.splitlines() if "lesion detection F1" in line)
     threshold_line = next(line for line in text.splitlines() if line.startswith("best global threshold"))
     assert "lesion Dice per volume" in model_line and "lesion Dice per volume" in threshold_line
-    model_dice = float(model_line.split()[-1])
+    model_dice, f1 = float(model_line.split()[-1]), float(f1_line.split()[-1])
     baseline = float(threshold_line.split("per volume")[1].split()[0])
-    assert 0.0 <= model_dice <= 1.0 and 0.0 <= baseline < 0.3
     summary = read_summary(out / "report" / "summary.json")
     lesion = next(v for v in summary["per_class"].values() if v["class_name"] == "lesion")
     assert model_dice == pytest.approx(lesion["dice"]["mean"], abs=5e-4)
+    assert f1 == pytest.approx(summary["lesions"]["lesion"]["detection_f1"], abs=5e-4)
+    assert 0.0 <= baseline < 0.3
+    # Measured 0.739 / 0.857 (seed 0) and 0.726 / 0.750 (seed 1) on this data (docs/RESULTS.md).
+    assert model_dice >= 0.6 and f1 >= 0.7, (model_dice, f1)
+    # The minimum component size was chosen on the validation volumes and applied by prediction.
+    assert (out / "run" / "postprocessing.json").is_file() and summary["mode"] == "predictions"
     tests = sorted((out / "data" / "labelsTs").glob("*.nii.gz"))
     assert sorted(p.name for p in (out / "predictions" / "masks").glob("*.nii.gz")) == [p.name for p in tests]
