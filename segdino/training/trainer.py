@@ -326,8 +326,7 @@ class Trainer:
         """Train from ``start_epoch`` to the last epoch; one :class:`EpochResult` per epoch run."""
         cfg = self.cfg
         results = []
-        # One iterator for the whole run: the workers go on preparing batches across epoch ends.
-        batches = iter(self.train_loader(self.start_epoch, cfg.epochs))
+        batches = iter(self.train_loader(self.start_epoch, cfg.epochs))  # one iterator for all epochs
         try:
             for epoch in range(self.start_epoch, cfg.epochs):
                 self.sampler.set_epoch(epoch)
