@@ -195,22 +195,20 @@ def choose_min_size(predictions: Sequence[np.ndarray], references: Sequence[np.n
         raise ConfigError("choosing a minimum component size needs one reference per prediction, and at least one")
     spacings = [tuple(float(s) for s in sp) for sp in spacings]
     classes = [1] if num_classes == 1 else list(range(1, int(num_classes)))
-    sizes = sorted({v for p, sp in zip(predictions, spacings) for v in component_volumes(
-        (np.asarray(p) != 0) if num_classes == 1 else p, sp)})
+    if num_classes == 1:  # every non-zero label is the one foreground class
+        predictions = [(np.asarray(p) != 0).astype(np.uint8) for p in predictions]
+        references = [(np.asarray(r) != 0).astype(np.uint8) for r in references]
+    volumes = [component_volumes(p, sp) for p, sp in zip(predictions, spacings)]  # labelled once
+    sizes = sorted({v for vols in volumes for v in vols})
     if len(sizes) > max_candidates:
         sizes = sorted(set(np.quantile(sizes, np.linspace(0, 1, max_candidates)).tolist()))
     # A candidate just above a component's size removes that component (and every smaller one).
     candidates = [0.0] + [v * (1 + 1e-6) for v in sizes]
 
     def score(min_size: float) -> dict:
-        dice, lesions, removed = [], {c: [] for c in classes}, 0
+        dice, lesions = [], {c: [] for c in classes}
         for pred, ref, sp in zip(predictions, references, spacings):
-            pred = np.asarray(pred)
-            if num_classes == 1:
-                pred = (pred != 0).astype(np.uint8)
-                ref = (np.asarray(ref) != 0).astype(np.uint8)
-            kept = postprocess_labels(pred, num_classes=num_classes, min_size_mm3=min_size, spacing=sp)
-            removed += len(component_volumes(pred, sp)) - len(component_volumes(kept, sp))
+            kept = postprocess_labels(np.asarray(pred), num_classes=num_classes, min_size_mm3=min_size, spacing=sp)
             ref = np.asarray(ref)
             per_class = []
             for c in classes:
@@ -220,6 +218,7 @@ def choose_min_size(predictions: Sequence[np.ndarray], references: Sequence[np.n
             dice.append(float(np.mean(per_class)))
         f1 = float(np.mean([summarize_lesions(lesions[c])["detection_f1"] for c in classes]))
         d = float(np.mean(dice))
+        removed = sum(v < min_size for vols in volumes for v in vols)
         return {"dice": d, "lesion_f1": f1, "score": (d + f1) / 2, "removed": removed}
 
     scored = [(t, score(t)) for t in candidates]

@@ -12,7 +12,6 @@ keeps the whole choice in ``postprocessing.json``.
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,8 +29,6 @@ from .layouts import VolumeCase
 from .postprocess import choose_min_size
 from .volume import Volume
 from .predict import predict_volume
-
-log = logging.getLogger("segdino")
 
 
 def predict_cases(model, cases: Sequence[VolumeCase], batch_size: int = 8, device=None,
