@@ -180,8 +180,8 @@ def run(args, argv: list[str] | None = None) -> dict:
     opts = dict(data=str(args.data), out=str(args.out), recipe=args.recipe, seed=args.seed, epochs=args.epochs,
                 backbone=args.backbone, device=args.device, num_workers=args.num_workers, quiet=True,
                 **({"resume": True} if resuming else {"overwrite": True}))
-    for extra in ("batch_size", "lr", "freeze_backbone", "compile", "steps_per_epoch", "image_size", "decoder_dim",
-                  "augment", "loss", "schedule", "weight_decay"):
+    for extra in ("batch_size", "lr", "freeze_backbone", "compile", "fused_decoder", "steps_per_epoch", "image_size",
+                  "decoder_dim", "augment", "loss", "schedule", "weight_decay"):
         v = getattr(args, extra)
         if v is not None:
             opts[extra] = v
@@ -274,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--decoder-dim", type=int)
     r.add_argument("--freeze-backbone", action="store_true", default=None)
     r.add_argument("--compile", action="store_true", default=None)
+    r.add_argument("--fused-decoder", action=argparse.BooleanOptionalAction, default=None,
+                   help="train on the fused decoder (the default when compiling on CUDA) or the model's own modules")
     r.add_argument("--augment", choices=["segdino", "paper", "none"])
     r.add_argument("--loss")
     r.add_argument("--schedule", choices=["cosine", "constant"])

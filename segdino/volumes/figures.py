@@ -29,7 +29,7 @@ from scipy import ndimage
 from ..fileio import atomic_write_bytes
 from ..report.pictures import BOTH_COLOUR, CLASS_COLOURS, GT_COLOUR, PRED_COLOUR, overlay, overlay_prediction
 from .io import Volume
-from .slicing import AXIS_NAMES, array_axes_of_world
+from .slicing import AXIS_NAMES, array_axes_of_world, planes
 
 #: Crops and slices smaller than this (longest side, pixels) are enlarged by a whole factor.
 READABLE_SIDE = 256
@@ -285,7 +285,7 @@ def _draw_lesion(path: Path, view: CaseView, comp: np.ndarray, s: int, kind: str
     from matplotlib.patches import Rectangle
 
     def shown(a: np.ndarray) -> np.ndarray:
-        return display_volume(np.take(a, [s], axis=view.axis), view.affine, view.axis)[0]
+        return display_volume(planes(a, view.axis, [s]), view.affine, view.axis)[0]
 
     image, gt, pred, lesion = (shown(a) for a in (view.image, view.gt, view.pred, comp))
     row_mm, col_mm = display_spacing(view.spacing, view.affine, view.axis)
@@ -341,7 +341,7 @@ def case_strip(path: str | os.PathLike, case: str, view: CaseView, case_dice: fl
     if indices.size == 0:
         return None
     chosen, sampled = _strip_slices(indices)
-    image, gt, pred = (display_volume(np.take(a, chosen, axis=view.axis), view.affine, view.axis)
+    image, gt, pred = (display_volume(planes(a, view.axis, chosen), view.affine, view.axis)
                        for a in (view.image, view.gt, view.pred))
     rs, cs = _crop_box(np.any((gt != 0) | (pred != 0), axis=0), image.shape[1:])
     row_mm, col_mm = display_spacing(view.spacing, view.affine, view.axis)
@@ -397,7 +397,7 @@ def write_volume_overlays(out_dir: str | os.PathLike, case: str, image_u8: np.nd
     from ..report.pictures import _encode_png
 
     if indices.size:
-        image, lab = (display_volume(np.take(a, indices, axis=axis), affine, axis) for a in (image_u8, labels))
+        image, lab = (display_volume(planes(a, axis, indices), affine, axis) for a in (image_u8, labels))
         for k, im, la in zip(indices, image, lab):
             rgb = overlay_prediction(np.repeat(im[..., None], 3, axis=2), la)
             (big,) = _enlarge(rgb)
@@ -409,7 +409,7 @@ def write_volume_overlays(out_dir: str | os.PathLike, case: str, image_u8: np.nd
     n_slices = labels.shape[axis]
     shown_idx = [int(i) for i in indices] if indices.size else [n_slices // 2]
     chosen, sampled = _strip_slices(np.asarray(shown_idx))
-    image, lab = (display_volume(np.take(a, chosen, axis=axis), affine, axis) for a in (image_u8, labels))
+    image, lab = (display_volume(planes(a, axis, chosen), affine, axis) for a in (image_u8, labels))
     row_mm, col_mm = display_spacing(spacing, affine, axis)
     if indices.size:
         title = (f"{case}: prediction on {indices.size} of {n_slices} {name} slices "

@@ -89,12 +89,26 @@ def context_indices(index: int, n: int, k: int) -> tuple[int, int, int]:
 def context_slice(array: np.ndarray, axis: int, index: int, k: int = 0, dtype=np.float32) -> np.ndarray:
     """Slice ``index`` along array ``axis`` with context ``k``: (I, J, K) -> (H, W, 3)."""
     idx = context_indices(index, array.shape[axis], k)
-    return np.stack([np.take(array, i, axis=axis) for i in idx], axis=-1).astype(dtype, copy=False)
+    return np.stack([plane(array, axis, i) for i in idx], axis=-1).astype(dtype, copy=False)
 
 
 def label_slice(array: np.ndarray, axis: int, index: int) -> np.ndarray:
-    """Slice ``index`` of a label volume along array ``axis``: (I, J, K) -> (H, W)."""
-    return np.take(array, index, axis=axis)
+    """Slice ``index`` of a label volume along array ``axis``: (I, J, K) -> (H, W), a copy."""
+    return plane(array, axis, index).copy()
+
+
+def plane(array: np.ndarray, axis: int, index: int) -> np.ndarray:
+    """The view of slice ``index`` along ``axis``.
+
+    Basic indexing, not ``np.take``: volumes from NIfTI files are Fortran-ordered, and ``np.take``
+    of one axial plane of a 40x512x512 one takes ~70 ms against ~0.3 ms for this view's copy.
+    """
+    return array[(slice(None),) * axis + (index,)]
+
+
+def planes(array: np.ndarray, axis: int, indices) -> np.ndarray:
+    """``np.take(array, indices, axis=axis)`` built from :func:`plane` views (fast on any memory order)."""
+    return np.stack([plane(array, axis, int(i)) for i in indices], axis=axis)
 
 
 def iter_slices(volume: Volume | np.ndarray, axis: str | int = "axial", k: int = 0,
