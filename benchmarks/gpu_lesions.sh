@@ -22,12 +22,14 @@
 # SEEDS (default "0 1 2"), LIMIT (seconds per training, default 420; LIMIT_SCAN for the whole-scan
 # runs, default LIMIT minus 60 s for writing their data), TAG (appended to the tar's name).
 # EXTRA: more `segdino train` options for every run (e.g. --volume-cache 700).
+# DEADLINE (seconds from the start, default 570): evaluations are cut there, so that the last
+# pack happens inside a 600 s device call whatever the runs did.
 set -u
 what=${1:-all}
 export PYTHONPATH="$PWD/.data/pylib:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export NCCL_NVLS_ENABLE=0
 EPOCHS=${EPOCHS:-30}; STEPS=${STEPS:-100}; SEEDS=${SEEDS:-"0 1 2"}; LIMIT=${LIMIT:-420}
-LIMIT_SCAN=${LIMIT_SCAN:-$((LIMIT - 60))}; TAG=${TAG:-}
+LIMIT_SCAN=${LIMIT_SCAN:-$((LIMIT - 60))}; TAG=${TAG:-}; DEADLINE=${DEADLINE:-570}
 SPACING=${SPACING:-plan}  # plan: the default plan (no --spacing flag)
 OUT=${OUT:-results/gpu}
 export RES=results/gpu/lesions
@@ -68,7 +70,9 @@ train_eval() {  # train_eval LIMIT NAME DATA TRAIN-ARGS...
   local log="$RES/$name.out"
   ( OMP_NUM_THREADS=3 timeout "$limit" $cmd > "$log" 2>&1
     cp "runs/$name/log.csv" "$RES/$name.log.csv" 2>/dev/null
-    python3 -m segdino evaluate --model "runs/$name" --data "$data" --split test --out "runs/$name/report" \
+    local left=$((DEADLINE - SECONDS - 5))
+    (( left > 10 )) || left=10
+    timeout "$left" python3 -m segdino evaluate --model "runs/$name" --data "$data" --split test --out "runs/$name/report" \
       >> "$log" 2>&1 && result "$name" "runs/$name" "runs/$name/report" "$cmd"
     tail -n 2 "$log" ) &
   pids+=($!)
