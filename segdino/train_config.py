@@ -66,7 +66,7 @@ class TrainConfig:
     fused_decoder: bool = True
     channels_last: bool = True
     grad_clip: float | None = 1.0
-    num_workers: int = 2
+    num_workers: int | None = None  # None: chosen for the device when the run starts (sampling.default_workers)
     cache_images: bool = True
     seed: int = 0
     fold: int = 0

@@ -93,7 +93,8 @@ def register(sub) -> None:
     a("--fused-decoder", action=argparse.BooleanOptionalAction, default=None,
       help="with --compile, train on the fused decoder (folded TPA, matrix-product resizes, cached RoPE): "
            "the same function and checkpoints, faster; --no-fused-decoder trains the model's own modules")
-    a("--num-workers", type=int, help="DataLoader processes preparing batches (0: in the training process)")
+    a("--num-workers", type=int, help="DataLoader processes preparing batches (0: in the training process; "
+                                      "default: 2 on the CPU, on a GPU one per CPU core less two, 2 to 12)")
     a("--seed", type=int, help="seed of the weights, the sample order, the augmentation and seeded splits")
     a("--fold", type=int, help="fold of an nnU-Net splits_final.json")
     a("--val-every", type=int, help="validate every N epochs (and after the last)")

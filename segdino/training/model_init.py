@@ -13,6 +13,7 @@ from ..errors import CheckpointError, ConfigError
 from ..fast import compile_available
 from ..model import SegDINO, build_model
 from ..train_config import TrainConfig
+from .sampling import default_workers
 
 log = logging.getLogger("segdino.train")
 
@@ -92,9 +93,12 @@ def run_record(cfg: TrainConfig, model: SegDINO) -> dict[str, Any]:
 
 def resolve_runtime(cfg: TrainConfig, device: torch.device) -> None:
     """Make ``cfg`` say what will run on ``device``: torch.compile only where it works (CUDA with Triton),
-    and the fused decoder only where the training graph is compiled."""
+    and the fused decoder only where the training graph is compiled; DataLoader workers, when not
+    given, chosen for the device (:func:`~segdino.training.sampling.default_workers`)."""
     cfg.compile = bool(cfg.compile and compile_available(device))
     cfg.fused_decoder = bool(cfg.fused_decoder and cfg.compile)
+    if cfg.num_workers is None:
+        cfg.num_workers = default_workers(device.type != "cpu")
 
 
 __all__ = ["NO_PRETRAINED_WARNING", "build_run_model", "init_from", "is_pretrained", "resolve_runtime", "run_record"]

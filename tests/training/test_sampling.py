@@ -114,3 +114,26 @@ def test_sampler_without_ratio_keeps_the_natural_share(tiny_volumes):
     s = EpochSampler(train, 4, seed=0, foreground=foreground, foreground_ratio=cfg.foreground_ratio)
     order = [i for _, i in s]
     assert len(set(order)) == len(order) == (len(train) // 4) * 4  # a plain pass: every slice at most once
+
+
+def test_workers_not_given_are_chosen_for_the_device_and_recorded(monkeypatch):
+    # 2 on the CPU; on a GPU machine one per usable core less two, between 2 and 12.
+    import os
+
+    import torch
+
+    from segdino.train_config import resolve_config
+    from segdino.training.model_init import resolve_runtime
+    from segdino.training.sampling import default_workers
+
+    assert default_workers(False) == 2
+    for cores, want in ((1, 2), (4, 2), (8, 6), (16, 12), (64, 12)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda _pid, n=cores: set(range(n)), raising=False)
+        assert default_workers(True) == want
+    cfg = resolve_config({"data": "d", "out": "o"})
+    assert cfg.num_workers is None
+    resolve_runtime(cfg, torch.device("cpu"))
+    assert cfg.num_workers == 2 and cfg.to_dict()["num_workers"] == 2  # what config.yaml records
+    given = resolve_config({"data": "d", "out": "o", "num_workers": 5})
+    resolve_runtime(given, torch.device("cpu"))
+    assert given.num_workers == 5
