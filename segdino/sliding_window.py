@@ -19,11 +19,11 @@ import dataclasses
 import math
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .errors import CheckpointError, ConfigError
-from .resample import resample_to_shape, resampled_shape
+from .resample import resampled_shape
 
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
 
@@ -216,19 +216,24 @@ def logits_at_spacing(model, x: torch.Tensor, spacing: Sequence[float] | None, t
     """
     dev = device or x.device
     size = tuple(int(s) for s in x.shape[-2:])
-    resample = spacing is not None and target is not None
-    if resample:
-        shape = resampled_shape(size, spacing, target)
-        if shape != size:
-            arr = x.permute(2, 3, 0, 1).cpu().numpy()  # (H, W, B, 3): resample the leading axes
-            x = torch.from_numpy(np.ascontiguousarray(resample_to_shape(arr, shape))).permute(2, 3, 0, 1)
     x = x.to(dev).float()
+    shape = resampled_shape(size, spacing, target) if spacing is not None and target is not None else size
+    if shape != size:
+        x = _linear_resize(x, shape)
     logits = sliding_window(model, x, model.config.image_size, overlap, batch_size)
-    if resample and tuple(logits.shape[-2:]) != size:
-        arr = logits.permute(2, 3, 0, 1).cpu().numpy()
-        back = resample_to_shape(arr, size)
-        logits = torch.from_numpy(np.ascontiguousarray(back)).permute(2, 3, 0, 1).to(dev)
+    if tuple(logits.shape[-2:]) != size:
+        logits = _linear_resize(logits.float(), size)
     return logits
+
+
+def _linear_resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Linear resampling of (B, C, H, W) to ``size`` where ``x`` lies (on the GPU for a GPU model).
+
+    The same grid as :func:`segdino.resample.resample_to_shape` (pixel centres, edges replicated,
+    no anti-aliasing), within float rounding; on the device it spares a whole scan's slices two
+    trips through host memory and SciPy.
+    """
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 __all__ = ["TTA_FLIPS", "check_overlap", "gaussian_weight", "tile_starts", "sliding_window", "probabilities",
