@@ -48,7 +48,8 @@ DATASET_NAMES = {"kvasir-seg": "Kvasir-SEG", "isic-2017": "ISIC 2017", "ddti": "
 #: realdata.py options a variant may change, with their flags (read back from a run's config).
 PASSED_OPTIONS = {"backbone": "--backbone", "decoder_dim": "--decoder-dim", "batch_size": "--batch-size", "lr": "--lr",
                   "augment": "--augment", "loss": "--loss", "schedule": "--schedule", "weight_decay": "--weight-decay", "image_size": "--image-size",
-                  "steps_per_epoch": "--steps-per-epoch", "freeze_backbone": "--freeze-backbone"}
+                  "steps_per_epoch": "--steps-per-epoch", "freeze_backbone": "--freeze-backbone",
+                  "fused_decoder": "--fused-decoder"}
 BATCH_SECONDS = 560  # gpu_batch.sh's limit in the commands shown: under one 600 s device call
 BEGIN = re.compile(r"^<!-- accuracy-table (\w+)((?: \w+=[\w.-]+)*) -->$", re.M)
 END = "<!-- /accuracy-table -->"
@@ -200,7 +201,7 @@ class Group:
             if norm(value) == norm(default):
                 continue
             if isinstance(value, bool):
-                out.append(flag)
+                out.append(flag if value else f"--no-{flag[2:]}")
             else:
                 out.append(f"{flag} {'x'.join(map(str, value)) if isinstance(value, list) else value}")
         return out
