@@ -195,7 +195,7 @@ def _volume_decisions(cfg: TrainConfig, found) -> tuple[dict[str, Any], dict[str
 def build_volume_datasets(cfg: TrainConfig, run: Path | None = None) -> TrainingData:
     """The slice (or, with ``--spacing``/``--patch-size``, patch) datasets of a volume dataset."""
     from ..volumes import VolumeSliceDataset
-    from ..volumes.patches import preload_cases
+    from ..volumes.patches import split_datasets
     from ..volumes.planning import crop_plan, wants_patches
 
     found = _volume_cases(cfg, run)
@@ -212,14 +212,7 @@ def build_volume_datasets(cfg: TrainConfig, run: Path | None = None) -> Training
     vol = extra["volume"]
     common = dict(axis=vol["axis"], context=vol["context"], intensity=vol["intensity"],
                   image_size=cfg.image_size, num_classes=settings["num_classes"], cache_size=cfg.volume_cache)
-    train = VolumeSliceDataset(found.split_cases("train"), **common)
-    train.splits = found.splits
-    if crops is not None:
-        train.plan = crops
-    val_cases = found.split_cases("val") if "val" in found.splits else []
-    val = VolumeSliceDataset(val_cases, **common) if val_cases else None
-    if cfg.on_bad_data == "stop":  # with skip, a bad volume is met (and skipped) when a sample needs it
-        preload_cases(train, val)  # before the label index, which then reads no label file again
+    train, val = split_datasets(VolumeSliceDataset, found, common, crops, preload=cfg.on_bad_data == "stop")
     foreground = None
     if cfg.foreground_ratio > 0:
         table = train.label_index()

@@ -173,6 +173,20 @@ def preload_cases(train: VolumeSliceDataset, val: VolumeSliceDataset | None, max
         val.preload(threads, max_bytes - sum(train.decoded_bytes(ci) for ci in range(len(train.cases))))
 
 
+def split_datasets(cls, found, common: dict, plan, preload: bool):
+    """``cls``'s train and val (None without a val split) datasets of the cases ``found``, the train
+    one carrying the split and ``plan``; with ``preload``, the cases decoded once (:func:`preload_cases`)."""
+    train = cls(found.split_cases("train"), **common)
+    train.splits = found.splits
+    if plan is not None:
+        train.plan = plan
+    val_cases = found.split_cases("val") if "val" in found.splits else []
+    val = cls(val_cases, **common) if val_cases else None
+    if preload:  # with --on-bad-data skip, a bad volume is met (and skipped) when a sample needs it
+        preload_cases(train, val)  # before the label indices, which then read no label file again
+    return train, val
+
+
 def patch_datasets(cfg, found, settings: dict):
     """Train and val patch datasets of a training configuration, planned from the training cases.
 
@@ -201,13 +215,7 @@ def patch_datasets(cfg, found, settings: dict):
     common = dict(spacing=plan.spacing, patch_size=plan.patch_size, axis=settings["axis"],
                   context=settings["context"], intensity=settings["intensity"], num_classes=cfg.num_classes,
                   cache_size=cfg.volume_cache)
-    train = VolumePatchDataset(train_cases, **common)
-    train.splits = found.splits
-    train.plan = plan
-    val_cases = found.split_cases("val") if "val" in found.splits else []
-    val = VolumePatchDataset(val_cases, **common) if val_cases else None
-    if cfg.on_bad_data == "stop":  # with skip, a bad volume is met (and skipped) when a sample needs it
-        preload_cases(train, val)  # before the foreground index, which then reads no label file again
+    train, val = split_datasets(VolumePatchDataset, found, common, plan, preload=cfg.on_bad_data == "stop")
     foreground = None
     if cfg.foreground_ratio > 0:
         fg = train.foreground_indices()
@@ -215,4 +223,4 @@ def patch_datasets(cfg, found, settings: dict):
     return train, val, foreground
 
 
-__all__ = ["VolumePatchDataset", "patch_datasets"]
+__all__ = ["VolumePatchDataset", "patch_datasets", "preload_cases", "split_datasets"]
