@@ -34,6 +34,20 @@ def add_quiet_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_volume_output_arguments(parser: argparse.ArgumentParser, scoring: bool) -> None:
+    """The volume options that ``predict`` and ``evaluate`` share: the channel read, and what is
+    removed from the predicted labels (before scoring, with ``scoring``)."""
+    parser.add_argument("--channel", default=None, metavar="C",
+                        help="volumes: the channel of multi-channel volumes (index or name)")
+    parser.add_argument("--largest-component", action="store_true",
+                        help="volumes: keep only the largest connected component of each predicted class")
+    when, default = (" before scoring", "default with --model") if scoring else ("", "default")
+    parser.add_argument("--min-size", type=float, default=None, metavar="MM3",
+                        help=f"volumes: remove predicted components smaller than MM3 cubic millimetres from every class"
+                             f"{when} (false positives of lesion detection are mostly specks); {default}: the size the "
+                             "model's training chose on its validation cases, if any; 0 keeps every component")
+
+
 def progress_mode(args: argparse.Namespace) -> bool | str:
     """What the command's loops show: a bar on a terminal (True) or plain lines only (``"quiet"``)."""
     return "quiet" if getattr(args, "quiet", None) else True

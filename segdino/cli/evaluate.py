@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .. import run_files
 from ..errors import ConfigError
-from . import add_device_argument, add_quiet_argument, progress_mode
+from . import add_device_argument, add_quiet_argument, add_volume_output_arguments, progress_mode
 
 
 def register(subparsers) -> None:
@@ -48,14 +48,7 @@ def register(subparsers) -> None:
                         help="with --predictions: 1 = binary masks (default), K >= 2 = index masks 0..K-1")
     parser.add_argument("--mask-threshold", type=int, default=None, metavar="T",
                         help="with --predictions: binary foreground = grey value > T (default 127)")
-    parser.add_argument("--channel", default=None, metavar="C",
-                        help="volumes: the channel of multi-channel volumes (index or name)")
-    parser.add_argument("--largest-component", action="store_true",
-                        help="volumes: keep only the largest connected component of each predicted class")
-    parser.add_argument("--min-size", type=float, default=None, metavar="MM3",
-                        help="volumes: remove predicted components smaller than MM3 cubic millimetres from every "
-                             "class before scoring (false positives of lesion detection are mostly specks); default with "
-                             "--model: the size its training chose, if any; 0 keeps every component")
+    add_volume_output_arguments(parser, scoring=True)
     parser.add_argument("--nsd-tolerance", type=float, default=None, metavar="MM",
                         help="volumes: normalised surface Dice counts boundary voxels within MM of the other "
                              "boundary (default 1 mm)")

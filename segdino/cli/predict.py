@@ -13,7 +13,7 @@ import argparse
 import sys
 from typing import Callable
 
-from . import add_device_argument, add_quiet_argument, progress_mode
+from . import add_device_argument, add_quiet_argument, add_volume_output_arguments, progress_mode
 
 
 def register(subparsers) -> None:
@@ -47,14 +47,7 @@ def register(subparsers) -> None:
                              "resizing (volumes always keep their grid)")
     parser.add_argument("--batch-size", type=int, default=8, help="images (or volume slices) per forward pass (default 8)")
     parser.add_argument("--workers", type=int, default=2, help="2D images: threads decoding images ahead (default 2)")
-    parser.add_argument("--channel", default=None, metavar="C",
-                        help="volumes: the channel of multi-channel volumes (index or name)")
-    parser.add_argument("--largest-component", action="store_true",
-                        help="volumes: keep only the largest connected component of each predicted class")
-    parser.add_argument("--min-size", type=float, default=None, metavar="MM3",
-                        help="volumes: remove predicted components smaller than MM3 cubic millimetres from every class "
-                             "(default: the size the model's training chose on its validation cases, if any; "
-                             "0 keeps every component)")
+    add_volume_output_arguments(parser, scoring=False)
     add_quiet_argument(parser)
     add_device_argument(parser)
     parser.set_defaults(func=run_predict)
