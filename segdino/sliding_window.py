@@ -20,9 +20,9 @@ import math
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from .errors import CheckpointError, ConfigError
+from .ops import resize_logits
 from .resample import resampled_shape
 
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
@@ -218,22 +218,11 @@ def logits_at_spacing(model, x: torch.Tensor, spacing: Sequence[float] | None, t
     size = tuple(int(s) for s in x.shape[-2:])
     x = x.to(dev).float()
     shape = resampled_shape(size, spacing, target) if spacing is not None and target is not None else size
-    if shape != size:
-        x = _linear_resize(x, shape)
-    logits = sliding_window(model, x, model.config.image_size, overlap, batch_size)
-    if tuple(logits.shape[-2:]) != size:
-        logits = _linear_resize(logits.float(), size)
-    return logits
-
-
-def _linear_resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Linear resampling of (B, C, H, W) to ``size`` where ``x`` lies (on the GPU for a GPU model).
-
-    The same grid as :func:`segdino.resample.resample_to_shape` (pixel centres, edges replicated,
-    no anti-aliasing), within float rounding; on the device it spares a whole scan's slices two
-    trips through host memory and SciPy.
-    """
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    # Resampled where the model runs, in and back: the grid of segdino.resample.resample_to_shape
+    # (pixel centres, edges replicated, no anti-aliasing) within float rounding, without sending a
+    # whole scan's slices through host memory and SciPy.
+    logits = sliding_window(model, resize_logits(x, shape), model.config.image_size, overlap, batch_size)
+    return resize_logits(logits.float(), size)
 
 
 __all__ = ["TTA_FLIPS", "check_overlap", "gaussian_weight", "tile_starts", "sliding_window", "probabilities",

@@ -83,13 +83,13 @@ def test_image_resampling_keeps_the_field_of_view_and_2d_channels():
 def test_tiled_prediction_resamples_on_the_device_exactly_as_scipy_does():
     # logits_at_spacing resizes images in and logits back with torch (on the model's device); it
     # must be the grid of resample_to_shape (SciPy): same centres, replicated edges, no smoothing.
+    from segdino.ops import resize_logits
     from segdino.resample import resample_to_shape
-    from segdino.sliding_window import _linear_resize
 
     x = torch.from_numpy(np.random.default_rng(0).random((2, 3, 37, 53)).astype(np.float32))
     for shape in ((74, 106), (20, 31), (37, 80), (100, 41)):
         want = resample_to_shape(np.ascontiguousarray(x.numpy().transpose(2, 3, 0, 1)), shape).transpose(2, 3, 0, 1)
-        assert np.abs(_linear_resize(x, shape).numpy() - want).max() < 1e-5
+        assert np.abs(resize_logits(x, shape).numpy() - want).max() < 1e-5
 
 
 def test_grid_resampling_through_affines_and_bad_spacing():
