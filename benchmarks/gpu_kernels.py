@@ -16,11 +16,16 @@ ViT-S/16, D=256, 256x256, random weights, bf16, channels-last, every model compi
   built as they were before they were cached on the device (numpy inside the compiled region: host
   work and a host-to-device copy per call, which also make Inductor skip CUDA graphs): what the
   cache changed;
+- ``fast + two-pass SAD blocks``: SAD's residual blocks whole in the two-pass Triton kernel
+  (``fused_blocks="twopass"``);
 - ``fast + linear 1x1 + up-add kernel`` (batch 32): linear 1x1 convs and SAD's ``up(x) + l`` as the
   Triton kernel.
 
 Before the models: the fused SAD block kernels alone at the finest level (batch 32, 128x128,
-D=256), against cuDNN's depthwise conv + the pointwise GEMM, each checked against float32.
+D=256), against cuDNN's depthwise conv + the pointwise GEMM, each checked against float32; and the
+whole block as the two-pass kernel (``fused_blocks="twopass"``) in a sweep of tiles, against the
+reference block compiled. ``--only WORD ...`` compiles only the variants whose names contain a word
+(the plain model always), e.g. ``--only default two-pass``.
 
 Batch 32 and batch 1; all variants are compiled first, then timed in alternating rounds (each
 round: every variant, starting variant rotating) so that drifts of the machine hit all alike. Per
@@ -102,6 +107,51 @@ def block_kernels():
     for name, e1, e2, ms in rows:
         log(f"  {name:<44} {e1:9.1e} {'' if e2 is None else f'{e2:9.1e}':>9} {ms:8.3f}")
     log(f"  memory floor (read x, write t) at 4.3 TB/s: {2 * xb.numel() * 2 / 4.3e12 * 1e3:.3f} ms")
+
+
+# Tiles tried for the two-pass block kernel: (BM pixels, BN output channels, BK input channels per
+# step, warps, pipeline stages).
+TWOPASS_SWEEP = [(128, 128, 64, 8, 3), (128, 128, 32, 8, 3), (64, 256, 64, 8, 3), (64, 256, 32, 8, 2),
+                 (128, 256, 32, 8, 2), (64, 128, 64, 4, 3), (128, 64, 64, 4, 3), (256, 128, 32, 8, 2)]
+
+
+def block_twopass():
+    """The whole SAD block at the finest level (batch 32, 128x128, D=256): the two-pass kernel in
+    each tile of the sweep against the reference block compiled, bf16, each checked against float32."""
+    import segdino.kernels.sad as sad_kernels
+
+    torch.manual_seed(0)
+    b, d, n = 32, 256, 128
+    blk = randomize_parameters(ResidualDepthwiseBlock(d), 1).to(DEV)
+    with torch.no_grad():
+        blk.gain.fill_(0.7)
+    xs = torch.randn(b, d, n, n, device=DEV)
+    bb = ResidualDepthwiseBlock(d).to(DEV).bfloat16().to(memory_format=torch.channels_last)
+    bb.load_state_dict(blk.state_dict())
+    xb = xs.bfloat16().contiguous(memory_format=torch.channels_last)
+    saved = dict(sad_kernels.TWOPASS)
+    rows = []
+    with torch.no_grad():
+        ref = blk(xs) - xs  # the residual branch: the identity part would hide errors
+        cb = torch.compile(bb)
+        cb(xb)
+        rows.append(("reference block, bf16, torch.compile", rel_l2(cb(xb) - xb, ref), bench(lambda: cb(xb))))
+        for bm, bn, bk, warps, stages in TWOPASS_SWEEP:
+            sad_kernels.TWOPASS.update(BM=bm, BN=bn, BK=bk, num_warps=warps, num_stages=stages)
+            name = f"two-pass BM={bm} BN={bn} BK={bk} warps={warps} stages={stages}"
+            try:
+                y = residual_block(xb, bb, "twopass")
+                rows.append((name, rel_l2(y - xb, ref), bench(lambda: residual_block(xb, bb, "twopass"))))
+            except Exception as e:  # a tile that fails to build must not stop the sweep
+                log(f"  {name}: FAILED {type(e).__name__}: {str(e)[:300]}")
+        sad_kernels.TWOPASS.clear()
+        sad_kernels.TWOPASS.update(saved)
+    log("\nSAD block at 128x128, batch 32, D=256: name, rel L2 of the residual branch vs fp32, ms")
+    for name, err, ms in rows:
+        log(f"  {name:<60} {err:9.1e} {ms:8.3f}")
+    log(f"  memory floor of the two passes (read x twice, write y) at 4.3 TB/s: "
+        f"{3 * xb.numel() * 2 / 4.3e12 * 1e3:.3f} ms; pointwise products (2 x {2 * b * n * n * d * d / 1e9:.0f} "
+        f"GFLOP) at 700 TFLOP/s: {2 * 2 * b * n * n * d * d / 700e12 * 1e3:.3f} ms")
 
 
 def kernel_checks():
@@ -188,6 +238,8 @@ def variants(model):
          lambda: fast_model(model, DEV, fused={"pointwise": "linear", "fused_blocks": "tiled"}), (32,)),
         ("fast, 1x1 convs, tables from numpy",
          lambda: WithNumpyTables(fast_model(model, DEV, fused={"pointwise": "conv"})), (1,)),
+        ("fast + two-pass SAD blocks",
+         lambda: fast_model(model, DEV, fused={"fused_blocks": "twopass"}), (32, 1)),
         ("fast + linear 1x1 + up-add kernel",
          lambda: fast_model(model, DEV, fused={"pointwise": "linear", "resize": "kernel"}), (32,)),
     ]
@@ -220,6 +272,9 @@ def main():
     ap.add_argument("--backbone", default="vits16")
     ap.add_argument("--size", type=int, default=256, help="image size")
     ap.add_argument("--device", default="cuda", help="cpu only to check the script itself (no compiling)")
+    ap.add_argument("--only", nargs="*", default=None,
+                    help="compile only the variants whose names contain one of these words (plain always)")
+    ap.add_argument("--no-block-kernels", action="store_true", help="skip the one-pass block kernels' section")
     args = ap.parse_args()
     LOG, DEV = args.log, torch.device(args.device)
     args.log.parent.mkdir(parents=True, exist_ok=True)
@@ -240,7 +295,8 @@ def main():
     log(torch.cuda.get_device_name() if DEV.type == "cuda" else "cpu", "torch", torch.__version__,
         "triton", triton.__version__, "timm",
         timm.__version__, time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
-    for section in ([block_kernels] if DEV.type == "cuda" else []) + ([kernel_checks] if args.kernels else []):
+    cuda_sections = ([] if args.no_block_kernels else [block_kernels]) + [block_twopass]
+    for section in (cuda_sections if DEV.type == "cuda" else []) + ([kernel_checks] if args.kernels else []):
         try:
             section()
         except Exception as e:  # the model timings matter more than any one kernel check
@@ -257,6 +313,8 @@ def main():
     built = {}  # (name, batch) -> (model, rel L2, first call s)
     log("\ncompiling: name, batch, first call s, rel L2 vs eager fp32, CUDA graph skips, graphs compiled")
     for name, build, batches in variants(model):
+        if args.only is not None and name != "plain model, compiled" and not any(w in name for w in args.only):
+            continue
         if time.perf_counter() - start > args.budget:
             log(f"  {name}: skipped (past the {args.budget:.0f} s budget)")
             continue

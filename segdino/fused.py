@@ -10,7 +10,8 @@
   (:func:`segdino.kernels.upsample_add`, ``resize="kernel"``); the head's resize as that kernel;
 - on request, SAD's residual blocks with the depthwise conv, pointwise conv and GroupNorm statistics
   in one kernel (:func:`segdino.kernels.sad.residual_block`, two arrangements; the first measured
-  slower than cuDNN + cuBLAS);
+  slower than cuDNN + cuBLAS), or the whole block in two passes that never store the pre-norm map
+  (``twopass``);
 - the decoder's 1x1 convs as plain matrix products on the channels-last view
   (:mod:`segdino.kernels.pointwise`; ``pointwise="conv"`` keeps cuDNN's convs);
 - the backbone's RoPE tables cached per input size (:mod:`segdino.kernels.rope`).
@@ -56,7 +57,7 @@ class FusedScaleAwareDecoder(nn.Module):
     """:class:`segdino.sad.ScaleAwareDecoder` with the top-down ``up(x) + l`` as matrix products or a
     one-pass kernel (``resize``: ``matmul`` or ``kernel``), optionally fused blocks (same parameters;
     ``fused_blocks``: False, or the kernel of :func:`segdino.kernels.sad.residual_block`, ``wide``
-    (also ``True``) or ``tiled``)."""
+    (also ``True``), ``tiled`` or ``twopass``)."""
 
     def __init__(self, sad: ScaleAwareDecoder, resize: str = "matmul", fused_blocks: bool | str = False):
         super().__init__()

@@ -72,5 +72,5 @@ def test_fused_blocks_run_models_with_several_sad_blocks_per_step():
     model = randomize_(build_model("vitt16", decoder_dim=16, image_size=(32, 32), sad_blocks=2)).eval()
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
-        for fused_blocks in ("wide", "tiled"):
+        for fused_blocks in ("wide", "tiled", "twopass"):
             assert torch.allclose(fuse_model(model, fused_blocks=fused_blocks)(x), model(x), atol=1e-4)

@@ -13,6 +13,10 @@ over programs with a (64 pixels, 64 channels) accumulator each, the programs of 
 launched together so that they read its input from cache. Both are off by default
 (``fuse_model(..., fused_blocks="wide" | "tiled")``).
 
+A third, ``twopass`` (:func:`residual_block_twopass`), does the whole block without storing the
+pre-norm map: one pass for the GroupNorm statistics, one that recomputes the map and writes the
+block's output (3 passes over the map instead of 8 for the unfused chain).
+
 Inference only (no backward): training uses the reference module.
 """
 
@@ -47,7 +51,19 @@ def fused_block_covers(x: torch.Tensor, channels: int, groups: int) -> bool:
     return x.dtype in allowed and x.numel() < 2**31
 
 
-KERNELS = ("wide", "tiled")
+KERNELS = ("wide", "tiled", "twopass")
+
+# The two-pass kernel's tile on a GPU: BM pixels x BN output channels, BK input channels per step
+# (BN and BK capped at C, BN raised to one whole group where groups are wider).
+TWOPASS = {"BM": 128, "BN": 128, "BK": 64, "num_warps": 8, "num_stages": 3}
+
+
+def twopass_config(channels: int, group_size: int, config: dict | None = None) -> dict:
+    """The two-pass kernel's launch configuration for ``channels``, ``TWOPASS`` updated by ``config``."""
+    cfg = {**TWOPASS, **(config or {})}
+    cfg["BN"] = min(channels, max(cfg["BN"], group_size))
+    cfg["BK"] = min(channels, cfg["BK"])
+    return cfg
 
 
 def _block_n(channels: int, group_size: int) -> int:
@@ -86,13 +102,16 @@ def _(x, dw, pw, groups, tiled=False):
     return t, x.new_empty((b, h, -(-w // tile), groups, 2), dtype=torch.float32)
 
 
-def combine_stats(stats: torch.Tensor, width: int, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def combine_stats(stats: torch.Tensor, width: int, group_size: int,
+                  tile: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-tile (sum, centred sum of squares) (B, H, T, G, 2) -> per-group mean and variance (B, G).
 
-    Chan's parallel formula: ``M2 = sum M2_t + sum n_t (mean_t - mean)^2``, exact up to rounding.
+    Rows of ``width`` pixels in tiles of ``tile`` (default: the one-pass kernels' tile for that
+    width). Chan's parallel formula: ``M2 = sum M2_t + sum n_t (mean_t - mean)^2``, exact up to
+    rounding.
     """
     b, h, n_tiles, g, _ = stats.shape
-    tile = _tile(width)
+    tile = _tile(width) if tile is None else tile
     n_t = torch.full((n_tiles,), float(tile * group_size), device=stats.device)
     n_t[-1] = float((width - tile * (n_tiles - 1)) * group_size)
     s, m2 = stats[..., 0], stats[..., 1]
@@ -104,11 +123,58 @@ def combine_stats(stats: torch.Tensor, width: int, group_size: int) -> tuple[tor
     return mean, m2 / total
 
 
+@torch.library.custom_op("segdino::residual_block_twopass", mutates_args=())
+def residual_block_twopass(x: torch.Tensor, dw: torch.Tensor, pw: torch.Tensor, gamma: torch.Tensor,
+                           beta: torch.Tensor, gain: torch.Tensor, groups: int, eps: float) -> torch.Tensor:
+    """``x + gain * GELU(GroupNorm(PW(DW(x))))`` in two passes over a contiguous channels-last ``x``.
+
+    The first pass computes the pre-norm map tile by tile and keeps only each tile's GroupNorm
+    partials; the second recomputes it (the same arithmetic, so the same values) and writes the
+    block's output. Three passes over the map in all (read, read, write) instead of the eight of the
+    unfused chain; the pointwise product runs twice (cheap against the memory traffic saved).
+    ``gamma``/``beta``: the norm's affine parameters (ones and zeros without); ``gain``: (1,).
+    """
+    from .triton_kernels import block_pass_triton
+
+    b, c, h, w = x.shape
+    gs = c // groups
+    cfg = twopass_config(c, gs)
+    n_tiles = -(-(h * w) // cfg["BM"])
+    dw9 = dw.reshape(c, 9).float().contiguous()
+    pw_t = pw.reshape(c, c).t().to(x.dtype).contiguous()
+    gamma, beta = gamma.float().contiguous(), beta.float().contiguous()
+    stats = torch.empty((b, n_tiles, groups, 2), device=x.device, dtype=torch.float32)
+    block_pass_triton(x, dw9, pw_t, stats, stats, gamma, beta, gain, None, gs, cfg)
+    mean, var = combine_stats(stats[:, None], h * w, gs, tile=cfg["BM"])
+    mean_rstd = torch.stack((mean, torch.rsqrt(var + eps)), dim=-1).contiguous()
+    out = torch.empty_like(x, memory_format=torch.channels_last)
+    block_pass_triton(x, dw9, pw_t, stats, mean_rstd, gamma, beta, gain, out, gs, cfg)
+    return out
+
+
+@residual_block_twopass.register_fake
+def _(x, dw, pw, gamma, beta, gain, groups, eps):
+    return torch.empty_like(x, memory_format=torch.channels_last)
+
+
+def _twopass(x: torch.Tensor, block: torch.nn.Module) -> torch.Tensor:
+    norm = block.norm
+    c = x.shape[1]
+    if norm.affine:
+        gamma, beta = norm.weight, norm.bias
+    else:
+        gamma, beta = x.new_ones(c, dtype=torch.float32), x.new_zeros(c, dtype=torch.float32)
+    return residual_block_twopass(x, block.depthwise.weight, block.pointwise.weight, gamma, beta,
+                                  block.gain, norm.num_groups, float(norm.eps))
+
+
 def residual_block(x: torch.Tensor, block: torch.nn.Module, kernel: str = "wide") -> torch.Tensor:
     """``block(x)`` for a :class:`segdino.sad.ResidualDepthwiseBlock`; fused where the kernel covers it.
 
     (B, D, H, W) -> (B, D, H, W). ``kernel``: ``wide`` (one program per pixel tile, all channels)
-    or ``tiled`` (output channels split over programs; see :func:`dw_pw_stats`). Falls back to the
+    or ``tiled`` (output channels split over programs; see :func:`dw_pw_stats`), which write the
+    pre-norm map and leave the rest to one elementwise pass, or ``twopass``
+    (:func:`residual_block_twopass`: the whole block, the pre-norm map never stored). Falls back to the
     module itself for BatchNorm, gradients, CPU tensors (outside the interpreter), and shapes the
     kernel does not cover.
     """
@@ -124,6 +190,8 @@ def residual_block(x: torch.Tensor, block: torch.nn.Module, kernel: str = "wide"
             or not kernels_enabled(x) or not fused_block_covers(x, c, norm.num_groups)):
         return block(x)
     g = norm.num_groups
+    if kernel == "twopass":
+        return _twopass(x, block)
     t, stats = dw_pw_stats(x, block.depthwise.weight, block.pointwise.weight, g, kernel == "tiled")
     mean, var = combine_stats(stats, x.shape[-1], c // g)
     rstd = torch.rsqrt(var + norm.eps)  # (B, G)

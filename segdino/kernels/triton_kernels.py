@@ -157,8 +157,70 @@ def _kernels(interpret: bool):
         tl.store(out, g_sum)
         tl.store(out + 1, g_m2)
 
+    @triton.jit
+    def block_pass_kernel(
+        x_ptr, dw_ptr, pw_ptr, st_ptr, ms_ptr, gamma_ptr, beta_ptr, gain_ptr, y_ptr, H, W, n_tiles,
+        C: tl.constexpr, GS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+        APPLY: tl.constexpr,
+    ):
+        # One program: BM consecutive pixels (row-major, rows may wrap) of one image, BN output
+        # channels. x is channels-last and contiguous, so pixel p's channel c is at p * C + c. The
+        # loop over input channels computes the depthwise 3x3 conv BK channels at a time in
+        # registers and feeds it to the pointwise product (tensor cores); it is a real loop so that
+        # Triton pipelines its loads. The pre-norm map t = PW(DW(x)) never reaches memory:
+        # APPLY=0 stores the tile's GroupNorm partials (sum, centred sum of squares per group);
+        # APPLY=1 recomputes t bit for bit and writes x + gain * GELU(GN(t)).
+        pid_m = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        b = pid_m // n_tiles
+        tile = pid_m % n_tiles
+        hw = H * W
+        p = tile * BM + tl.arange(0, BM)
+        valid = p < hw
+        py = p // W
+        px = p % W
+        co = pid_n * BN + tl.arange(0, BN)
+        xb = x_ptr + b.to(tl.int64) * hw * C
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
+        for k0 in range(0, C, BK):
+            ck = k0 + tl.arange(0, BK)
+            d = tl.zeros((BM, BK), dtype=tl.float32)
+            for dy in tl.static_range(3):
+                yy = py + (dy - 1)
+                for dx in tl.static_range(3):
+                    xx = px + (dx - 1)
+                    m = valid & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
+                    v = tl.load(xb + (yy * W + xx)[:, None] * C + ck[None, :], mask=m[:, None], other=0.0)
+                    wk = tl.load(dw_ptr + ck * 9 + (dy * 3 + dx)).to(tl.float32)
+                    d += v.to(tl.float32) * wk[None, :]
+            wt = tl.load(pw_ptr + ck[:, None] * C + co[None, :])  # (BK, BN) of pw^T
+            acc = tl.dot(d.to(wt.dtype), wt, acc)
+        if APPLY:
+            gi = co // GS
+            mean = tl.load(ms_ptr + (b * (C // GS) + gi) * 2)
+            rstd = tl.load(ms_ptr + (b * (C // GS) + gi) * 2 + 1)
+            scale = rstd * tl.load(gamma_ptr + co)
+            shift = tl.load(beta_ptr + co) - mean * scale
+            z = acc * scale[None, :] + shift[None, :]
+            act = 0.5 * z * (1.0 + tl.erf(z * 0.7071067811865476))
+            off = p[:, None] * C + co[None, :]
+            res = tl.load(xb + off, mask=valid[:, None], other=0.0).to(tl.float32)
+            out = res + tl.load(gain_ptr).to(tl.float32) * act
+            tl.store(y_ptr + b.to(tl.int64) * hw * C + off, out.to(y_ptr.dtype.element_ty), mask=valid[:, None])
+        else:
+            tf = tl.where(valid[:, None], acc, 0.0)
+            n = tl.sum(valid.to(tl.float32), axis=0) * GS
+            g_sum = tl.sum(tl.sum(tl.reshape(tf, (BM, BN // GS, GS)), axis=2), axis=0)
+            dev = tl.reshape(tf, (BM, BN // GS, GS)) - (g_sum / n)[None, :, None]
+            dev = tl.where(tl.reshape(tl.broadcast_to(valid[:, None], (BM, BN)), (BM, BN // GS, GS)), dev, 0.0)
+            g_m2 = tl.sum(tl.sum(dev * dev, axis=2), axis=0)
+            gi = pid_n * (BN // GS) + tl.arange(0, BN // GS)
+            out = st_ptr + (pid_m.to(tl.int64) * (C // GS) + gi) * 2
+            tl.store(out, g_sum)
+            tl.store(out + 1, g_m2)
+
     return {"bilinear_add": bilinear_add_kernel, "dw_pw_stats": dw_pw_stats_kernel,
-            "dw_pw_stats_tiled": dw_pw_stats_tiled_kernel}
+            "dw_pw_stats_tiled": dw_pw_stats_tiled_kernel, "block_pass": block_pass_kernel}
 
 
 def kernels():
@@ -204,4 +266,24 @@ def dw_pw_stats_tiled_triton(x: torch.Tensor, dw: torch.Tensor, pw: torch.Tensor
     kernels()["dw_pw_stats_tiled"][(b * h * n_tiles * (c // block_n),)](
         x, dw, pw, t, stats, h, w, n_tiles, *x.stride(), *t.stride(),
         C=c, GS=group_size, BP=tile, BK=block_k, BN=block_n, num_warps=num_warps,
+    )
+
+
+def block_pass_triton(x: torch.Tensor, dw: torch.Tensor, pw: torch.Tensor, stats: torch.Tensor,
+                      mean_rstd: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, gain: torch.Tensor,
+                      out: torch.Tensor | None, group_size: int, config: dict) -> None:
+    """One pass of the two-pass SAD block over a contiguous channels-last ``x`` (B, C, H, W).
+
+    ``out`` None: the GroupNorm partials into ``stats`` (B, tiles, G, 2); otherwise ``out = x + gain *
+    GELU(GN(PW(DW(x))))`` from ``mean_rstd`` (B, G, 2). ``dw``: (C, 9); ``pw``: the pointwise weight
+    transposed (C_in, C_out); ``config``: the tile (``BM`` pixels, ``BN`` output channels, ``BK``
+    input channels per step) and ``num_warps``, ``num_stages``.
+    """
+    b, c, h, w = x.shape
+    bm, bn = config["BM"], config["BN"]
+    n_tiles = triton.cdiv(h * w, bm)
+    kernels()["block_pass"][(b * n_tiles, c // bn)](
+        x, dw, pw, stats, mean_rstd, gamma, beta, gain, x if out is None else out, h, w, n_tiles,
+        C=c, GS=group_size, BM=bm, BN=bn, BK=config["BK"], APPLY=out is not None,
+        num_warps=config["num_warps"], num_stages=config["num_stages"],
     )

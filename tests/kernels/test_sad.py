@@ -13,6 +13,10 @@ from tests.kernels.conftest import rel
 # 32), several output-channel tiles (128 channels in tiles of 64), groups wider than 64 channels.
 CASES = [("wide", 32, 5, 6, 32), ("wide", 64, 3, 20, 32), ("tiled", 32, 5, 6, 32),
          ("tiled", 128, 3, 20, 32), ("tiled", 128, 2, 5, 1)]
+# The two-pass kernel: tiles of 128 pixels wrapping rows and a partial last tile (12x20), several
+# input-channel steps and output-channel tiles (256 channels in steps of 64, tiles of 128), one
+# group wider than a tile (raised to the group), groups of 4 channels.
+TWOPASS_CASES = [(32, 5, 6, 32), (256, 12, 20, 32), (128, 2, 5, 1), (16, 9, 15, 4)]
 
 
 @pytest.mark.parametrize("kernel,dim,h,w,groups", CASES)
@@ -43,6 +47,22 @@ def test_triton_fused_sad_block_equals_module(interpret, monkeypatch, kernel, di
         residual_block(x, blk, "huge")
 
 
+@pytest.mark.parametrize("dim,h,w,groups", TWOPASS_CASES)
+def test_triton_twopass_sad_block_equals_module(interpret, dim, h, w, groups):
+    blk = randomize_(ResidualDepthwiseBlock(dim), seed=dim)
+    if groups != blk.norm.num_groups:
+        blk.norm = randomize_(torch.nn.GroupNorm(groups, dim), seed=groups)
+    x = (torch.randn(2, dim, h, w) + 0.5).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        blk.gain.fill_(0.7)
+        ref = blk(x)
+        y = residual_block(x, blk, "twopass")
+        blk.norm = torch.nn.GroupNorm(groups, dim, affine=False)
+        ref_plain, y_plain = blk(x), residual_block(x, blk, "twopass")
+    # The residual branch itself, so that the identity part cannot hide an error in it.
+    assert rel(y - x, ref - x) < 1e-5 and rel(y_plain - x, ref_plain - x) < 1e-5
+    assert y.is_contiguous(memory_format=torch.channels_last)
+
 
 def test_triton_fused_model_with_tiled_blocks_equals_model(interpret, monkeypatch):
     import segdino.kernels.sad as sad_kernels
@@ -59,3 +79,20 @@ def test_triton_fused_model_with_tiled_blocks_equals_model(interpret, monkeypatc
         y = fused(x.contiguous(memory_format=torch.channels_last))
         ref = model(x)
     assert calls == [True] * 8 and rel(y, ref) < 1e-4
+
+
+def test_triton_fused_model_with_twopass_blocks_equals_model(interpret, monkeypatch):
+    import segdino.kernels.sad as sad_kernels
+    from segdino.fused import fuse_model
+    from segdino.model import build_model
+
+    model = randomize_(build_model("vitt16", decoder_dim=16, image_size=(32, 32))).eval()
+    x = torch.randn(1, 3, 32, 32)
+    calls = []
+    real = sad_kernels.residual_block_twopass
+    monkeypatch.setattr(sad_kernels, "residual_block_twopass", lambda *a: (calls.append(a[-2]), real(*a))[1])
+    fused = fuse_model(model, fused_blocks="twopass").to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        y = fused(x.contiguous(memory_format=torch.channels_last))
+        ref = model(x)
+    assert calls == [16] * 8 and rel(y, ref) < 1e-4
