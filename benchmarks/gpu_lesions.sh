@@ -9,7 +9,8 @@
 #   cp -r "$(python -c 'import nibabel, os; print(os.path.dirname(nibabel.__file__))')" .data/pylib/
 #                                                                      # nibabel, pure Python, ~13 MB
 # then run with carry [".data/lidc-nodules", ".data/pylib"] (about 40 MB of the 64 MB allowed):
-#   bash benchmarks/gpu_lesions.sh lidc      # or: scan, or: all (both parts side by side)
+#   bash benchmarks/gpu_lesions.sh lidc      # or: scan, or: all (both parts side by side), or:
+#                                            # scan-default (the default plan alone on the whole scans)
 #   bash benchmarks/gpu_lesions.sh jobs "NAME|DATA|TRAIN ARGS" ...   # any runs side by side, e.g.
 #     "lidc-resized256-s0|.data/lidc-nodules|--intensity lung --image-size 256 --seed 0"
 # Results: one tar, $OUT/lesions$TAG.tar, rewritten every minute so that a call cut short still
@@ -99,7 +100,7 @@ if [[ $what == jobs ]]; then
   done
 fi
 
-if [[ $what == scan || $what == all ]]; then
+if [[ $what == scan || $what == scan-default || $what == all ]]; then
   data=runs/whole-scan-data
   if [[ ! -f $data/dataset.json ]]; then
     python3 -c "
@@ -107,6 +108,13 @@ from segdino.data.whole_scan import write_whole_scan_dataset
 write_whole_scan_dataset('$data', 16, 2, 6, shape=(40, 512, 512), spacing=(2.5, 0.7, 0.7), seed=0, workers=12)
 print('whole-scan data written')"
   fi
+fi
+if [[ $what == scan-default ]]; then
+  # The default plan alone (no --spacing: the median refined until the median lesion is 2 tokens
+  # across, 0.36 mm here), the whole budget for one run.
+  train_eval "$LIMIT_SCAN" scan-vits16-default "$data" --backbone vits16 --intensity ct:-200,250 --seed 0
+fi
+if [[ $what == scan || $what == all ]]; then
   # The new pipeline (patches of 256 px at the planned 0.7 mm, sliding windows; and at 0.35 mm,
   # where a 3-20 mm lesion is 8-57 px, 0.5-3.6 tokens) beside today's (whole slices resized to
   # 256 px), same data, same budget.

@@ -200,11 +200,12 @@ def patch_datasets(cfg, found, settings: dict):
     """
     from ..resample import parse_spacing
     from .intensity import volume_settings
-    from .planning import plan_volumes
+    from .planning import OBJECT_TOKENS, plan_volumes
 
-    spacing = None if cfg.spacing in (None, "auto") else parse_spacing(cfg.spacing)
+    spacing = cfg.spacing if cfg.spacing in (None, "auto") else parse_spacing(cfg.spacing)
     train_cases = found.split_cases("train")
-    plan = plan_volumes(train_cases, settings["axis"], spacing, cfg.patch_size, max_patch=max(cfg.image_size))
+    plan = plan_volumes(train_cases, settings["axis"], spacing, cfg.patch_size, max_patch=max(cfg.image_size),
+                        object_tokens=OBJECT_TOKENS)
     print(plan.describe())  # what the run will do, even with --quiet (which silences progress bars)
     cfg.spacing = ",".join(f"{v:.6g}" for v in plan.spacing)
     cfg.patch_size = plan.patch_size
