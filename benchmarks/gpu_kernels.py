@@ -275,6 +275,9 @@ def main():
     ap.add_argument("--only", nargs="*", default=None,
                     help="compile only the variants whose names contain one of these words (plain always)")
     ap.add_argument("--no-block-kernels", action="store_true", help="skip the one-pass block kernels' section")
+    ap.add_argument("--sweep", default=None,
+                    help="two-pass tiles to try instead of TWOPASS_SWEEP: 'BM,BN,BK,warps,stages;...'")
+    ap.add_argument("--blocks-only", action="store_true", help="stop after the block sections (no models)")
     args = ap.parse_args()
     LOG, DEV = args.log, torch.device(args.device)
     args.log.parent.mkdir(parents=True, exist_ok=True)
@@ -295,6 +298,8 @@ def main():
     log(torch.cuda.get_device_name() if DEV.type == "cuda" else "cpu", "torch", torch.__version__,
         "triton", triton.__version__, "timm",
         timm.__version__, time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    if args.sweep:
+        TWOPASS_SWEEP[:] = [tuple(int(v) for v in t.split(",")) for t in args.sweep.split(";") if t]
     cuda_sections = ([] if args.no_block_kernels else [block_kernels]) + [block_twopass]
     for section in (cuda_sections if DEV.type == "cuda" else []) + ([kernel_checks] if args.kernels else []):
         try:
@@ -302,6 +307,9 @@ def main():
         except Exception as e:  # the model timings matter more than any one kernel check
             log(f"{section.__name__}: FAILED {type(e).__name__}: {str(e)[:300]}")
 
+    if args.blocks_only:
+        log(f"\ntotal {time.perf_counter() - start:.0f} s")
+        return
     model = randomize_parameters(build_model(args.backbone)).eval().to(DEV)
     for p in model.parameters():
         p.requires_grad_(False)

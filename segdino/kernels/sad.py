@@ -55,7 +55,9 @@ KERNELS = ("wide", "tiled", "twopass")
 
 # The two-pass kernel's tile on a GPU: BM pixels x BN output channels, BK input channels per step
 # (BN and BK capped at C, BN raised to one whole group where groups are wider).
-TWOPASS = {"BM": 128, "BN": 128, "BK": 64, "num_warps": 8, "num_stages": 3}
+# The fastest of a sweep on an H200 (docs/RESULTS.md, Speed); wider BK or more stages exceed its
+# 227 KB of shared memory, since Triton stages each of the nine depthwise taps' loads.
+TWOPASS = {"BM": 64, "BN": 256, "BK": 32, "num_warps": 4, "num_stages": 2}
 
 
 def twopass_config(channels: int, group_size: int, config: dict | None = None) -> dict:
