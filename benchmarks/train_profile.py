@@ -9,6 +9,11 @@ config, one fixed random batch), warms it up, then profiles ``--steps`` steps an
   normalisation and the rest.
 
     python benchmarks/train_profile.py --path fast --batch 32 --log $OUT/train_profile.log
+
+Variants of the fast path, one process each: ``--norm channels_last`` (SAD's GroupNorm on the
+channels-last view, :mod:`segdino.kernels.norm`) and ``--compile-mode reduce-overhead`` (the step's
+forward and backward as CUDA graphs), set through ``segdino.fused.TRAINING`` and
+``segdino.fast.TRAIN_COMPILE``, the switches the trainer reads. ``--no-profile`` times only.
 """
 
 from __future__ import annotations
@@ -50,7 +55,16 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--log", type=Path, required=True)
+    ap.add_argument("--norm", default="module", choices=("module", "channels_last"))
+    ap.add_argument("--compile-mode", default=None, help="torch.compile mode of the step (default: its default)")
+    ap.add_argument("--no-profile", action="store_true", help="time the step only")
     a = ap.parse_args()
+    import segdino.fast
+    import segdino.fused
+
+    segdino.fused.TRAINING["norm"] = a.norm
+    if a.compile_mode:
+        segdino.fast.TRAIN_COMPILE["mode"] = a.compile_mode
     lines: list[str] = []
 
     def say(s: str) -> None:
@@ -67,14 +81,21 @@ def main() -> int:
     for _ in range(5):
         trainer.train_step(batch, 0)
     torch.cuda.synchronize()
-    say(f"{path_name(trainer)}, batch {a.batch}, {a.image_size} px, {torch.cuda.get_device_name(0)}, "
+    say(f"{path_name(trainer)} (norm {a.norm}, compile mode {a.compile_mode or 'default'}), batch {a.batch}, "
+        f"{a.image_size} px, {torch.cuda.get_device_name(0)}, "
         f"torch {torch.__version__}: warm-up 5 steps {time.perf_counter() - t0:.1f} s")
-    t0 = time.perf_counter()
-    for _ in range(a.steps):
-        trainer.train_step(batch, 0)
-    torch.cuda.synchronize()
-    wall = (time.perf_counter() - t0) / a.steps
-    say(f"unprofiled: {wall * 1000:.2f} ms per step, {a.batch / wall:.0f} images/s")
+    walls = []
+    for _ in range(5):  # five chunks: the median, and the spread
+        t0 = time.perf_counter()
+        for _ in range(a.steps):
+            loss = trainer.train_step(batch, 0)
+        torch.cuda.synchronize()
+        walls.append((time.perf_counter() - t0) / a.steps)
+    wall = sorted(walls)[2]
+    say(f"unprofiled: {wall * 1000:.2f} ms per step (chunks {min(walls) * 1000:.2f}-{max(walls) * 1000:.2f}), "
+        f"{a.batch / wall:.0f} images/s; loss {float(loss):.4f}")
+    if a.no_profile:
+        return 0
 
     from torch.profiler import ProfilerActivity, profile
 

@@ -22,6 +22,11 @@ from torch import nn
 log = logging.getLogger("segdino.fast")
 
 
+# torch.compile's options for the training step (segdino.training.Trainer): the default mode, as
+# measured; benchmarks/train_profile.py tries others (CUDA graphs: {"mode": "reduce-overhead"}).
+TRAIN_COMPILE: dict = {}
+
+
 def compile_available(device: torch.device) -> bool:
     if os.environ.get("SEGDINO_NO_COMPILE"):
         return False

@@ -30,6 +30,7 @@ from torch import nn
 from .backbone import PATCH_SIZE
 from .head import SegmentationHead
 from .kernels import resize_bilinear, upsample_add
+from .kernels.norm import residual_block_channels_last
 from .kernels.pointwise import linear_pointwise_convs
 from .kernels.resize import resize_bilinear_matmul
 from .kernels.rope import CachedRope, cache_rope
@@ -53,14 +54,24 @@ def _reference_block(x: torch.Tensor, block: nn.Module) -> torch.Tensor:
     return block(x)
 
 
+# SAD's GroupNorm: the module's own (``module``), or computed on the channels-last view
+# (``channels_last``, :mod:`segdino.kernels.norm`), the same function.
+NORMS = ("module", "channels_last")
+
+
 class FusedScaleAwareDecoder(nn.Module):
     """:class:`segdino.sad.ScaleAwareDecoder` with the top-down ``up(x) + l`` as matrix products or a
     one-pass kernel (``resize``: ``matmul`` or ``kernel``), optionally fused blocks (same parameters;
     ``fused_blocks``: False, or the kernel of :func:`segdino.kernels.sad.residual_block`, ``wide``
-    (also ``True``), ``tiled`` or ``twopass``)."""
+    (also ``True``), ``tiled`` or ``twopass``), and without fused blocks the GroupNorm of the
+    blocks as the module (``norm="module"``) or on the channels-last view (``"channels_last"``,
+    :func:`segdino.kernels.norm.residual_block_channels_last`)."""
 
-    def __init__(self, sad: ScaleAwareDecoder, resize: str = "matmul", fused_blocks: bool | str = False):
+    def __init__(self, sad: ScaleAwareDecoder, resize: str = "matmul", fused_blocks: bool | str = False,
+                 norm: str = "module"):
         super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         if resize not in ("matmul", "kernel"):
             raise ValueError(f"resize must be 'matmul' or 'kernel', got {resize!r}")
         if fused_blocks is True:
@@ -70,11 +81,13 @@ class FusedScaleAwareDecoder(nn.Module):
         self.refine = sad.refine
         if sad.refine:
             self.intra, self.inter = sad.intra, sad.inter
-        self.resize, self.fused_blocks = resize, fused_blocks
+        self.resize, self.fused_blocks, self.norm = resize, fused_blocks, norm
 
     def forward(self, pyramid: list[torch.Tensor]) -> torch.Tensor:
         kernel = self.fused_blocks
         block = (lambda x, blk: residual_block(x, blk, kernel)) if kernel else _reference_block
+        if not kernel and self.norm == "channels_last":
+            block = residual_block_channels_last
         up_add = upsample_add if self.resize == "kernel" else upsample_add_matmul
         if self.refine:
             levels = [block(p, blk) for blk, p in zip(self.intra, pyramid)]
@@ -103,11 +116,17 @@ class FusedHead(nn.Module):
 POINTWISE = ("conv", "linear")
 
 
+# What training runs (segdino.training.Trainer on the fused decoder): the options its step was
+# measured with (docs/RESULTS.md, Speed). benchmarks/train_profile.py tries others through it.
+TRAINING = {"pointwise": "linear"}
+
+
 def fuse_model(model: nn.Module, rope_cache: bool = True, resize: str = "matmul",
-               fused_blocks: bool | str = False, pointwise: str = "conv") -> nn.Module:
+               fused_blocks: bool | str = False, pointwise: str = "conv", norm: str = "module") -> nn.Module:
     """A copy of a SegDINO model with the fused decoder (and cached RoPE tables); same function.
 
-    ``resize`` and ``fused_blocks``: see :class:`FusedScaleAwareDecoder`. ``pointwise``: the
+    ``resize``, ``fused_blocks`` and ``norm`` (SAD's GroupNorm: ``module`` or ``channels_last``):
+    see :class:`FusedScaleAwareDecoder`. ``pointwise``: the
     decoder's 1x1 convs (TPA projections, SAD's pointwise convs, the head's conv) as ``conv``
     (cuDNN) or ``linear``: one matrix product each on the channels-last view
     (:class:`segdino.kernels.pointwise.PointwiseLinear`, the same Parameters under the same names,
@@ -125,7 +144,7 @@ def fuse_model(model: nn.Module, rope_cache: bool = True, resize: str = "matmul"
     if isinstance(getattr(fused, "tpa", None), TokenPyramidAdaptation):
         fused.tpa = fused.tpa.fold(channels_last=True)
     if isinstance(getattr(fused, "sad", None), ScaleAwareDecoder):
-        fused.sad = FusedScaleAwareDecoder(fused.sad, resize=resize, fused_blocks=fused_blocks)
+        fused.sad = FusedScaleAwareDecoder(fused.sad, resize=resize, fused_blocks=fused_blocks, norm=norm)
     if isinstance(getattr(fused, "head", None), SegmentationHead):
         fused.head = FusedHead(fused.head)
     if pointwise == "linear":

@@ -155,10 +155,10 @@ class Trainer:
         decoder, holding the model's own parameters, with its RoPE table computed for the input size."""
         if not self.cfg.fused_decoder:
             return self.model
-        from ..fused import fuse_model, prime_rope
+        from ..fused import TRAINING, fuse_model, prime_rope
 
-        # pointwise="linear": the form the fused training step was measured with (docs/RESULTS.md, Speed).
-        fused = share_parameters(fuse_model(self.model, pointwise="linear"), self.model).to(self.device)
+        # TRAINING: the options the fused training step was measured with (docs/RESULTS.md, Speed).
+        fused = share_parameters(fuse_model(self.model, **TRAINING), self.model).to(self.device)
         if self.channels_last:
             fused.to(memory_format=torch.channels_last)
         # The device as parameters report it (cuda:0, not cuda), the key the table is kept under.
@@ -173,10 +173,10 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             forward = torch.nn.parallel.DistributedDataParallel(self.train_module, device_ids=ids)
         if self.cfg.compile:
-            from ..fast import compile_available
+            from ..fast import TRAIN_COMPILE, compile_available
 
             if compile_available(self.device):
-                forward = torch.compile(forward)
+                forward = torch.compile(forward, **TRAIN_COMPILE)
         return forward
 
     @property
