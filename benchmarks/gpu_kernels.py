@@ -23,8 +23,8 @@ ViT-S/16, D=256, 256x256, random weights, bf16, channels-last, every model compi
 
 Before the models: the fused SAD block kernels alone at the finest level (batch 32, 128x128,
 D=256), against cuDNN's depthwise conv + the pointwise GEMM, each checked against float32; and the
-whole block as the two-pass kernel (``fused_blocks="twopass"``) in a sweep of tiles, against the
-reference block compiled. ``--only WORD ...`` compiles only the variants whose names contain a word
+whole block as the two-pass kernel (``fused_blocks="twopass"``, and ``"twopass_dw"`` after a
+cuDNN depthwise pass) in a sweep of tiles, against the reference block compiled. ``--only WORD ...`` compiles only the variants whose names contain a word
 (the plain model always), e.g. ``--only default two-pass``.
 
 Batch 32 and batch 1; all variants are compiled first, then timed in alternating rounds (each
@@ -115,6 +115,11 @@ TWOPASS_SWEEP = [(128, 128, 64, 8, 3), (128, 128, 32, 8, 3), (64, 256, 64, 8, 3)
                  (128, 256, 32, 8, 2), (64, 128, 64, 4, 3), (128, 64, 64, 4, 3), (256, 128, 32, 8, 2)]
 
 
+# Tiles for the two-pass kernel after a cuDNN depthwise pass (plain matrix products: wider BK fits).
+TWOPASS_DW_SWEEP = [(128, 256, 64, 8, 3), (128, 128, 64, 8, 3), (64, 256, 64, 4, 3), (128, 256, 32, 8, 4),
+                    (256, 128, 64, 8, 3), (64, 256, 32, 4, 2)]
+
+
 def block_twopass():
     """The whole SAD block at the finest level (batch 32, 128x128, D=256): the two-pass kernel in
     each tile of the sweep against the reference block compiled, bf16, each checked against float32."""
@@ -136,16 +141,20 @@ def block_twopass():
         cb = torch.compile(bb)
         cb(xb)
         rows.append(("reference block, bf16, torch.compile", rel_l2(cb(xb) - xb, ref), bench(lambda: cb(xb))))
-        for bm, bn, bk, warps, stages in TWOPASS_SWEEP:
-            sad_kernels.TWOPASS.update(BM=bm, BN=bn, BK=bk, num_warps=warps, num_stages=stages)
-            name = f"two-pass BM={bm} BN={bn} BK={bk} warps={warps} stages={stages}"
-            try:
-                y = residual_block(xb, bb, "twopass")
-                rows.append((name, rel_l2(y - xb, ref), bench(lambda: residual_block(xb, bb, "twopass"))))
-            except Exception as e:  # a tile that fails to build must not stop the sweep
-                log(f"  {name}: FAILED {type(e).__name__}: {str(e)[:300]}")
-        sad_kernels.TWOPASS.clear()
-        sad_kernels.TWOPASS.update(saved)
+        saved_dw = dict(sad_kernels.TWOPASS_DW)
+        for kernel, sweep, table in (("twopass", TWOPASS_SWEEP, sad_kernels.TWOPASS),
+                                     ("twopass_dw", TWOPASS_DW_SWEEP, sad_kernels.TWOPASS_DW)):
+            for bm, bn, bk, warps, stages in sweep:
+                table.update(BM=bm, BN=bn, BK=bk, num_warps=warps, num_stages=stages)
+                name = f"{kernel} BM={bm} BN={bn} BK={bk} warps={warps} stages={stages}"
+                try:
+                    y = residual_block(xb, bb, kernel)
+                    rows.append((name, rel_l2(y - xb, ref), bench(lambda: residual_block(xb, bb, kernel))))
+                except Exception as e:  # a tile that fails to build must not stop the sweep
+                    log(f"  {name}: FAILED {type(e).__name__}: {str(e)[:300]}")
+        for table, old in ((sad_kernels.TWOPASS, saved), (sad_kernels.TWOPASS_DW, saved_dw)):
+            table.clear()
+            table.update(old)
     log("\nSAD block at 128x128, batch 32, D=256: name, rel L2 of the residual branch vs fp32, ms")
     for name, err, ms in rows:
         log(f"  {name:<60} {err:9.1e} {ms:8.3f}")
@@ -240,6 +249,8 @@ def variants(model):
          lambda: WithNumpyTables(fast_model(model, DEV, fused={"pointwise": "conv"})), (1,)),
         ("fast + two-pass SAD blocks",
          lambda: fast_model(model, DEV, fused={"fused_blocks": "twopass"}), (32, 1)),
+        ("fast + two-pass SAD blocks after cuDNN depthwise",
+         lambda: fast_model(model, DEV, fused={"fused_blocks": "twopass_dw"}), (32, 1)),
         ("fast + linear 1x1 + up-add kernel",
          lambda: fast_model(model, DEV, fused={"pointwise": "linear", "resize": "kernel"}), (32,)),
     ]
@@ -277,6 +288,7 @@ def main():
     ap.add_argument("--no-block-kernels", action="store_true", help="skip the one-pass block kernels' section")
     ap.add_argument("--sweep", default=None,
                     help="two-pass tiles to try instead of TWOPASS_SWEEP: 'BM,BN,BK,warps,stages;...'")
+    ap.add_argument("--sweep-dw", default=None, help="the same for TWOPASS_DW_SWEEP (after cuDNN's depthwise)")
     ap.add_argument("--blocks-only", action="store_true", help="stop after the block sections (no models)")
     args = ap.parse_args()
     LOG, DEV = args.log, torch.device(args.device)
@@ -298,8 +310,9 @@ def main():
     log(torch.cuda.get_device_name() if DEV.type == "cuda" else "cpu", "torch", torch.__version__,
         "triton", triton.__version__, "timm",
         timm.__version__, time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
-    if args.sweep:
-        TWOPASS_SWEEP[:] = [tuple(int(v) for v in t.split(",")) for t in args.sweep.split(";") if t]
+    for given, sweep in ((args.sweep, TWOPASS_SWEEP), (args.sweep_dw, TWOPASS_DW_SWEEP)):
+        if given:
+            sweep[:] = [tuple(int(v) for v in t.split(",")) for t in given.split(";") if t]
     cuda_sections = ([] if args.no_block_kernels else [block_kernels]) + [block_twopass]
     for section in (cuda_sections if DEV.type == "cuda" else []) + ([kernel_checks] if args.kernels else []):
         try:

@@ -51,18 +51,23 @@ def fused_block_covers(x: torch.Tensor, channels: int, groups: int) -> bool:
     return x.dtype in allowed and x.numel() < 2**31
 
 
-KERNELS = ("wide", "tiled", "twopass")
+KERNELS = ("wide", "tiled", "twopass", "twopass_dw")
 
 # The two-pass kernel's tile on a GPU: BM pixels x BN output channels, BK input channels per step
 # (BN and BK capped at C, BN raised to one whole group where groups are wider).
 # The fastest of a sweep on an H200 (docs/RESULTS.md, Speed); wider BK or more stages exceed its
 # 227 KB of shared memory, since Triton stages each of the nine depthwise taps' loads.
 TWOPASS = {"BM": 64, "BN": 256, "BK": 32, "num_warps": 4, "num_stages": 2}
+# After a cuDNN depthwise pass (``twopass_dw``) the loop is a plain matrix product: predicted tile,
+# not yet measured.
+TWOPASS_DW = {"BM": 128, "BN": 256, "BK": 64, "num_warps": 8, "num_stages": 3}
 
 
-def twopass_config(channels: int, group_size: int, config: dict | None = None) -> dict:
-    """The two-pass kernel's launch configuration for ``channels``, ``TWOPASS`` updated by ``config``."""
-    cfg = {**TWOPASS, **(config or {})}
+def twopass_config(channels: int, group_size: int, config: dict | None = None,
+                   given_depthwise: bool = False) -> dict:
+    """The two-pass kernel's launch configuration for ``channels``: ``TWOPASS`` (``TWOPASS_DW`` with
+    ``given_depthwise``) updated by ``config``."""
+    cfg = {**(TWOPASS_DW if given_depthwise else TWOPASS), **(config or {})}
     cfg["BN"] = min(channels, max(cfg["BN"], group_size))
     cfg["BK"] = min(channels, cfg["BK"])
     return cfg
@@ -127,7 +132,8 @@ def combine_stats(stats: torch.Tensor, width: int, group_size: int,
 
 @torch.library.custom_op("segdino::residual_block_twopass", mutates_args=())
 def residual_block_twopass(x: torch.Tensor, dw: torch.Tensor, pw: torch.Tensor, gamma: torch.Tensor,
-                           beta: torch.Tensor, gain: torch.Tensor, groups: int, eps: float) -> torch.Tensor:
+                           beta: torch.Tensor, gain: torch.Tensor, groups: int, eps: float,
+                           given_depthwise: bool = False) -> torch.Tensor:
     """``x + gain * GELU(GroupNorm(PW(DW(x))))`` in two passes over a contiguous channels-last ``x``.
 
     The first pass computes the pre-norm map tile by tile and keeps only each tile's GroupNorm
@@ -135,31 +141,40 @@ def residual_block_twopass(x: torch.Tensor, dw: torch.Tensor, pw: torch.Tensor, 
     block's output. Three passes over the map in all (read, read, write) instead of the eight of the
     unfused chain; the pointwise product runs twice (cheap against the memory traffic saved).
     ``gamma``/``beta``: the norm's affine parameters (ones and zeros without); ``gain``: (1,).
+
+    ``given_depthwise``: the depthwise conv runs first as its own (cuDNN) pass, writing its output
+    once, and both passes are plain matrix products over it, with the statistics or the whole
+    rest of the block in their epilogue: six passes over the map instead of three, but no
+    nine-tap stencil inside the matrix product's loop.
     """
     from .triton_kernels import block_pass_triton
 
     b, c, h, w = x.shape
     gs = c // groups
-    cfg = twopass_config(c, gs)
+    cfg = twopass_config(c, gs, given_depthwise=given_depthwise)
     n_tiles = -(-(h * w) // cfg["BM"])
     dw9 = dw.reshape(c, 9).float().contiguous()
     pw_t = pw.reshape(c, c).t().to(x.dtype).contiguous()
     gamma, beta = gamma.float().contiguous(), beta.float().contiguous()
+    d = None
+    if given_depthwise:
+        d = F.conv2d(x, dw.reshape(c, 1, 3, 3).to(x.dtype), padding=1, groups=c)
+        d = d.contiguous(memory_format=torch.channels_last)
     stats = torch.empty((b, n_tiles, groups, 2), device=x.device, dtype=torch.float32)
-    block_pass_triton(x, dw9, pw_t, stats, stats, gamma, beta, gain, None, gs, cfg)
+    block_pass_triton(x, dw9, pw_t, stats, stats, gamma, beta, gain, None, gs, cfg, d)
     mean, var = combine_stats(stats[:, None], h * w, gs, tile=cfg["BM"])
     mean_rstd = torch.stack((mean, torch.rsqrt(var + eps)), dim=-1).contiguous()
     out = torch.empty_like(x, memory_format=torch.channels_last)
-    block_pass_triton(x, dw9, pw_t, stats, mean_rstd, gamma, beta, gain, out, gs, cfg)
+    block_pass_triton(x, dw9, pw_t, stats, mean_rstd, gamma, beta, gain, out, gs, cfg, d)
     return out
 
 
 @residual_block_twopass.register_fake
-def _(x, dw, pw, gamma, beta, gain, groups, eps):
+def _(x, dw, pw, gamma, beta, gain, groups, eps, given_depthwise=False):
     return torch.empty_like(x, memory_format=torch.channels_last)
 
 
-def _twopass(x: torch.Tensor, block: torch.nn.Module) -> torch.Tensor:
+def _twopass(x: torch.Tensor, block: torch.nn.Module, given_depthwise: bool = False) -> torch.Tensor:
     norm = block.norm
     c = x.shape[1]
     if norm.affine:
@@ -167,7 +182,7 @@ def _twopass(x: torch.Tensor, block: torch.nn.Module) -> torch.Tensor:
     else:
         gamma, beta = x.new_ones(c, dtype=torch.float32), x.new_zeros(c, dtype=torch.float32)
     return residual_block_twopass(x, block.depthwise.weight, block.pointwise.weight, gamma, beta,
-                                  block.gain, norm.num_groups, float(norm.eps))
+                                  block.gain, norm.num_groups, float(norm.eps), given_depthwise)
 
 
 def residual_block(x: torch.Tensor, block: torch.nn.Module, kernel: str = "wide") -> torch.Tensor:
@@ -176,7 +191,8 @@ def residual_block(x: torch.Tensor, block: torch.nn.Module, kernel: str = "wide"
     (B, D, H, W) -> (B, D, H, W). ``kernel``: ``wide`` (one program per pixel tile, all channels)
     or ``tiled`` (output channels split over programs; see :func:`dw_pw_stats`), which write the
     pre-norm map and leave the rest to one elementwise pass, or ``twopass``
-    (:func:`residual_block_twopass`: the whole block, the pre-norm map never stored). Falls back to the
+    (:func:`residual_block_twopass`: the whole block, the pre-norm map never stored) and
+    ``twopass_dw`` (the same after a cuDNN depthwise pass). Falls back to the
     module itself for BatchNorm, gradients, CPU tensors (outside the interpreter), and shapes the
     kernel does not cover.
     """
@@ -192,8 +208,8 @@ def residual_block(x: torch.Tensor, block: torch.nn.Module, kernel: str = "wide"
             or not kernels_enabled(x) or not fused_block_covers(x, c, norm.num_groups)):
         return block(x)
     g = norm.num_groups
-    if kernel == "twopass":
-        return _twopass(x, block)
+    if kernel in ("twopass", "twopass_dw"):
+        return _twopass(x, block, kernel == "twopass_dw")
     t, stats = dw_pw_stats(x, block.depthwise.weight, block.pointwise.weight, g, kernel == "tiled")
     mean, var = combine_stats(stats, x.shape[-1], c // g)
     rstd = torch.rsqrt(var + norm.eps)  # (B, G)

@@ -159,9 +159,9 @@ def _kernels(interpret: bool):
 
     @triton.jit
     def block_pass_kernel(
-        x_ptr, dw_ptr, pw_ptr, st_ptr, ms_ptr, gamma_ptr, beta_ptr, gain_ptr, y_ptr, H, W, n_tiles,
+        x_ptr, a_ptr, dw_ptr, pw_ptr, st_ptr, ms_ptr, gamma_ptr, beta_ptr, gain_ptr, y_ptr, H, W, n_tiles,
         C: tl.constexpr, GS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-        APPLY: tl.constexpr,
+        APPLY: tl.constexpr, DEPTHWISE: tl.constexpr,
     ):
         # One program: BM consecutive pixels (row-major, rows may wrap) of one image, BN output
         # channels. x is channels-last and contiguous, so pixel p's channel c is at p * C + c. The
@@ -169,7 +169,9 @@ def _kernels(interpret: bool):
         # registers and feeds it to the pointwise product (tensor cores); it is a real loop so that
         # Triton pipelines its loads. The pre-norm map t = PW(DW(x)) never reaches memory:
         # APPLY=0 stores the tile's GroupNorm partials (sum, centred sum of squares per group);
-        # APPLY=1 recomputes t bit for bit and writes x + gain * GELU(GN(t)).
+        # APPLY=1 recomputes t bit for bit and writes x + gain * GELU(GN(t)). DEPTHWISE=0: the
+        # depthwise output is given (a_ptr, same layout, e.g. from cuDNN) and the loop is a plain
+        # matrix product over it.
         pid_m = tl.program_id(0)
         pid_n = tl.program_id(1)
         b = pid_m // n_tiles
@@ -182,19 +184,24 @@ def _kernels(interpret: bool):
         co = pid_n * BN + tl.arange(0, BN)
         xb = x_ptr + b.to(tl.int64) * hw * C
         acc = tl.zeros((BM, BN), dtype=tl.float32)
+        ab = a_ptr + b.to(tl.int64) * hw * C
         for k0 in range(0, C, BK):
             ck = k0 + tl.arange(0, BK)
-            d = tl.zeros((BM, BK), dtype=tl.float32)
-            for dy in tl.static_range(3):
-                yy = py + (dy - 1)
-                for dx in tl.static_range(3):
-                    xx = px + (dx - 1)
-                    m = valid & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
-                    v = tl.load(xb + (yy * W + xx)[:, None] * C + ck[None, :], mask=m[:, None], other=0.0)
-                    wk = tl.load(dw_ptr + ck * 9 + (dy * 3 + dx)).to(tl.float32)
-                    d += v.to(tl.float32) * wk[None, :]
+            if DEPTHWISE:
+                d = tl.zeros((BM, BK), dtype=tl.float32)
+                for dy in tl.static_range(3):
+                    yy = py + (dy - 1)
+                    for dx in tl.static_range(3):
+                        xx = px + (dx - 1)
+                        m = valid & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
+                        v = tl.load(xb + (yy * W + xx)[:, None] * C + ck[None, :], mask=m[:, None], other=0.0)
+                        wk = tl.load(dw_ptr + ck * 9 + (dy * 3 + dx)).to(tl.float32)
+                        d += v.to(tl.float32) * wk[None, :]
+                a = d.to(pw_ptr.dtype.element_ty)
+            else:
+                a = tl.load(ab + p[:, None] * C + ck[None, :], mask=valid[:, None], other=0.0)
             wt = tl.load(pw_ptr + ck[:, None] * C + co[None, :])  # (BK, BN) of pw^T
-            acc = tl.dot(d.to(wt.dtype), wt, acc)
+            acc = tl.dot(a.to(wt.dtype), wt, acc)
         if APPLY:
             gi = co // GS
             mean = tl.load(ms_ptr + (b * (C // GS) + gi) * 2)
@@ -271,19 +278,22 @@ def dw_pw_stats_tiled_triton(x: torch.Tensor, dw: torch.Tensor, pw: torch.Tensor
 
 def block_pass_triton(x: torch.Tensor, dw: torch.Tensor, pw: torch.Tensor, stats: torch.Tensor,
                       mean_rstd: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, gain: torch.Tensor,
-                      out: torch.Tensor | None, group_size: int, config: dict) -> None:
+                      out: torch.Tensor | None, group_size: int, config: dict,
+                      depthwise_out: torch.Tensor | None = None) -> None:
     """One pass of the two-pass SAD block over a contiguous channels-last ``x`` (B, C, H, W).
 
     ``out`` None: the GroupNorm partials into ``stats`` (B, tiles, G, 2); otherwise ``out = x + gain *
     GELU(GN(PW(DW(x))))`` from ``mean_rstd`` (B, G, 2). ``dw``: (C, 9); ``pw``: the pointwise weight
     transposed (C_in, C_out); ``config``: the tile (``BM`` pixels, ``BN`` output channels, ``BK``
-    input channels per step) and ``num_warps``, ``num_stages``.
+    input channels per step) and ``num_warps``, ``num_stages``. ``depthwise_out``: the depthwise
+    conv's output, given (same shape and layout as ``x``), instead of computed in the kernel.
     """
     b, c, h, w = x.shape
     bm, bn = config["BM"], config["BN"]
     n_tiles = triton.cdiv(h * w, bm)
     kernels()["block_pass"][(b * n_tiles, c // bn)](
-        x, dw, pw, stats, mean_rstd, gamma, beta, gain, x if out is None else out, h, w, n_tiles,
-        C=c, GS=group_size, BM=bm, BN=bn, BK=config["BK"], APPLY=out is not None,
+        x, x if depthwise_out is None else depthwise_out, dw, pw, stats, mean_rstd, gamma, beta, gain,
+        x if out is None else out, h, w, n_tiles,
+        C=c, GS=group_size, BM=bm, BN=bn, BK=config["BK"], APPLY=out is not None, DEPTHWISE=depthwise_out is None,
         num_warps=config["num_warps"], num_stages=config["num_stages"],
     )

@@ -47,8 +47,9 @@ def test_triton_fused_sad_block_equals_module(interpret, monkeypatch, kernel, di
         residual_block(x, blk, "huge")
 
 
+@pytest.mark.parametrize("kernel", ["twopass", "twopass_dw"])
 @pytest.mark.parametrize("dim,h,w,groups", TWOPASS_CASES)
-def test_triton_twopass_sad_block_equals_module(interpret, dim, h, w, groups):
+def test_triton_twopass_sad_block_equals_module(interpret, dim, h, w, groups, kernel):
     blk = randomize_(ResidualDepthwiseBlock(dim), seed=dim)
     if groups != blk.norm.num_groups:
         blk.norm = randomize_(torch.nn.GroupNorm(groups, dim), seed=groups)
@@ -56,9 +57,9 @@ def test_triton_twopass_sad_block_equals_module(interpret, dim, h, w, groups):
     with torch.no_grad():
         blk.gain.fill_(0.7)
         ref = blk(x)
-        y = residual_block(x, blk, "twopass")
+        y = residual_block(x, blk, kernel)
         blk.norm = torch.nn.GroupNorm(groups, dim, affine=False)
-        ref_plain, y_plain = blk(x), residual_block(x, blk, "twopass")
+        ref_plain, y_plain = blk(x), residual_block(x, blk, kernel)
     # The residual branch itself, so that the identity part cannot hide an error in it.
     assert rel(y - x, ref - x) < 1e-5 and rel(y_plain - x, ref_plain - x) < 1e-5
     assert y.is_contiguous(memory_format=torch.channels_last)
@@ -90,7 +91,7 @@ def test_triton_fused_model_with_twopass_blocks_equals_model(interpret, monkeypa
     x = torch.randn(1, 3, 32, 32)
     calls = []
     real = sad_kernels.residual_block_twopass
-    monkeypatch.setattr(sad_kernels, "residual_block_twopass", lambda *a: (calls.append(a[-2]), real(*a))[1])
+    monkeypatch.setattr(sad_kernels, "residual_block_twopass", lambda *a: (calls.append(a[6]), real(*a))[1])
     fused = fuse_model(model, fused_blocks="twopass").to(memory_format=torch.channels_last)
     with torch.no_grad():
         y = fused(x.contiguous(memory_format=torch.channels_last))
