@@ -96,11 +96,18 @@ def case_geometry(case: VolumeCase, axis: str | int) -> tuple[tuple[float, float
     else:
         vol = read_volume(case.image, case.channel)
         shape, affine = vol.shape, vol.affine
+    sp, a, rest = _in_plane(affine, axis, case.image)
+    return sp, (shape[rest[0]], shape[rest[1]]), a
+
+
+def _in_plane(affine, axis: str | int, name) -> tuple[tuple[float, float], int, list[int]]:
+    """(in-plane spacing (rows, columns) mm, slicing array axis, the two in-plane array axes) of a
+    volume with ``affine``; a zero, negative or non-finite spacing is a DataError naming ``name``."""
     spacing = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
-    check_spacing(spacing, str(case.image))
+    check_spacing(spacing, str(name))
     a = resolve_axis(validate_axis(axis), affine)
     rest = [i for i in range(3) if i != a]
-    return (float(spacing[rest[0]]), float(spacing[rest[1]])), (shape[rest[0]], shape[rest[1]]), a
+    return (float(spacing[rest[0]]), float(spacing[rest[1]])), a, rest
 
 
 def _round_up(n: float, to: int = TOKEN) -> int:
@@ -159,16 +166,13 @@ def object_diameters(case: VolumeCase, axis: str | int) -> dict[int, list[float]
     if case.label is None:
         return {}
     vol = read_volume(case.label, label=True)
-    spacing = np.linalg.norm(vol.affine[:3, :3], axis=0)
-    check_spacing(spacing, str(case.label))
-    a = resolve_axis(validate_axis(axis), vol.affine)
-    rest = [i for i in range(3) if i != a]
-    pixel_area = float(spacing[rest[0]] * spacing[rest[1]])
+    (sy, sx), _, rest = _in_plane(vol.affine, axis, case.label)
+    pixel_area = sy * sx
     labels = np.asarray(vol.array)
     out: dict[int, list[float]] = {}
     structure = np.ones((3, 3, 3), dtype=bool)
     for c in (int(v) for v in np.unique(labels) if v > 0):
-        comp, n = ndimage.label(labels == c, structure=structure)
+        comp, _ = ndimage.label(labels == c, structure=structure)
         for i, box in enumerate(ndimage.find_objects(comp), start=1):
             if box is None:
                 continue
