@@ -11,9 +11,10 @@ config, one fixed random batch), warms it up, then profiles ``--steps`` steps an
     python benchmarks/train_profile.py --path fast --batch 32 --log $OUT/train_profile.log
 
 Variants of the fast path, one process each: ``--norm channels_last`` (SAD's GroupNorm on the
-channels-last view, :mod:`segdino.kernels.norm`) and ``--compile-mode reduce-overhead`` (the step's
-forward and backward as CUDA graphs), set through ``segdino.fused.TRAINING`` and
-``segdino.fast.TRAIN_COMPILE``, the switches the trainer reads. ``--no-profile`` times only.
+channels-last view, :mod:`segdino.kernels.norm`) and ``--compile-mode default`` (torch.compile's
+default mode instead of the trainer's CUDA graphs, ``reduce-overhead``), set through
+``segdino.fused.TRAINING`` and ``segdino.fast.TRAIN_COMPILE``, the switches the trainer reads.
+``--no-profile`` times only. The log is appended to, so that several variants share one file.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--log", type=Path, required=True)
     ap.add_argument("--norm", default="module", choices=("module", "channels_last"))
-    ap.add_argument("--compile-mode", default=None, help="torch.compile mode of the step (default: its default)")
+    ap.add_argument("--compile-mode", default=None, help="torch.compile mode of the step (default: the trainer's, segdino.fast.TRAIN_COMPILE)")
     ap.add_argument("--no-profile", action="store_true", help="time the step only")
     a = ap.parse_args()
     import segdino.fast
@@ -65,13 +66,12 @@ def main() -> int:
     segdino.fused.TRAINING["norm"] = a.norm
     if a.compile_mode:
         segdino.fast.TRAIN_COMPILE["mode"] = a.compile_mode
-    lines: list[str] = []
+    a.log.parent.mkdir(parents=True, exist_ok=True)
 
     def say(s: str) -> None:
         print(s, flush=True)
-        lines.append(s)
-        a.log.parent.mkdir(parents=True, exist_ok=True)
-        a.log.write_text("\n".join(lines) + "\n")
+        with a.log.open("a") as f:
+            f.write(s + "\n")
 
     device = torch.device("cuda")
     cfg = step_config(a.path, a.backbone, (a.image_size, a.image_size), 256, a.batch, device, True)
@@ -81,7 +81,7 @@ def main() -> int:
     for _ in range(5):
         trainer.train_step(batch, 0)
     torch.cuda.synchronize()
-    say(f"{path_name(trainer)} (norm {a.norm}, compile mode {a.compile_mode or 'default'}), batch {a.batch}, "
+    say(f"{path_name(trainer)} (norm {a.norm}, compile mode {segdino.fast.TRAIN_COMPILE.get('mode', 'default')}), batch {a.batch}, "
         f"{a.image_size} px, {torch.cuda.get_device_name(0)}, "
         f"torch {torch.__version__}: warm-up 5 steps {time.perf_counter() - t0:.1f} s")
     walls = []

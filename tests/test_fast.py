@@ -38,3 +38,13 @@ def test_fast_model_casts_inside_the_call_and_primes_tables_once(monkeypatch):
     assert y2.data_ptr() != y.data_ptr()
     # Parameters appear once (the cast wrapper is not a second registered copy of the model).
     assert len(list(fast.parameters())) == len(list(fast.inner.parameters()))
+
+
+def test_training_compiles_as_cuda_graphs_in_one_process_only():
+    from segdino.fast import TRAIN_COMPILE, train_compile_options
+
+    assert TRAIN_COMPILE["mode"] == "reduce-overhead"
+    assert train_compile_options(1) == TRAIN_COMPILE
+    # Under DDP the gradients' all-reduce runs inside the backward: no CUDA graphs there.
+    assert "mode" not in train_compile_options(2)
+    assert train_compile_options(1) is not TRAIN_COMPILE  # a copy: callers cannot change the default

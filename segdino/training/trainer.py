@@ -173,10 +173,10 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             forward = torch.nn.parallel.DistributedDataParallel(self.train_module, device_ids=ids)
         if self.cfg.compile:
-            from ..fast import TRAIN_COMPILE, compile_available
+            from ..fast import compile_available, train_compile_options
 
             if compile_available(self.device):
-                forward = torch.compile(forward, **TRAIN_COMPILE)
+                forward = torch.compile(forward, **train_compile_options(self.world))
         return forward
 
     @property
