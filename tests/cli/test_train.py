@@ -78,6 +78,7 @@ def test_train_predict_evaluate_from_the_command_line(tiny_volumes, tmp_path, ca
         assert (by_model / name).is_file()
 
 
+@pytest.mark.long
 def test_demo_volumes_finds_the_lesions_of_held_out_whole_scans(tmp_path, capsys):
     """The whole-scan task on CPU at the demo's full length: a small model trained here finds the
     8-20 mm lesions of the held-out volumes (per-volume Dice >= 0.6, lesion detection F1 >= 0.7),
