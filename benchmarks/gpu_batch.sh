@@ -7,7 +7,8 @@
 # $OUT/results$TAG.tar (the device returns few files), a summary to stdout. TAG (environment)
 # is appended to run names, for variants of a recipe given by the extra arguments. A fifth field,
 # `plain`, trains on the model's own modules (--no-fused-decoder) instead of the fused decoder and
-# appends -plain to the name: "kvasir-seg:segdino:0:full:plain".
+# appends -plain to the name: "kvasir-seg:segdino:0:full:plain". The device's copy of .git can be older than
+# the files it runs (results then record the commit with "-dirty"): SEGDINO_COMMIT=<hash> names it.
 limit=$1; jobs=$2; shift 2
 mkdir -p results/gpu runs
 run_name() {  # dataset recipe seed ablation [plain] -> the run's name

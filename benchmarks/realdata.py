@@ -157,7 +157,10 @@ def commit_hash() -> str:
     if os.environ.get("SEGDINO_COMMIT"):  # a copied working tree may carry a stale .git
         return os.environ["SEGDINO_COMMIT"]
     try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True).strip()
+        # "-dirty" when tracked files differ from that commit: uncommitted changes, or a copied
+        # working tree whose .git is older than its files (the GPU machine's copy).
+        return subprocess.check_output(["git", "describe", "--always", "--dirty", "--abbrev=40"], cwd=ROOT,
+                                       text=True).strip()
     except Exception:
         return "unknown"
 
