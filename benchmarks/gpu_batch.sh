@@ -4,7 +4,7 @@
 # Datasets are folders under .data/ (benchmarks/realdata.py pack). An ablation is one of
 # realdata.py's ABLATIONS (no_tpa, no_tpa_wide, no_sad, d128, d512, last_tap; full = the recipe's
 # model): it is passed as --ablation and appended to the run's name. Results and logs go to
-# $OUT/results$TAG.tar (the device returns few files), a summary to stdout. TAG (environment)
+# $OUT/results$TAG.tar (the device returns few files; TAR names it otherwise), a summary to stdout. TAG (environment)
 # is appended to run names, for variants of a recipe given by the extra arguments. A fifth field,
 # `plain`, trains on the model's own modules (--no-fused-decoder) instead of the fused decoder and
 # appends -plain to the name: "kvasir-seg:segdino:0:full:plain". The device's copy of .git can be older than
@@ -32,4 +32,4 @@ for job in $jobs; do
   grep -E "Error|error:" "runs/$name.out" | tail -n 3
   echo "$name: $(tail -n 1 "runs/$name/log.csv" 2>/dev/null) $(tail -n 1 "runs/$name.out")"
 done
-tar -cf "$OUT/results$TAG.tar" results/gpu
+tar -cf "$OUT/${TAR:-results$TAG}.tar" results/gpu
