@@ -210,6 +210,21 @@ def test_rotate_hue():
     assert torch.allclose(T.rotate_hue(grey.clone(), 0.1), grey)
 
 
+def test_shift_hue_hsv_matches_torchvision():
+    F = pytest.importorskip("torchvision.transforms.functional")
+    g = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, 24, 20, generator=g),
+              torch.rand(1, 8, 8, generator=g).expand(3, -1, -1).clone(),  # grey: no hue
+              (torch.rand(3, 16, 16, generator=g) * 4).round() / 4,  # many ties between channels
+              torch.eye(3).view(3, 3, 1).expand(3, 3, 5).clone()]  # pure red, green, blue
+    for shift in (-0.5, -0.05, 0.0, 0.02, 1 / 3, 0.5):
+        for x in images:
+            ours = T.shift_hue_hsv(x.clone(), shift)
+            assert torch.allclose(ours, F.adjust_hue(x.clone(), shift), atol=1e-5), shift
+    red = torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1)
+    assert torch.allclose(T.shift_hue_hsv(red, 1 / 3).flatten(), torch.tensor([0.0, 1.0, 0.0]), atol=1e-6)
+
+
 def test_missing_torchvision_is_a_config_error(monkeypatch):
     monkeypatch.setattr(T, "_TV", None)
     monkeypatch.setitem(sys.modules, "torchvision", None)
