@@ -18,6 +18,8 @@ ViT-S/16, D=256, 256x256, random weights, bf16, channels-last, every model compi
   cache changed;
 - ``fast + two-pass SAD blocks``: SAD's residual blocks whole in the two-pass Triton kernel
   (``fused_blocks="twopass"``);
+- ``fast + FP8 backbone products``: the default fast path with the ViT blocks' linear layers as
+  row-scaled e4m3 products (``fast_model(..., fp8=True)``, :mod:`segdino.kernels.fp8`);
 - ``fast + linear 1x1 + up-add kernel`` (batch 32): linear 1x1 convs and SAD's ``up(x) + l`` as the
   Triton kernel.
 
@@ -251,6 +253,7 @@ def variants(model):
          lambda: fast_model(model, DEV, fused={"fused_blocks": "twopass"}), (32, 1)),
         ("fast + two-pass SAD blocks after cuDNN depthwise",
          lambda: fast_model(model, DEV, fused={"fused_blocks": "twopass_dw"}), (32, 1)),
+        ("fast + FP8 backbone products", lambda: fast_model(model, DEV, fp8=True), (32, 1)),
         ("fast + linear 1x1 + up-add kernel",
          lambda: fast_model(model, DEV, fused={"pointwise": "linear", "resize": "kernel"}), (32,)),
     ]

@@ -7,7 +7,8 @@ path's speed ratio to eager fp32 and the relative L2 error of its output against
 - On CUDA: eager fp32, the plain model compiled (our modules in bf16, channels-last,
   ``torch.compile(mode="reduce-overhead")``: what one line of code gives any user) and the fast path
   of :mod:`segdino.fast` (the same plus the fused decoder kernels), each timed on its own after
-  warm-up (device events), with the fast path's ratio to the plain compiled model.
+  warm-up (device events), with the fast path's ratio to the plain compiled model; with ``fp8``,
+  also the fast path with FP8 backbone products (:mod:`segdino.kernels.fp8`).
 - On CPU: eager PyTorch fp32 (the authors' way), then every other path with TPA folded
   (:func:`segdino.export.fold_tpa`, the same function with ~25 of 43 GFLOP removed at 256x256):
   PyTorch fp32, ONNX Runtime fp32 (the exported file), ONNX Runtime int8 (static quantisation),
@@ -221,7 +222,7 @@ def run_benchmark(backbone: str = "vits16", image_size: tuple[int, int] = (256, 
                   repeats: int = 50, compile_mode: str | None = "auto", extra_paths: dict | None = None,
                   seed: int = 0, paths: Sequence[str] | None = None, threads: int | None = None,
                   model: SegDINO | None = None, data: str | os.PathLike | None = None, split: str = "test",
-                  weights_name: str | None = None, wait_quiet: float = 0.0) -> BenchmarkReport:
+                  weights_name: str | None = None, wait_quiet: float = 0.0, fp8: bool = False) -> BenchmarkReport:
     """Time eager fp32 against the faster paths for each batch size; see the module docstring.
 
     Args:
@@ -233,6 +234,8 @@ def run_benchmark(backbone: str = "vits16", image_size: tuple[int, int] = (256, 
         threads: CPU threads for every path (default: the physical cores).
         repeats: timed calls per path (CPU: rounds of alternating calls).
         data: a dataset folder; with it, each path's mean Dice on ``split`` is measured.
+        fp8: GPU only: also time the fast path with the backbone's linear layers as FP8 products
+            (:mod:`segdino.kernels.fp8`; on GPUs of compute capability 8.9 or newer).
         wait_quiet: CPU only: before timing, wait up to this many seconds until other processes
             leave the CPU (almost) idle, and time again (discarding the timing) while they took 10%
             or more of it during the timing; a shared CPU slows PyTorch's threads far more than
@@ -272,15 +275,21 @@ def run_benchmark(backbone: str = "vits16", image_size: tuple[int, int] = (256, 
         _run_cpu(report, model, image_size, batches, warmup, repeats, compile_mode, extra_paths, seed, paths,
                  threads, data, split, wait_quiet)
     else:
-        _run_gpu(report, model, image_size, batches, device, warmup, repeats, compile_mode, extra_paths, seed)
+        _run_gpu(report, model, image_size, batches, device, warmup, repeats, compile_mode, extra_paths, seed,
+                 fp8, data, split)
     return report
 
 
 PLAIN_COMPILED = "plain model, compiled"
 
 
-def _run_gpu(report, model, image_size, batches, device, warmup, repeats, compile_mode, extra_paths, seed) -> None:
+FP8_PATH = "fast + FP8 backbone products"
+
+
+def _run_gpu(report, model, image_size, batches, device, warmup, repeats, compile_mode, extra_paths, seed,
+             fp8=False, data=None, split="test") -> None:
     from .fast import fast_model, plain_compiled_model
+    from .kernels.fp8 import fp8_supported
 
     fast = fast_model(model, device, compile_mode=compile_mode)
     fns: dict[str, Callable] = {"eager fp32": model}
@@ -293,6 +302,12 @@ def _run_gpu(report, model, image_size, batches, device, warmup, repeats, compil
         report.notes.append(f"{PLAIN_COMPILED}: the model's own modules in bf16, channels-last, cuDNN autotuning, "
                             "torch.compile(mode='reduce-overhead'); fast: the same plus the fused decoder kernels "
                             "(segdino.fused)")
+        if fp8 and fp8_supported(device):
+            fns[FP8_PATH], precision[FP8_PATH] = fast_model(model, device, compile_mode=compile_mode, fp8=True), "fp8"
+            report.notes.append(f"{FP8_PATH}: the fast path with the backbone's linear layers as row-scaled e4m3 "
+                                "products (segdino.kernels.fp8), bf16 elsewhere")
+        elif fp8:
+            report.notes.append(f"{FP8_PATH}: not run, this GPU has no FP8 tensor cores (compute capability < 8.9)")
     for name, fn in (extra_paths or {}).items():
         fns[name] = fn
     report.timing = f"median of {repeats} calls per path after {warmup} warm-up calls, each path on its own (CUDA events)"
@@ -318,6 +333,17 @@ def _run_gpu(report, model, image_size, batches, device, warmup, repeats, compil
                 ratio = plain.median_ms / res.median_ms
                 report.ratios[f"{name} vs {PLAIN_COMPILED}, batch {b}"] = ratio
                 report.notes.append(f"batch {b}: {name} is {ratio:.2f}x {PLAIN_COMPILED}")
+    if data is not None:
+        _add_dice(report, fns, model.config, data, split, "eager fp32")
+
+
+def _add_dice(report, fns, config, data, split, reference: str) -> None:
+    """Each path's mean Dice on ``split`` of ``data`` into the report's rows, beside the reference's."""
+    dice, cases = dice_by_path(fns, config, data, split)
+    report.dice = {"data": str(data), "split": split, "cases": cases}
+    for res in report.results:
+        res.dice = dice[res.name]
+        res.dice_delta_vs_eager = dice[res.name] - dice[reference]
 
 
 def _cpu_paths(paths: Sequence[str] | None, compile_mode: str | None) -> tuple[list[str], str]:
@@ -359,12 +385,7 @@ def _run_cpu(report, model, image_size, batches, warmup, repeats, compile_mode, 
         outputs = _first_outputs(fns, inputs, report)
         _time_cpu_paths(report, fns, batches, inputs, outputs, precision, warmup, repeats, wait_quiet)
         if data is not None:
-            dice, cases = dice_by_path(fns, model.config, data, split)
-            report.dice = {"data": str(data), "split": split, "cases": cases}
-            ref_dice = dice[PATH_NAMES["eager"]]
-            for res in report.results:
-                res.dice = dice[res.name]
-                res.dice_delta_vs_eager = dice[res.name] - ref_dice
+            _add_dice(report, fns, model.config, data, split, PATH_NAMES["eager"])
 
 
 def _first_outputs(fns: dict[str, Callable], inputs: list[torch.Tensor], report) -> list[dict[str, torch.Tensor]]:

@@ -91,7 +91,8 @@ class FastModel(nn.Module):
     """
 
     def __init__(self, model: nn.Module, device: torch.device, dtype: torch.dtype, channels_last: bool,
-                 compile_mode: str | None, fused: bool | dict = False, cudnn_benchmark: bool = False):
+                 compile_mode: str | None, fused: bool | dict = False, cudnn_benchmark: bool = False,
+                 fp8: bool = False):
         super().__init__()
         self.config = model.config
         self.device, self.dtype, self.channels_last = device, dtype, channels_last
@@ -107,6 +108,15 @@ class FastModel(nn.Module):
             m = m.to(memory_format=torch.channels_last)
         for p in m.parameters():
             p.requires_grad_(False)
+        self.fp8 = False
+        if fp8:
+            from .kernels.fp8 import fp8_backbone, fp8_supported
+
+            if fp8_supported(device):
+                self.fp8 = fp8_backbone(m) > 0
+            else:
+                log.warning("FP8 products need a CUDA GPU of compute capability 8.9 or newer; "
+                            "the backbone stays in %s", str(dtype).replace("torch.", ""))
         self.inner = m
         # Not a registered submodule: it holds ``inner`` again, whose parameters must appear once.
         object.__setattr__(self, "_run", _CastIn(m, dtype, channels_last))
@@ -149,13 +159,15 @@ class FastModel(nn.Module):
 
 
 def fast_model(model: nn.Module, device: str | torch.device = "cuda", compile_mode: str | None = "auto",
-               dtype: torch.dtype | None = None, fused: bool | dict | None = None) -> nn.Module:
+               dtype: torch.dtype | None = None, fused: bool | dict | None = None, fp8: bool = False) -> nn.Module:
     """The model prepared for fast inference on ``device``.
 
     ``compile_mode``: ``auto`` (``reduce-overhead``, i.e. Triton kernels plus CUDA graphs, on CUDA
     when Triton is there; max-autotune gained 2% at batch 32 for minutes of tuning),
     a ``torch.compile`` mode, or None for eager. ``fused``: the fused decoder (default: on CUDA);
     a dict gives it options (:func:`segdino.fused.fuse_model`, e.g. ``{"pointwise": "linear"}``).
+    ``fp8``: the backbone's linear layers as row-scaled FP8 products
+    (:mod:`segdino.kernels.fp8`) where the GPU has FP8 tensor cores; elsewhere they stay bf16.
     On CPU the model is returned as it is (fp32), since bf16 matrix work is slow on most CPUs.
     """
     device = torch.device(device)
@@ -166,7 +178,7 @@ def fast_model(model: nn.Module, device: str | torch.device = "cuda", compile_mo
     elif compile_mode and not compile_available(device):
         compile_mode = None
     return FastModel(model, device, dtype or torch.bfloat16, channels_last=True, compile_mode=compile_mode,
-                     fused=True if fused is None else fused, cudnn_benchmark=True)
+                     fused=True if fused is None else fused, cudnn_benchmark=True, fp8=fp8)
 
 
 def plain_compiled_model(model: nn.Module, device: str | torch.device = "cuda") -> nn.Module:

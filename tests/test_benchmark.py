@@ -132,6 +132,10 @@ def test_benchmark_cli_refuses_bad_options(capsys):
     assert "--model" in capsys.readouterr().err
     assert cli_main(["benchmark", "--device", "cpu", "--batch", "0"]) == 2
     assert "positive" in capsys.readouterr().err
+    assert cli_main(["benchmark", "--device", "cpu", "--fp8"]) == 2
+    assert "--fp8 is a GPU path" in capsys.readouterr().err
+    assert cli_main(["benchmark", "--train", "--device", "cpu", "--fp8"]) == 2
+    assert "--fp8" in capsys.readouterr().err
 
 
 def test_a_failing_path_is_dropped_with_a_note():

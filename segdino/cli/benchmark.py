@@ -41,6 +41,9 @@ def register(sub) -> None:
                         "compile-bf16 (default: eager,folded,onnx,onnx-int8, and bf16 where the CPU has native "
                         "bf16); all but eager run TPA folded (the same function, fewer FLOPs)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for every path (default: physical cores)")
+    p.add_argument("--fp8", action="store_true",
+                   help="GPU: also time the fast path with the backbone's linear layers as FP8 products "
+                        "(compute capability 8.9 or newer; with --model and --data, its Dice beside fp32)")
     p.add_argument("--model", default=None, metavar="CKPT",
                    help="use this model's weights and size instead of random weights (--backbone, --image-size "
                         "and --decoder-dim are then taken from it)")
@@ -84,8 +87,9 @@ def main(args) -> int:
     if args.data and not args.model:
         raise ConfigError("--data measures Dice, which needs a trained model: add --model CKPT")
     device = resolve_device(args.device)
-    if args.data and device.type != "cpu":
-        raise ConfigError("--data (Dice per path) compares the CPU paths; add --device cpu")
+    if args.fp8 and device.type == "cpu":
+        raise ConfigError("--fp8 is a GPU path (FP8 tensor cores, compute capability 8.9 or newer); "
+                          "this run is on the CPU")
     model = None
     if args.model:
         from ..checkpoint import load_model
@@ -96,6 +100,7 @@ def main(args) -> int:
         decoder_dim=args.decoder_dim, warmup=args.warmup, repeats=args.repeats,
         compile_mode=None if args.compile == "none" else args.compile, paths=paths, threads=args.threads,
         model=model, data=args.data, split=args.split, weights_name=args.model, wait_quiet=args.wait_quiet,
+        fp8=args.fp8,
     )
     print(report.table())
     if args.json:
@@ -111,7 +116,8 @@ def train_main(args) -> int:
     from ..options import COUNT, POSITIVE_INT, check_numbers
     from ..train_benchmark import run_train_benchmark
 
-    for flag, value in (("--model", args.model), ("--paths", args.paths), ("--threads", args.threads)):
+    for flag, value in (("--model", args.model), ("--paths", args.paths), ("--threads", args.threads),
+                        ("--fp8", args.fp8)):
         if value:
             raise ConfigError(f"{flag} is not an option of --train (it times training from random weights)")
     try:
