@@ -279,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--compile", action="store_true", default=None)
     r.add_argument("--fused-decoder", action=argparse.BooleanOptionalAction, default=None,
                    help="train on the fused decoder (the default when compiling on CUDA) or the model's own modules")
-    r.add_argument("--augment", choices=["segdino", "paper", "none"])
+    r.add_argument("--augment", choices=["segdino", "segdino-intensity", "segdino-intensity-rigid", "paper", "none"])
     r.add_argument("--loss")
     r.add_argument("--schedule", choices=["cosine", "constant"])
     r.add_argument("--weight-decay", type=float)

@@ -18,6 +18,9 @@ from .errors import ConfigError
 from .fileio import read_text
 from .options import COUNT, FRACTION, GREY_LEVEL, NON_NEGATIVE, POSITIVE, POSITIVE_INT, SEED, check_numbers
 
+# Training augmentations by name (segdino.data.transforms.RECIPES builds them).
+AUGMENTATIONS = ("segdino", "segdino-intensity", "segdino-intensity-rigid", "paper", "none")
+
 RECIPES = ("segdino", "paper")
 
 #: Range of every numeric training option (from flags or a config file alike).
@@ -124,8 +127,8 @@ class TrainConfig:
             raise ConfigError(f"--loss must be one of bce, bce_dice, ce, ce_dice, got {self.loss!r}")
         if self.dice not in ("auto", "image", "batch"):
             raise ConfigError(f"--dice must be auto, image or batch, got {self.dice!r}")
-        if self.augment not in ("segdino", "segdino-intensity", "paper", "none"):
-            raise ConfigError(f"--augment must be segdino, segdino-intensity, paper or none, got {self.augment!r}")
+        if self.augment not in AUGMENTATIONS:
+            raise ConfigError(f"--augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
         self._validate_patches()
         self._validate_decoder()
         self._validate_min_size()

@@ -41,6 +41,8 @@ def defaults_text(name: str) -> str:
 
 
 def register(sub) -> None:
+    from ..train_config import AUGMENTATIONS
+
     p = sub.add_parser("train", help="train a model on a dataset folder",
                        description="Train SegDINO. Recipe defaults < --config file < flags; where the two "
                                    "recipes differ, each option's help shows both defaults. "
@@ -85,8 +87,9 @@ def register(sub) -> None:
     a("--dice", choices=["auto", "image", "batch"],
       help="soft Dice per image or one over the whole batch (nnU-Net's batch Dice); auto: batch for "
            "patch training, where most patches are empty, per image otherwise")
-    a("--augment", choices=["segdino", "segdino-intensity", "paper", "none"],
-      help="training augmentation (volumes: segdino-intensity, without colour jitter)")
+    a("--augment", choices=AUGMENTATIONS,
+      help="training augmentation (volumes and grey images: segdino-intensity, without colour jitter; "
+           "-rigid drops its zoom and shift)")
     a("--precision", choices=["auto", "bf16", "fp32"], help="auto: bf16 autocast on GPU, fp32 elsewhere")
     a("--compile", action="store_true", default=None,
       help="torch.compile the training graph (CUDA with Triton only; off elsewhere, and config.yaml says so)")

@@ -24,6 +24,7 @@ Two recipes:
   the flips and warp, then intensity scale/shift, gamma, Gaussian noise and blur; no colour jitter.
   Training picks it in place of ``segdino`` for volumes and for greyscale 2D images
   (:func:`recipe_for_modality`, :func:`single_channel_images`) and records it in config.yaml.
+  ``segdino-intensity-rigid`` is the same without the warp's zoom and shift.
 - :func:`segdino_transforms`: ours: the flips, one affine warp (rotation +-15 deg, zoom
   0.85-1.2, shift up to 5%) with probability 0.8, and colour jitter with a milder hue change
   (0.02 of a turn, by :func:`rotate_hue`) with probability 0.8. One warp interpolates the image
@@ -322,13 +323,16 @@ class GaussianBlur:
         return out[0].clamp_(0.0, 1.0), mask
 
 
-def intensity_transforms():
-    """Flips, one affine warp, then intensity scale/shift, gamma, noise and blur (no colour changes)."""
+def intensity_transforms(zoom_shift: bool = True):
+    """Flips, one affine warp, then intensity scale/shift, gamma, noise and blur (no colour changes).
+    ``zoom_shift=False`` (``segdino-intensity-rigid``) keeps the warp's rotation and drops its zoom
+    and shift, so the anatomy keeps its size in pixels."""
     _tv()
+    warp = dict(scale=(0.85, 1.2), translate=0.05) if zoom_shift else {}
     return Compose([
         RandomFlip(horizontal=True, p=0.5),
         RandomFlip(horizontal=False, p=0.5),
-        RandomAffine(degrees=15, scale=(0.85, 1.2), translate=0.05, p=0.5),
+        RandomAffine(degrees=15, p=0.5, **warp),
         IntensityScaleShift(),
         RandomGamma(),
         GaussianNoise(),
@@ -336,7 +340,8 @@ def intensity_transforms():
     ])
 
 
-RECIPES = {"paper": paper_transforms, "segdino": segdino_transforms, "segdino-intensity": intensity_transforms}
+RECIPES = {"paper": paper_transforms, "segdino": segdino_transforms, "segdino-intensity": intensity_transforms,
+           "segdino-intensity-rigid": lambda: intensity_transforms(zoom_shift=False)}
 
 
 def recipe_for_modality(name: str | None, single_channel: bool) -> str | None:
@@ -370,5 +375,5 @@ def build_transforms(name: str | None) -> Compose | None:
     if name in (None, "none"):
         return None
     if name not in RECIPES:
-        raise ConfigError(f"unknown augmentation {name!r}; choose paper, segdino, segdino-intensity or none")
+        raise ConfigError(f"unknown augmentation {name!r}; choose {', '.join(RECIPES)} or none")
     return RECIPES[name]()
