@@ -184,7 +184,7 @@ def run(args, argv: list[str] | None = None) -> dict:
                 backbone=args.backbone, device=args.device, num_workers=args.num_workers, quiet=True,
                 **({"resume": True} if resuming else {"overwrite": True}))
     for extra in ("batch_size", "lr", "freeze_backbone", "compile", "fused_decoder", "steps_per_epoch", "image_size",
-                  "decoder_dim", "augment", "loss", "schedule", "weight_decay"):
+                  "decoder_dim", "augment", "loss", "schedule", "weight_decay", "precision"):
         v = getattr(args, extra)
         if v is not None:
             opts[extra] = v
@@ -281,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train on the fused decoder (the default when compiling on CUDA) or the model's own modules")
     r.add_argument("--augment", choices=["segdino", "segdino-intensity", "segdino-intensity-rigid", "paper", "none"])
     r.add_argument("--loss")
+    r.add_argument("--precision", choices=["auto", "bf16", "fp32"])
     r.add_argument("--schedule", choices=["cosine", "constant"])
     r.add_argument("--weight-decay", type=float)
     r.add_argument("--ablation", choices=list(ABLATIONS),
