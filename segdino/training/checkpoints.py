@@ -77,6 +77,17 @@ def _check_resume_meta(path: Path, meta: Any, n_groups: int) -> dict[str, Any]:
     return meta
 
 
+def _match_parameter_layouts(opt: torch.optim.Optimizer) -> None:
+    """Give each restored per-parameter state tensor its parameter's strides. The file stores them
+    contiguous, so a channels-last convolution weight would get moments of another layout, which
+    the fused CUDA AdamW refuses at the first step after a resume."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            for name, v in opt.state.get(p, {}).items():
+                if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():
+                    opt.state[p][name] = torch.empty_like(p, dtype=v.dtype).copy_(v)
+
+
 def load_resume_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore what :func:`save_resume_state` wrote; returns its loop metadata.
 
@@ -105,6 +116,7 @@ def load_resume_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optim
                 _, pid, name = k.split(".", 2)
                 state.setdefault(int(pid), {})[name] = v
         opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        _match_parameter_layouts(opt)
         torch.set_rng_state(torch.tensor(meta["rng_cpu"], dtype=torch.uint8))
     except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:
         raise CheckpointError(f"{path}: the saved optimiser does not fit this run ({e})") from None

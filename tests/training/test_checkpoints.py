@@ -60,3 +60,29 @@ def test_resume_removes_and_lists_every_temporary_left_by_a_kill(trained, tmp_pa
         assert not p.exists()
         assert f"removed {p}" in err, err
     assert stale_temporaries(run, recursive=True) == []
+
+
+def test_resumed_optimiser_moments_keep_their_parameters_channels_last_strides(tmp_path):
+    """On CUDA the model trains channels-last and AdamW is fused, which refuses moments whose
+    strides differ from their parameter's; the state file stores them contiguous."""
+    import torch
+
+    from segdino.training.checkpoints import load_resume_state, save_resume_state
+
+    def model_and_optimiser():
+        torch.manual_seed(0)
+        m = torch.nn.Conv2d(3, 4, 3).to(memory_format=torch.channels_last)
+        return m, torch.optim.AdamW(m.parameters(), lr=1e-2)
+
+    m, opt = model_and_optimiser()
+    m(torch.randn(2, 3, 8, 8)).square().sum().backward()
+    opt.step()
+    path = tmp_path / "state.safetensors"
+    save_resume_state(path, m, opt, {"epoch": 1, "step": 1, "best": 0.0, "best_epoch": 1})
+    m2, opt2 = model_and_optimiser()
+    load_resume_state(path, m2, opt2)
+    w, w2 = m.weight, m2.weight
+    for name in ("exp_avg", "exp_avg_sq"):
+        restored = opt2.state[w2][name]
+        assert restored.stride() == w2.stride() != w2.contiguous().stride()
+        assert torch.equal(restored, opt.state[w][name])
