@@ -202,7 +202,9 @@ def run(args, argv: list[str] | None = None) -> dict:
     t1 = time.perf_counter()
     # The plain model for scoring: compiling for one evaluation costs more than it saves.
     model = load_inference_model(Path(args.out) / "best.safetensors", device=args.device, fast=False)
-    result = evaluate_model(model, args.data, Path(args.out) / "report", split="test", batch_size=32,
+    # Beside the run folder, not in it: a run cut during this scoring resumes into its folder, which
+    # `segdino train --resume` keeps to the files training writes.
+    result = evaluate_model(model, args.data, Path(f"{args.out}-test"), split="test", batch_size=32,
                             run_dir=args.out)
     eval_s = time.perf_counter() - t1
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"

@@ -217,3 +217,9 @@ def test_an_ablation_run_trains_scores_and_records_its_model(tmp_path):
     assert d["gflops_per_image"] > 0 and d["gflops_at"].startswith("256x256")
     assert d["command"] == "python benchmarks/realdata.py " + " ".join(argv)
     assert 0.0 <= d["test"]["mean_over_classes"]["dice"]["mean"] <= 1.0
+    # A call cut while scoring leaves a finished run; --resume in the next call scores it again
+    # (the test report lives beside the run folder, which training keeps to its own files).
+    result.unlink()
+    realdata.run(realdata.build_parser().parse_args(argv + ["--resume"]), argv + ["--resume"])
+    assert json.loads(result.read_text())["best_epoch"] == d["best_epoch"]
+    assert (tmp_path / "run-test").is_dir() and not (out / "report").exists()
