@@ -183,6 +183,22 @@ def test_doc_blocks_are_rewritten_and_checked(results, tmp_path):
     assert tables.main(argv + ["--check"]) == 0  # idempotent
 
 
+def test_a_doc_block_can_make_a_variant_the_recipe_row(results, tmp_path):
+    """rows=ddti:segdino:-augpaper: the runs made under a changed rule, with its option spelled out."""
+    doc = tmp_path / "R.md"
+    doc.write_text("<!-- accuracy-table recipes dataset=ddti rows=ddti:segdino:-augpaper -->\n"
+                   "<!-- /accuracy-table -->\n<!-- accuracy-table seeds dataset=ddti rows=ddti:segdino:-augpaper -->\n"
+                   "<!-- /accuracy-table -->\n")
+    assert tables.main(["--results", str(results), "--doc", str(doc)]) == 0
+    text = doc.read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| DDTI | segdino (--augment paper) | 1 (0)"))
+    assert "0.830" in row and '`TAG=-augpaper benchmarks/gpu_batch.sh 560 "ddti:segdino:0 ddti:segdino:1 ' in row
+    assert "| DDTI | segdino (--augment paper) | 0 | 0.830 |" in text and "| DDTI | segdino | " not in text
+    doc.write_text("<!-- accuracy-table ablations rows=ddti:segdino:-augpaper -->\n<!-- /accuracy-table -->\n")
+    with pytest.raises(SystemExit, match="rows= applies to the recipes and seeds tables"):
+        tables.main(["--results", str(results), "--doc", str(doc)])
+
+
 def test_curves_figure_is_a_small_png(results, tmp_path):
     out = tmp_path / "curves.png"
     assert tables.main(["--results", str(results), "--figure", str(out)]) == 0

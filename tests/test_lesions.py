@@ -451,7 +451,7 @@ def test_the_default_plan_trains_crops_whole_and_scans_on_patches(scans, tmp_pat
     assert wants_patches(cfg(patch=(32, 32), explicit=["image_size"]))
 
 
-def test_greyscale_images_get_intensity_augmentation_and_colour_photographs_colour_jitter(tmp_path):
+def test_volumes_get_intensity_augmentation_greyscale_images_no_warp_and_photographs_colour_jitter(tmp_path):
     from PIL import Image
 
     from segdino.data.transforms import recipe_for_modality, single_channel_images
@@ -465,6 +465,7 @@ def test_greyscale_images_get_intensity_augmentation_and_colour_photographs_colo
     Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(colour)
     assert single_channel_images([grey, grey_rgb]) and not single_channel_images([grey, colour])
     assert not single_channel_images([])
-    assert recipe_for_modality("segdino", True) == "segdino-intensity"
+    assert recipe_for_modality("segdino", True, volume=True) == "segdino-intensity"
+    assert recipe_for_modality("segdino", True) == "paper"
     assert recipe_for_modality("segdino", False) == "segdino"
     assert recipe_for_modality("paper", True) == "paper" and recipe_for_modality("none", True) == "none"

@@ -88,8 +88,8 @@ def register(sub) -> None:
       help="soft Dice per image or one over the whole batch (nnU-Net's batch Dice); auto: batch for "
            "patch training, where most patches are empty, per image otherwise")
     a("--augment", choices=AUGMENTATIONS,
-      help="training augmentation (volumes and grey images: segdino-intensity, without colour jitter; "
-           "-rigid drops its zoom and shift)")
+      help="training augmentation; segdino trains volumes with segdino-intensity (no colour jitter; "
+           "-rigid drops its zoom and shift) and greyscale images with paper")
     a("--precision", choices=["auto", "bf16", "fp32"], help="auto: bf16 autocast on GPU, fp32 elsewhere")
     a("--compile", action="store_true", default=None,
       help="torch.compile the training graph (CUDA with Triton only; off elsewhere, and config.yaml says so)")

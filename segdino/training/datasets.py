@@ -124,7 +124,7 @@ def build_datasets(cfg: TrainConfig, run: Path | None = None) -> TrainingData:
                   mask_threshold=cfg.mask_threshold, cache=cfg.cache_images)
     train = SegmentationDataset(cfg.data, split="train", splits=splits, **common)
     settings = {}
-    if cfg.augment == "segdino":  # greyscale images (ultrasound): intensity augmentation, no colour jitter
+    if cfg.augment == "segdino":  # greyscale images (ultrasound): no zoom, no colour
         settings["augment"] = recipe_for_modality(cfg.augment, single_channel_images(p.image for p in train.pairs))
     val = SegmentationDataset(cfg.data, split="val", splits=train.splits, **common)
     if cfg.num_classes == 1:
@@ -188,7 +188,7 @@ def _volume_decisions(cfg: TrainConfig, found) -> tuple[dict[str, Any], dict[str
     extra: dict[str, Any] = {"volume": volume_settings_of(cfg, found.labels, modality)}
     if found.labels and num_classes == len(found.labels):
         extra["class_names"] = [found.labels.get(i, str(i)) for i in range(num_classes)]
-    augment = recipe_for_modality(cfg.augment, True)  # slices are not colours: no colour jitter
+    augment = recipe_for_modality(cfg.augment, True, volume=True)  # slices are not colours: no colour jitter
     return {"num_classes": num_classes, "augment": augment}, extra
 
 
