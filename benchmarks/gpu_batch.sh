@@ -11,6 +11,7 @@
 # the files it runs (results then record the commit with "-dirty"): SEGDINO_COMMIT=<hash> names it.
 limit=$1; jobs=$2; shift 2
 mkdir -p results/gpu runs
+started=$(mktemp); trap 'rm -f "$started"' EXIT  # its mtime: this call's start
 run_name() {  # dataset recipe seed ablation [plain] -> the run's name
   local suffix=""
   [ -n "$4" ] && [ "$4" != full ] && suffix="-$4"
@@ -28,7 +29,11 @@ done
 wait
 for job in $jobs; do
   IFS=: read -r data recipe seed ablation path <<< "$job"; name=$(run_name "$data" "$recipe" "$seed" "$ablation" "$path")
-  cp "runs/$name/log.csv" "results/gpu/$name.log.csv" 2>/dev/null
+  # A cut rerun's log must not replace the log of a result recorded earlier: copy it only when this
+  # call wrote the result, or when there is no result yet.
+  if [ ! -e "results/gpu/$name.json" ] || [ "results/gpu/$name.json" -nt "$started" ]; then
+    cp "runs/$name/log.csv" "results/gpu/$name.log.csv" 2>/dev/null
+  fi
   grep -E "Error|error:" "runs/$name.out" | tail -n 3
   echo "$name: $(tail -n 1 "runs/$name/log.csv" 2>/dev/null) $(tail -n 1 "runs/$name.out")"
 done

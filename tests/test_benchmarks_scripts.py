@@ -4,6 +4,7 @@
 import csv
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -239,3 +240,39 @@ def test_an_ablation_run_trains_scores_and_records_its_model(tmp_path):
     realdata.run(realdata.build_parser().parse_args(argv + ["--resume"]), argv + ["--resume"])
     assert json.loads(result.read_text())["best_epoch"] == d["best_epoch"]
     assert (tmp_path / "run-test").is_dir() and not (out / "report").exists()
+
+
+# --- gpu_batch.sh -----------------------------------------------------------------------------
+
+def _fake_batch(tmp_path, write_result: bool):
+    """benchmarks/gpu_batch.sh in a scratch folder, with a python3 that logs one epoch per job and
+    writes the job's result JSON only when ``write_result`` (a run cut by the time limit writes none)."""
+    import shutil
+    import subprocess
+
+    work, bin_dir = tmp_path / "work", tmp_path / "bin"
+    (work / "benchmarks").mkdir(parents=True, exist_ok=True)
+    bin_dir.mkdir(exist_ok=True)
+    shutil.copy(ROOT / "benchmarks" / "gpu_batch.sh", work / "benchmarks")
+    fake = bin_dir / "python3"
+    fake.write_text("#!/bin/bash\n"
+                    'while [ $# -gt 0 ]; do case "$1" in --out) out=$2; shift;; --json) js=$2; shift;; esac; shift; done\n'
+                    'mkdir -p "$out"; printf "epoch,val_dice\\n1,0.5\\n" > "$out/log.csv"\n'
+                    + ('echo "{}" > "$js"\n' if write_result else ""))
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "OUT": str(tmp_path)}
+    r = subprocess.run(["bash", "benchmarks/gpu_batch.sh", "5", "ddti:segdino:0"], cwd=work, env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return work / "results" / "gpu"
+
+
+def test_a_cut_rerun_does_not_replace_the_log_of_a_recorded_result(tmp_path):
+    results = _fake_batch(tmp_path, write_result=True)
+    assert (results / "ddti-segdino-s0.log.csv").read_text() == "epoch,val_dice\n1,0.5\n"  # this call's result
+    (results / "ddti-segdino-s0.log.csv").write_text("the complete log of the recorded result\n")
+    import time
+
+    time.sleep(1.1)  # the next call starts later than the result was written (mtime resolution)
+    results = _fake_batch(tmp_path, write_result=False)
+    assert (results / "ddti-segdino-s0.log.csv").read_text() == "the complete log of the recorded result\n"
