@@ -163,6 +163,17 @@ def test_recipes_are_reproducible_and_keep_labels(recipe):
     assert len({o[0].sum().item() for o in outs}) > 6  # the seeds really draw different changes
 
 
+def test_every_augmentation_name_the_config_accepts_builds_and_the_rigid_one_keeps_sizes():
+    from segdino.train_config import AUGMENTATIONS
+
+    assert set(T.RECIPES) | {"none"} == set(AUGMENTATIONS)
+    for name in AUGMENTATIONS:
+        assert (T.build_transforms(name) is None) == (name == "none")
+    rigid = T.build_transforms("segdino-intensity-rigid")
+    warp = next(t for t in rigid.transforms if isinstance(t, T.RandomAffine))
+    assert warp.scale == (1.0, 1.0) and warp.translate == 0.0 and warp.degrees == 15
+
+
 def test_flips_and_affine_move_image_and_mask_together():
     image, mask = _pair()
     image[0] = (mask == 1).float()  # a channel that mirrors the mask
