@@ -255,6 +255,8 @@ def plot(logs: list[Path], out: Path) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of this script (the docs' commands are checked against it)."""
+    from segdino.train_config import AUGMENTATIONS
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("pack")
@@ -281,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--compile", action="store_true", default=None)
     r.add_argument("--fused-decoder", action=argparse.BooleanOptionalAction, default=None,
                    help="train on the fused decoder (the default when compiling on CUDA) or the model's own modules")
-    r.add_argument("--augment", choices=["segdino", "segdino-intensity", "segdino-intensity-rigid", "paper", "none"])
+    r.add_argument("--augment", choices=AUGMENTATIONS)
     r.add_argument("--loss")
     r.add_argument("--precision", choices=["auto", "bf16", "fp32"])
     r.add_argument("--schedule", choices=["cosine", "constant"])
