@@ -27,6 +27,7 @@ import contextlib
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -41,6 +42,7 @@ from .cpu_paths import (CPU_PATHS, DEFAULT_CPU_PATHS, PATH_NAMES, PATH_PRECISION
 from .errors import ConfigError
 from .model import SegDINO, build_model
 from .onnx_runtime import physical_cores, rel_l2
+from .progress import write
 from .quantize import calibration_inputs
 from .timing import (QUIET_SHARE, OtherLoad, cpu_flags, cpu_model_name, time_alternating,  # noqa: F401
                      time_fn, torch_threads, wait_for_quiet_cpu)
@@ -324,6 +326,9 @@ def _run_gpu(report, model, image_size, batches, device, warmup, repeats, compil
                 res.rel_l2_vs_eager = 0.0
             res.ratio_vs_eager = first.median_ms / res.median_ms
             report.results.append(res)
+            # Each path's line as it is measured (stderr, flushed): a run cut by a time limit keeps them.
+            write(f"batch {b}: {name}: {res.median_ms:.3f} ms median, {res.images_per_s:,.0f} images/s, "
+                  f"{res.ratio_vs_eager:.2f}x eager fp32", stream=sys.stderr)
             by_name[name] = res
             if res is not first:
                 report.ratios[f"{name} vs eager fp32, batch {b}"] = res.ratio_vs_eager
@@ -335,6 +340,9 @@ def _run_gpu(report, model, image_size, batches, device, warmup, repeats, compil
                 report.notes.append(f"batch {b}: {name} is {ratio:.2f}x {PLAIN_COMPILED}")
     if data is not None:
         _add_dice(report, fns, model.config, data, split, "eager fp32")
+        for res in report.results[:len(fns)]:
+            write(f"{split} Dice: {res.name}: {res.dice:.4f} ({res.dice_delta_vs_eager:+.4f} vs eager fp32)",
+                  stream=sys.stderr)
 
 
 def _add_dice(report, fns, config, data, split, reference: str) -> None:

@@ -146,3 +146,20 @@ def test_a_failing_path_is_dropped_with_a_note():
                            paths=["eager"], threads=1, extra_paths={"broken path": broken})
     assert [r.name for r in report.results] == ["eager fp32"]
     assert any(n.startswith("broken path: not run (RuntimeError: C++ compile error)") for n in report.notes)
+
+
+def test_gpu_timing_prints_each_path_and_its_dice_as_measured(trained_like, capsys):
+    # The GPU loop, driven on CPU (fast_model returns the model there): a run cut by a time limit
+    # must keep the lines of the paths measured before the cut, so each is printed as it comes.
+    from segdino.benchmark import BenchmarkReport, _run_gpu
+
+    ckpt, data, _ = trained_like
+    model = segdino.load_model(ckpt).eval()
+    report = BenchmarkReport("cpu", torch.__version__, "vitt16", [32, 32], 16, 0, 0, 0.0)
+    _run_gpu(report, model, (32, 32), (1, 2), torch.device("cpu"), 0, 2, None, {"again": model}, 0, data=data)
+    lines = capsys.readouterr().err.splitlines()
+    timed = [ln for ln in lines if " ms median" in ln]
+    assert [ln.split(":")[:2] for ln in timed] == [[f"batch {b}", f" {n}"] for b in (1, 2) for n in ("eager fp32", "again")]
+    dice = [ln for ln in lines if ln.startswith("test Dice: ")]
+    assert [ln.split(":")[1].strip() for ln in dice] == ["eager fp32", "again"]
+    assert all("(+0.0000 vs eager fp32)" in ln for ln in dice)
