@@ -27,7 +27,8 @@ Before the models: the fused SAD block kernels alone at the finest level (batch 
 D=256), against cuDNN's depthwise conv + the pointwise GEMM, each checked against float32; and the
 whole block as the two-pass kernel (``fused_blocks="twopass"``, and ``"twopass_dw"`` after a
 cuDNN depthwise pass) in a sweep of tiles, against the reference block compiled. ``--only WORD ...`` compiles only the variants whose names contain a word
-(the plain model always), e.g. ``--only default two-pass``.
+(the plain model always), e.g. ``--only default two-pass``. ``--no-block-kernels`` skips the
+one-pass block kernels and ``--no-sweep`` the tile sweep; with both, the models are timed at once.
 
 Batch 32 and batch 1; all variants are compiled first, then timed in alternating rounds (each
 round: every variant, starting variant rotating) so that drifts of the machine hit all alike. Per
@@ -289,6 +290,8 @@ def main():
     ap.add_argument("--only", nargs="*", default=None,
                     help="compile only the variants whose names contain one of these words (plain always)")
     ap.add_argument("--no-block-kernels", action="store_true", help="skip the one-pass block kernels' section")
+    ap.add_argument("--no-sweep", action="store_true",
+                    help="skip the two-pass kernels' tile sweep (with --no-block-kernels: straight to the models)")
     ap.add_argument("--sweep", default=None,
                     help="two-pass tiles to try instead of TWOPASS_SWEEP: 'BM,BN,BK,warps,stages;...'")
     ap.add_argument("--sweep-dw", default=None, help="the same for TWOPASS_DW_SWEEP (after cuDNN's depthwise)")
@@ -316,7 +319,7 @@ def main():
     for given, sweep in ((args.sweep, TWOPASS_SWEEP), (args.sweep_dw, TWOPASS_DW_SWEEP)):
         if given:
             sweep[:] = [tuple(int(v) for v in t.split(",")) for t in given.split(";") if t]
-    cuda_sections = ([] if args.no_block_kernels else [block_kernels]) + [block_twopass]
+    cuda_sections = ([] if args.no_block_kernels else [block_kernels]) + ([] if args.no_sweep else [block_twopass])
     for section in (cuda_sections if DEV.type == "cuda" else []) + ([kernel_checks] if args.kernels else []):
         try:
             section()
