@@ -339,19 +339,20 @@ def _run_gpu(report, model, image_size, batches, device, warmup, repeats, compil
                 report.ratios[f"{name} vs {PLAIN_COMPILED}, batch {b}"] = ratio
                 report.notes.append(f"batch {b}: {name} is {ratio:.2f}x {PLAIN_COMPILED}")
     if data is not None:
-        _add_dice(report, fns, model.config, data, split, "eager fp32")
-        for res in report.results[:len(fns)]:
-            write(f"{split} Dice: {res.name}: {res.dice:.4f} ({res.dice_delta_vs_eager:+.4f} vs eager fp32)",
+        dice = _add_dice(report, fns, model.config, data, split, "eager fp32")
+        for name, value in dice.items():
+            write(f"{split} Dice: {name}: {value:.4f} ({value - dice['eager fp32']:+.4f} vs eager fp32)",
                   stream=sys.stderr)
 
 
-def _add_dice(report, fns, config, data, split, reference: str) -> None:
-    """Each path's mean Dice on ``split`` of ``data`` into the report's rows, beside the reference's."""
+def _add_dice(report, fns, config, data, split, reference: str) -> dict[str, float]:
+    """Each path's mean Dice on ``split`` of ``data`` (returned) into the report's rows, beside the reference's."""
     dice, cases = dice_by_path(fns, config, data, split)
     report.dice = {"data": str(data), "split": split, "cases": cases}
     for res in report.results:
         res.dice = dice[res.name]
         res.dice_delta_vs_eager = dice[res.name] - dice[reference]
+    return dice
 
 
 def _cpu_paths(paths: Sequence[str] | None, compile_mode: str | None) -> tuple[list[str], str]:
