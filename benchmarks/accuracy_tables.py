@@ -51,7 +51,7 @@ DATASET_NAMES = {"kvasir-seg": "Kvasir-SEG", "isic-2017": "ISIC 2017", "ddti": "
 PASSED_OPTIONS = {"backbone": "--backbone", "decoder_dim": "--decoder-dim", "batch_size": "--batch-size", "lr": "--lr",
                   "augment": "--augment", "loss": "--loss", "schedule": "--schedule", "weight_decay": "--weight-decay", "image_size": "--image-size",
                   "steps_per_epoch": "--steps-per-epoch", "freeze_backbone": "--freeze-backbone",
-                  "fused_decoder": "--fused-decoder"}
+                  "fused_decoder": "--fused-decoder", "precision": "--precision"}
 BATCH_SECONDS = 560  # gpu_batch.sh's limit in the commands shown: under one 600 s device call
 BEGIN = re.compile(r"^<!-- accuracy-table (\w+)((?: \w+=[\w.:,-]+)*) -->$", re.M)
 END = "<!-- /accuracy-table -->"
