@@ -37,6 +37,20 @@ def train_compile_options(world: int) -> dict:
     return dict(TRAIN_COMPILE)
 
 
+#: Compiled versions one code object may keep. Every FastModel compiles the same
+#: ``_CastIn.forward``, once per model and input shape; at dynamo's default of 8 the ninth (an
+#: ensemble's fifth model at two shapes, the benchmark's paths at two batch sizes and the Dice
+#: pass) would run eagerly, with only a warning to say so.
+COMPILED_ENTRIES = 64
+
+
+def _allow_compiled_entries(n: int = COMPILED_ENTRIES) -> None:
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    if getattr(config, name, n) < n:
+        setattr(config, name, n)
+
+
 def compile_available(device: torch.device) -> bool:
     if os.environ.get("SEGDINO_NO_COMPILE"):
         return False
@@ -123,6 +137,7 @@ class FastModel(nn.Module):
         self.compiled = None
         self.compile_mode = compile_mode
         if compile_mode:
+            _allow_compiled_entries()
             self.compiled = torch.compile(self._run, mode=compile_mode, dynamic=False, fullgraph=False)
         self._shapes: set[tuple[int, ...]] = set()
 

@@ -48,3 +48,22 @@ def test_training_compiles_as_cuda_graphs_in_one_process_only():
     # Under DDP the gradients' all-reduce runs inside the backward: no CUDA graphs there.
     assert "mode" not in train_compile_options(2)
     assert train_compile_options(1) is not TRAIN_COMPILE  # a copy: callers cannot change the default
+
+
+def test_compiled_fast_models_may_each_keep_their_own_compiled_shapes(monkeypatch):
+    """Every FastModel compiles the same wrapper code; dynamo keeps 8 versions of one code object by
+    default, which an ensemble of five models at two shapes (or the benchmark's paths) outgrows."""
+    from segdino.fast import COMPILED_ENTRIES
+    from segdino.model import build_model
+
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    monkeypatch.setattr(config, name, 8)
+    model = build_model("vitt16", decoder_dim=16, image_size=(32, 32)).eval()
+    FastModel(model, torch.device("cpu"), torch.float32, channels_last=False, compile_mode=None)
+    assert getattr(config, name) == 8  # nothing compiled, nothing changed
+    FastModel(model, torch.device("cpu"), torch.float32, channels_last=False, compile_mode="reduce-overhead")
+    assert getattr(config, name) == COMPILED_ENTRIES >= 5 * 2
+    monkeypatch.setattr(config, name, 200)
+    FastModel(model, torch.device("cpu"), torch.float32, channels_last=False, compile_mode="reduce-overhead")
+    assert getattr(config, name) == 200  # a larger limit set by the user stays
