@@ -2,9 +2,9 @@
 
 Building reads the config and never writes it: what the data decides (the class count and
 class names a volume dataset's ``dataset.json`` gives, the intensity settings, the augmentation
-volumes need, a patch plan) comes back in a :class:`TrainingData`, and the caller puts it into
-the config once, with :meth:`TrainingData.configure`. docs/FORMATS.md describes the layouts and
-split files.
+volumes and greyscale images need, the optimiser greyscale images train with, a patch plan)
+comes back in a :class:`TrainingData`, and the caller puts it into the config once, with
+:meth:`TrainingData.configure`. docs/FORMATS.md describes the layouts and split files.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from .. import run_files
 from ..data.transforms import recipe_for_modality, single_channel_images
 from ..errors import ConfigError, DataError, SegDINOError
-from ..train_config import TrainConfig
+from ..train_config import TrainConfig, greyscale_options
 
 log = logging.getLogger("segdino.train")
 
@@ -36,7 +36,8 @@ class TrainingData:
         foreground: volumes with ``--foreground-ratio``: indices of the training slices or patches
             that hold the rarest class, or None.
         settings: config fields the data decides (``num_classes``, ``augment``; patch runs also
-            ``spacing``, ``patch_size``, ``image_size``); empty for 2D data.
+            ``spacing``, ``patch_size``, ``image_size``; greyscale 2D images ``augment`` and the
+            optimiser, :func:`segdino.train_config.greyscale_options`).
         extra: entries of ``cfg.extra`` the model records (``volume``, ``class_names``, ``plan``).
         splits: the case lists of the split (``train``, ``val``, ``test``), as the run records them.
 
@@ -96,6 +97,20 @@ def is_volume_data(root: str | os.PathLike) -> bool:
         return False
 
 
+def _recorded_config(run: Path | None) -> dict[str, Any] | None:
+    """A resumed run's config.yaml as a mapping (None without one; run.check_resumed_config
+    reports an unreadable one)."""
+    import yaml
+
+    if run is None or not (run / run_files.CONFIG).is_file():
+        return None
+    try:
+        saved = yaml.safe_load((run / run_files.CONFIG).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
 def _splits_of(dataset: Dataset) -> dict[str, list[str]] | None:
     splits = getattr(dataset, "splits", None)
     return None if splits is None else {k: list(v) for k, v in splits.items()}
@@ -124,8 +139,13 @@ def build_datasets(cfg: TrainConfig, run: Path | None = None) -> TrainingData:
                   mask_threshold=cfg.mask_threshold, cache=cfg.cache_images)
     train = SegmentationDataset(cfg.data, split="train", splits=splits, **common)
     settings = {}
-    if cfg.augment == "segdino":  # greyscale images (ultrasound): no zoom, no colour
-        settings["augment"] = recipe_for_modality(cfg.augment, single_channel_images(p.image for p in train.pairs))
+    if cfg.augment == "segdino" or cfg.recipe == "segdino":
+        # Greyscale images (ultrasound): no zoom, no colour; the authors' optimiser.
+        grey = single_channel_images(p.image for p in train.pairs)
+        if cfg.augment == "segdino":
+            settings["augment"] = recipe_for_modality(cfg.augment, grey)
+        if grey:
+            settings.update(greyscale_options(cfg, _recorded_config(run)))
     val = SegmentationDataset(cfg.data, split="val", splits=train.splits, **common)
     if cfg.num_classes == 1:
         # All-empty masks would train to predict nothing and validate at Dice 1: data check refuses them.

@@ -1,10 +1,14 @@
-"""Volume runs decode their cases once, up front, into the cache the DataLoader workers share."""
+"""Volume runs decode their cases once, up front, into the cache the DataLoader workers share;
+greyscale 2D images get the augmentation and optimiser the data decides."""
 
 import torch
+import yaml
+from PIL import Image
 
+from segdino.train_config import greyscale_options, resolve_config
 from segdino.training import build_datasets
 from segdino.volumes import VolumeSliceDataset
-from tests.training.conftest import config
+from tests.training.conftest import config, write_discs
 
 
 def test_volume_cases_are_decoded_once_before_training_and_give_the_same_samples(tiny_volumes, tmp_path):
@@ -42,3 +46,33 @@ def test_patch_runs_decode_their_cases_once_at_the_target_spacing(tiny_volumes, 
     norm, _ = train.case_arrays(0)
     # (8, 32, 32) voxels of 1.2 mm in-plane, at 2.4 mm: the estimate follows the resampled plane
     assert train.decoded_bytes(0) == norm.size * 3
+
+
+def _configured(data, run, **opts):
+    cfg = resolve_config(dict(data=str(data), out=str(run), device="cpu", **opts))
+    return build_datasets(cfg, run=run if opts.get("resume") else None).configure(cfg)
+
+
+def _optimiser(cfg):
+    return cfg.batch_size, cfg.lr, cfg.schedule, cfg.weight_decay, cfg.augment
+
+
+def test_greyscale_images_train_the_segdino_recipe_with_the_authors_optimiser_unless_told_otherwise(tmp_path):
+    colour = write_discs(tmp_path / "colour", n=8, size=32)
+    grey = write_discs(tmp_path / "grey", n=8, size=32)
+    for f in (grey / "images").glob("*.png"):
+        Image.open(f).convert("L").save(f)
+    g = _configured(grey, tmp_path / "run")
+    assert _optimiser(g) == (4, 1e-4, "constant", 0.01, "paper")
+    assert (g.loss, g.grad_clip, g.warmup_epochs, g.precision) == ("bce_dice", 1.0, 2.0, "auto")  # the recipe's
+    assert _optimiser(_configured(colour, tmp_path / "run")) == (16, 5e-4, "cosine", 0.05, "segdino")
+    # What the user gives stays; what they left alone still follows the data.
+    assert _optimiser(_configured(grey, tmp_path / "run", batch_size=8, lr=3e-4)) == (8, 3e-4, "constant", 0.01,
+                                                                                        "paper")
+    assert greyscale_options(resolve_config({"recipe": "paper"})) == {}
+    # A run started before the rule (batch 16 at 5e-4, cosine) resumes with what it started with.
+    run = tmp_path / "old"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(dict(batch_size=16, lr=5e-4, schedule="cosine",
+                                                         weight_decay=0.05, augment="paper")))
+    assert _optimiser(_configured(grey, run, resume=True)) == (16, 5e-4, "cosine", 0.05, "paper")
