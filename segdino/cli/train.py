@@ -55,7 +55,9 @@ def register(sub) -> None:
     p.add_argument("--data", help="dataset folder (2D images or CT/MRI volumes)")
     p.add_argument("--out", help="run folder to write")
     p.add_argument("--recipe", choices=["segdino", "paper"], default=None,
-                   help="segdino (default: ours) or paper (the authors' code: 256 px, batch 4, AdamW 1e-4, BCE, fp32)")
+                   help="segdino (default: ours; greyscale 2D images train with the authors' batch 4, AdamW 1e-4 "
+                        "constant, weight decay 0.01 where those are not given) or paper (the authors' code: "
+                        "256 px, batch 4, AdamW 1e-4, BCE, fp32)")
     p.add_argument("--config", help="YAML file whose keys are these options' names (a run's config.yaml works)")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved configuration as YAML (usable as --config) and exit without training")

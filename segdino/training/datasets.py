@@ -144,8 +144,11 @@ def build_datasets(cfg: TrainConfig, run: Path | None = None) -> TrainingData:
         grey = single_channel_images(p.image for p in train.pairs)
         if cfg.augment == "segdino":
             settings["augment"] = recipe_for_modality(cfg.augment, grey)
-        if grey:
-            settings.update(greyscale_options(cfg, _recorded_config(run)))
+        chosen = greyscale_options(cfg, _recorded_config(run)) if grey else {}
+        if chosen:
+            log.info("greyscale images: the segdino recipe trains them with %s",
+                     ", ".join(f"{k.replace('_', '-')} {v}" for k, v in chosen.items()))
+        settings.update(chosen)
     val = SegmentationDataset(cfg.data, split="val", splits=train.splits, **common)
     if cfg.num_classes == 1:
         # All-empty masks would train to predict nothing and validate at Dice 1: data check refuses them.
