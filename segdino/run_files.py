@@ -1,6 +1,7 @@
 """The names of every file SegDINO writes into a run folder, a prediction folder and a report folder.
 
-One place for them, so that training, prediction, evaluation, reports and the output guard agree.
+One place for them, so that training, prediction, evaluation, reports and the output guard agree,
+and the one lenient reader of a run's config.yaml (:func:`recorded_config`).
 docs/FORMATS.md describes what each file holds. This module imports nothing of the package.
 
 Run folder (``segdino train --out RUN``)::
@@ -71,3 +72,17 @@ __all__ = ["BEST", "CASES_CSV", "CONFIG", "FIGURES", "FOLD_SPLITS", "LAST", "LES
            "OVERLAYS", "PLAN", "PREDICTIONS", "PROBABILITIES", "REPORT_HTML", "REPORT_MD", "RESUME_DIR",
            "RESUME_STATE", "RUN_MARKERS", "RUN_READ_MARKERS", "SPLITS", "SUMMARY", "TENSORBOARD",
            "TRAIN_LOG", "is_run_folder", "run_weights"]
+
+
+def recorded_config(run_dir: str | Path | None) -> dict | None:
+    """A run folder's ``config.yaml`` as a mapping, or None when there is none or it cannot be read
+    (for readers that fall back on something else; ``--resume`` reports a bad one itself)."""
+    import yaml
+
+    if run_dir is None or not (Path(run_dir) / CONFIG).is_file():
+        return None
+    try:
+        saved = yaml.safe_load((Path(run_dir) / CONFIG).read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return saved if isinstance(saved, dict) else None

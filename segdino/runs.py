@@ -35,15 +35,7 @@ def find_run_dir(model_path: str | os.PathLike | None) -> Path | None:
 
 def run_dataset(run_dir: str | os.PathLike | None) -> Path | None:
     """The dataset folder a training run was given (``data`` in its ``config.yaml``), or None."""
-    if run_dir is None or not (Path(run_dir) / run_files.CONFIG).is_file():
-        return None
-    import yaml
-
-    try:
-        saved = yaml.safe_load((Path(run_dir) / run_files.CONFIG).read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return None
-    data = saved.get("data") if isinstance(saved, dict) else None
+    data = (run_files.recorded_config(run_dir) or {}).get("data")
     return Path(data) if isinstance(data, str) else None
 
 

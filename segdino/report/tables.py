@@ -19,15 +19,9 @@ def pretrained_of(run_dir: str | os.PathLike | None = None, model_file: str | os
     Read from the run's ``config.yaml`` (key ``pretrained``), else from the metadata of our model
     file (a run folder's ``best.safetensors``), which training writes too.
     """
-    if run_dir is not None and (Path(run_dir) / run_files.CONFIG).is_file():
-        import yaml
-
-        try:
-            saved = yaml.safe_load((Path(run_dir) / run_files.CONFIG).read_text()) or {}
-        except (OSError, yaml.YAMLError):
-            saved = {}
-        if isinstance(saved, dict) and isinstance(saved.get("pretrained"), bool):
-            return saved["pretrained"]
+    saved = run_files.recorded_config(run_dir) or {}
+    if isinstance(saved.get("pretrained"), bool):
+        return saved["pretrained"]
     if model_file is not None:
         path = Path(model_file)
         if path.is_dir():

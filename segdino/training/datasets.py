@@ -97,20 +97,6 @@ def is_volume_data(root: str | os.PathLike) -> bool:
         return False
 
 
-def _recorded_config(run: Path | None) -> dict[str, Any] | None:
-    """A resumed run's config.yaml as a mapping (None without one; run.check_resumed_config
-    reports an unreadable one)."""
-    import yaml
-
-    if run is None or not (run / run_files.CONFIG).is_file():
-        return None
-    try:
-        saved = yaml.safe_load((run / run_files.CONFIG).read_text())
-    except (OSError, yaml.YAMLError):
-        return None
-    return saved if isinstance(saved, dict) else None
-
-
 def _splits_of(dataset: Dataset) -> dict[str, list[str]] | None:
     splits = getattr(dataset, "splits", None)
     return None if splits is None else {k: list(v) for k, v in splits.items()}
@@ -144,7 +130,7 @@ def build_datasets(cfg: TrainConfig, run: Path | None = None) -> TrainingData:
         grey = single_channel_images(p.image for p in train.pairs)
         if cfg.augment == "segdino":
             settings["augment"] = recipe_for_modality(cfg.augment, grey)
-        chosen = greyscale_options(cfg, _recorded_config(run)) if grey else {}
+        chosen = greyscale_options(cfg, run_files.recorded_config(run)) if grey else {}
         if chosen:
             log.info("greyscale images: the segdino recipe trains them with %s",
                      ", ".join(f"{k.replace('_', '-')} {v}" for k, v in chosen.items()))
